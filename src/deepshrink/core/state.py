@@ -1,0 +1,269 @@
+"""Per-weight compression state, carried as ``torch.nn.utils.parametrize`` chains.
+
+Every technique records what it did to a weight as one step in the weight's parametrization chain:
+
+* :class:`Mask` (pruning) always comes first: ``w * mask``.
+* At most one :class:`ValueTransform` follows (weight sharing, fixed point, ternary). A value transform must
+  keep positions that the mask removed at exactly zero, so later stages never revive a pruned weight.
+
+The chain survives ``state_dict``/``load_state_dict`` (through :func:`compression_spec` and
+:func:`prepare_for_state_dict`), ``copy.deepcopy`` and DDP. Techniques never import each other; they meet here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from .errors import ConfigError, FormatError
+
+__all__ = [
+    "STATE_CLASSES",
+    "Mask",
+    "ValueTransform",
+    "WeightState",
+    "apply_masks_",
+    "bake_",
+    "compression_spec",
+    "get_mask",
+    "get_value_transform",
+    "iter_states",
+    "latent_weight",
+    "prepare_for_state_dict",
+    "register_state_class",
+    "set_mask",
+    "set_value_transform",
+    "value_transform_for_kind",
+]
+
+STATE_CLASSES: dict[str, type[WeightState]] = {}
+"""Allow-list of parametrization classes that checkpoints and files may name (no lookup outside it)."""
+
+
+def register_state_class(cls: type[WeightState]) -> type[WeightState]:
+    """Class decorator: allow ``cls`` to be rebuilt by name from a checkpoint's compression spec."""
+    STATE_CLASSES[cls.__name__] = cls
+    return cls
+
+
+class WeightState(nn.Module):
+    """One step of a weight's parametrization chain that holds compression state in buffers/parameters."""
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor], weight_shape: torch.Size) -> WeightState:
+        """Rebuild an instance with correctly shaped state from its ``state_dict`` tensors (values loaded later)."""
+        raise NotImplementedError
+
+
+@register_state_class
+class Mask(WeightState):
+    """Pruning mask: ``forward(w) = w * mask``. Gradients at masked positions are exactly zero."""
+
+    def __init__(self, mask: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask.detach().to(torch.bool).clone())
+
+    mask: Tensor
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.mask.to(weight.dtype)
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, Tensor], weight_shape: torch.Size) -> Mask:
+        return cls(torch.ones(weight_shape, dtype=torch.bool))
+
+    def extra_repr(self) -> str:
+        kept = int(self.mask.sum())
+        return f"kept={kept}/{self.mask.numel()}"
+
+
+class ValueTransform(WeightState):
+    """Base of value transforms (codebook, fixed point, ternary): at most one per weight, after the mask.
+
+    Subclasses implement ``forward`` (differentiable, keeping masked positions at zero), ``bits`` and
+    ``export``. ``export`` returns the integer form the codec stores; its schema is one of
+
+    * ``{"kind": "codebook", "index": int64 array (-1 = zero), "centroids": float32 (K,)}``
+    * ``{"kind": "fixedpoint", "int": int64 array, "bits": int, "frac_len": int}``
+    * ``{"kind": "ternary", "code": int8 array in {-1, 0, 1}, "wp": float, "wn": float}``
+
+    and :func:`deepshrink.core.quantized.dequantize` of it equals ``forward``'s output bit for bit.
+    """
+
+    kind: ClassVar[str] = "value"
+
+    @property
+    def bits(self) -> float:
+        """Bits needed per stored (non-zero) weight before entropy coding."""
+        raise NotImplementedError
+
+    def export(self, masked_latent: Tensor) -> dict[str, Any]:
+        """The integer form of the weight this transform produces from ``masked_latent``."""
+        raise NotImplementedError
+
+    def on_mask_change(self, mask: Tensor) -> None:
+        """Called when the mask before this transform changes; transforms that ignore their input override."""
+
+    @classmethod
+    def from_export(cls, exported: dict[str, Any]) -> ValueTransform:
+        """Rebuild the transform from its exported integer form (the inverse of :meth:`export`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def attach(cls, module: nn.Module, exported: dict[str, Any], name: str = "weight") -> None:
+        """Restore a weight read from a file: latent := dequantized values, then this transform on top.
+
+        Transforms with more state than the weight (e.g. activation formats) override this.
+        """
+        from .quantized import dequantize
+
+        with torch.no_grad():
+            values = torch.from_numpy(dequantize(exported))
+            latent_weight(module, name).copy_(values.reshape(latent_weight(module, name).shape))
+        set_value_transform(module, cls.from_export(exported), name)
+
+
+def value_transform_for_kind(kind: str) -> type[ValueTransform] | None:
+    """The registered value-transform class whose ``kind`` is ``kind`` (None if its package is not imported)."""
+    for cls in STATE_CLASSES.values():
+        if issubclass(cls, ValueTransform) and cls.kind == kind:
+            return cls
+    return None
+
+
+def _parametrizations(module: nn.Module, name: str) -> list[nn.Module]:
+    if not parametrize.is_parametrized(module, name):
+        return []
+    return list(module.parametrizations[name])  # type: ignore[index, union-attr, arg-type]
+
+
+def iter_states(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, list[nn.Module]]]:
+    """Yield ``(module_fqn, module, tensor_name, chain)`` for every parametrized tensor in ``model``."""
+    for fqn, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for name in module.parametrizations:  # type: ignore[union-attr]
+            yield fqn, module, name, _parametrizations(module, name)
+
+
+def get_mask(module: nn.Module, name: str = "weight") -> Tensor | None:
+    """The pruning mask of ``module.<name>`` (bool tensor), or None when it is not pruned."""
+    for step in _parametrizations(module, name):
+        if isinstance(step, Mask):
+            return step.mask
+    return None
+
+
+def get_value_transform(module: nn.Module, name: str = "weight") -> ValueTransform | None:
+    """The value transform on ``module.<name>``, or None."""
+    for step in _parametrizations(module, name):
+        if isinstance(step, ValueTransform):
+            return step
+    return None
+
+
+def latent_weight(module: nn.Module, name: str = "weight") -> Tensor:
+    """The trainable tensor under the chain (``parametrizations.<name>.original``) or the plain parameter."""
+    if parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original  # type: ignore[index, union-attr, return-value]
+    return getattr(module, name)
+
+
+def set_mask(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
+    """Prune ``module.<name>`` with ``mask`` (True = keep), keeping the mask first in the chain.
+
+    The latent weight is zeroed where masked so weight decay and optimizer momentum have nothing to revive.
+    A mask is only ever narrowed: positions pruned earlier stay pruned.
+    """
+    weight = getattr(module, name)
+    if mask.shape != weight.shape:
+        raise ConfigError(f"mask shape {tuple(mask.shape)} does not match {name} shape {tuple(weight.shape)}")
+    mask = mask.to(device=weight.device, dtype=torch.bool)
+    existing = get_mask(module, name)
+    if existing is not None:
+        existing.copy_(existing & mask)
+        mask = existing
+    elif parametrize.is_parametrized(module, name):
+        chain = module.parametrizations[name]  # type: ignore[index, union-attr]
+        chain.insert(0, Mask(mask))  # type: ignore[operator, union-attr]
+    else:
+        parametrize.register_parametrization(module, name, Mask(mask), unsafe=True)
+    with torch.no_grad():
+        latent_weight(module, name).mul_(mask.to(weight.dtype))
+    transform = get_value_transform(module, name)
+    if transform is not None:
+        transform.on_mask_change(mask)
+
+
+def set_value_transform(module: nn.Module, transform: ValueTransform, name: str = "weight") -> None:
+    """Attach ``transform`` after the mask; an existing value transform is replaced.
+
+    On replacement the current effective weight is written into the latent tensor first, so the new
+    transform starts from what the model computes now (not from a stale pre-quantization latent).
+    """
+    existing = get_value_transform(module, name)
+    if existing is not None:
+        with torch.no_grad():
+            current = getattr(module, name).detach().clone()
+            chain = module.parametrizations[name]  # type: ignore[index, union-attr]
+            index = list(chain).index(existing)  # type: ignore[arg-type]
+            del chain[index]  # type: ignore[union-attr]
+            latent_weight(module, name).copy_(current)
+    mask = get_mask(module, name)
+    if mask is not None:
+        transform.on_mask_change(mask)
+    parametrize.register_parametrization(module, name, transform, unsafe=True)
+
+
+def apply_masks_(model: nn.Module) -> None:
+    """Zero latent weights at masked positions (call after optimizer steps; cheap and idempotent)."""
+    with torch.no_grad():
+        for _, module, name, chain in iter_states(model):
+            for step in chain:
+                if isinstance(step, Mask):
+                    latent_weight(module, name).mul_(step.mask.to(latent_weight(module, name).dtype))
+
+
+def bake_(model: nn.Module) -> nn.Module:
+    """Replace every parametrized tensor by its current value (a plain model, state discarded)."""
+    for _, module, name, _ in list(iter_states(model)):
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return model
+
+
+def compression_spec(model: nn.Module) -> dict[str, list[str]]:
+    """``{"fc1.weight": ["Mask", "SharedWeights"], ...}``: the chain class names, for checkpoints and files."""
+    spec: dict[str, list[str]] = {}
+    for fqn, _, name, chain in iter_states(model):
+        spec[f"{fqn}.{name}" if fqn else name] = [type(step).__name__ for step in chain]
+    return spec
+
+
+def prepare_for_state_dict(
+    model: nn.Module, spec: Mapping[str, list[str]], state_dict: Mapping[str, Tensor]
+) -> None:
+    """Rebuild the parametrization chains named in ``spec`` so ``model.load_state_dict(state_dict)`` fits.
+
+    Only classes in :data:`STATE_CLASSES` may be named; anything else is a :class:`FormatError`.
+    """
+    modules = dict(model.named_modules())
+    for tensor_fqn, class_names in spec.items():
+        module_fqn, _, name = tensor_fqn.rpartition(".")
+        module = modules.get(module_fqn)
+        if module is None or not hasattr(module, name):
+            raise FormatError(f"compression state names {tensor_fqn!r}, which the model does not have")
+        if parametrize.is_parametrized(module, name):
+            raise FormatError(f"{tensor_fqn!r} already carries compression state; load into a fresh model")
+        shape = getattr(module, name).shape
+        for position, class_name in enumerate(class_names):
+            cls = STATE_CLASSES.get(class_name)
+            if cls is None:
+                known = ", ".join(sorted(STATE_CLASSES))
+                raise FormatError(f"unknown compression state {class_name!r} on {tensor_fqn!r} (known: {known})")
+            prefix = f"{module_fqn + '.' if module_fqn else ''}parametrizations.{name}.{position}."
+            tensors = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            parametrize.register_parametrization(module, name, cls.from_tensors(tensors, shape), unsafe=True)

@@ -1,0 +1,16 @@
+"""Local datasets (never downloaded) and loaders."""
+
+from .datasets import FASHION_MNIST_DIR, INFO, SPLITS, DatasetInfo, dataset_info, load_dataset, make_loader
+from .idx import parse_idx, read_idx
+
+__all__ = [
+    "FASHION_MNIST_DIR",
+    "INFO",
+    "SPLITS",
+    "DatasetInfo",
+    "dataset_info",
+    "load_dataset",
+    "make_loader",
+    "parse_idx",
+    "read_idx",
+]

@@ -1,0 +1,54 @@
+"""Reader for the IDX format of (Fashion-)MNIST, gzip-compressed or raw, with every length checked."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import DataError, FormatError
+
+_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+MAX_IDX_BYTES = 1 << 31
+"""Refuse headers that promise more than 2 GiB: a corrupt header must not trigger a giant allocation."""
+
+
+def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
+    """Parse IDX bytes into a numpy array, checking magic, dtype, rank and the payload length."""
+    if len(data) < 4:
+        raise FormatError(f"{source}: truncated IDX file ({len(data)} bytes, no header)")
+    zero1, zero2, dtype_code, ndim = data[0], data[1], data[2], data[3]
+    if zero1 != 0 or zero2 != 0 or dtype_code not in _DTYPES or not 1 <= ndim <= 4:
+        raise FormatError(f"{source}: not an IDX file (magic {data[:4].hex()})")
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise FormatError(f"{source}: truncated IDX header ({len(data)} of {header_len} bytes)")
+    shape = struct.unpack(f">{ndim}I", data[4:header_len])
+    dtype = np.dtype(_DTYPES[dtype_code])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if expected > MAX_IDX_BYTES:
+        raise FormatError(f"{source}: IDX header claims {expected:,} bytes of data, more than allowed")
+    payload = len(data) - header_len
+    if payload < expected:
+        raise FormatError(f"{source}: truncated IDX file: header shape {shape} needs {expected:,} bytes, found {payload:,}")
+    if payload > expected:
+        raise FormatError(f"{source}: IDX file has {payload - expected:,} trailing bytes after shape {shape}")
+    array = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=header_len)
+    return array.reshape(shape).astype(dtype.newbyteorder("="), copy=True)
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX file; ``.gz`` files are decompressed (a corrupt gzip stream is a FormatError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"IDX file not found: {path}")
+    raw = path.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise FormatError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+    return parse_idx(raw, str(path))

@@ -1,0 +1,34 @@
+"""Open any model file deepshrink writes: a training checkpoint or a compressed ``.dsz`` file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .core.errors import FormatError
+
+DSZ_MAGIC = b"\x89DSZ\r\n\x1a\n"
+"""First eight bytes of every ``.dsz`` file (PNG-style: catches text-mode and truncation damage)."""
+
+
+def is_compressed_file(path: str | os.PathLike[str]) -> bool:
+    """True when ``path`` starts with the ``.dsz`` magic."""
+    with open(path, "rb") as handle:
+        return handle.read(len(DSZ_MAGIC)) == DSZ_MAGIC
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, meta)`` from a checkpoint or a ``.dsz`` file (the model rebuilt from its recorded arch)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FormatError(f"model file not found: {path}")
+    if is_compressed_file(path):
+        from . import codec
+
+        return codec.load_compressed_with_meta(path)
+    from .train.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)

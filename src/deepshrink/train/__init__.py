@@ -1,0 +1,23 @@
+"""Training, evaluation, checkpoints and DDP plumbing shared by every technique."""
+
+from .checkpoint import load_checkpoint, load_into, read_checkpoint, save_checkpoint
+from .distributed import init_distributed, is_main_process, shutdown
+from .evaluate import evaluate, recalibrate_batchnorm_
+from .loop import Callback, History, TrainConfig, fit, make_optimizer
+
+__all__ = [
+    "Callback",
+    "History",
+    "TrainConfig",
+    "evaluate",
+    "fit",
+    "init_distributed",
+    "is_main_process",
+    "load_checkpoint",
+    "load_into",
+    "make_optimizer",
+    "read_checkpoint",
+    "recalibrate_batchnorm_",
+    "save_checkpoint",
+    "shutdown",
+]

@@ -1,0 +1,186 @@
+"""The one fine-tuning loop every technique uses: SGD/Adam, lr schedule, callbacks, resumable, DDP-ready.
+
+Compression state takes part through parametrizations (masks, centroids, ternary scales are ordinary
+parameters/buffers); after every optimizer step the loop re-applies masks so nothing pruned comes back.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from ..core.errors import ConfigError
+from ..core.state import apply_masks_
+from ..data import make_loader
+from .checkpoint import read_checkpoint, save_checkpoint
+from .distributed import init_distributed, is_distributed, is_main_process
+from .evaluate import evaluate
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of a training or retraining run (validated on construction)."""
+
+    epochs: int = 10
+    lr: float = 0.05
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    batch_size: int = 128
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+class Callback(Protocol):
+    """Hooks a technique can pass to :func:`fit`; every method is optional."""
+
+    def on_step_end(self, model: nn.Module, step: int) -> None: ...
+
+    def on_epoch_end(self, model: nn.Module, epoch: int, metrics: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of a run."""
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.epochs[-1] if self.epochs else {}
+
+
+def _lr_at(config: TrainConfig, epoch: int) -> float:
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * epoch / max(config.epochs, 1)))
+    if config.schedule == "step":
+        return config.lr * (0.1 ** (epoch // max(config.epochs // 3, 1)))
+    return config.lr
+
+
+def make_optimizer(params: Any, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def fit(
+    model: nn.Module,
+    train_data: Dataset,
+    config: TrainConfig,
+    *,
+    val_data: Dataset | None = None,
+    callbacks: tuple[object, ...] = (),
+    params: Any = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_meta: dict[str, Any] | None = None,
+    quiet: bool = False,
+) -> History:
+    """Train ``model`` in place on ``train_data``; returns per-epoch metrics.
+
+    ``params`` restricts what the optimizer updates (default: every parameter). With ``checkpoint`` the run
+    writes a resumable checkpoint after each epoch and, if one exists, resumes from it. Under ``torchrun``
+    the model is wrapped in DistributedDataParallel and the data sharded with a DistributedSampler.
+    """
+    _, world = init_distributed()
+    torch.manual_seed(config.seed)
+    device = next(model.parameters()).device
+    trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trainable, config)
+    history = History()
+    start_epoch = 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        payload = read_checkpoint(checkpoint)
+        state = payload.get("train_state")
+        if state is not None:
+            model.load_state_dict(payload["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            start_epoch = int(state["epoch"]) + 1
+            history.epochs = list(state.get("history", []))
+            if not quiet and is_main_process():
+                print(f"resuming from {checkpoint} at epoch {start_epoch + 1}")
+    sampler = DistributedSampler(train_data, seed=config.seed) if world > 1 else None  # type: ignore[arg-type]
+    loader = make_loader(train_data, config.batch_size, shuffle=True, seed=config.seed, sampler=sampler)
+    runner: nn.Module = nn.parallel.DistributedDataParallel(model) if is_distributed() else model
+    show = not quiet and is_main_process()
+    step = start_epoch * len(loader)
+    for epoch in range(start_epoch, config.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(config, epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        runner.train()
+        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        batches = _progress(loader, f"epoch {epoch + 1}/{config.epochs}", show)
+        for inputs, labels in batches:
+            inputs, labels = inputs.to(device), labels.to(device)
+            loss = F.cross_entropy(runner(inputs), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            apply_masks_(model)
+            step += 1
+            loss_sum += float(loss.detach()) * labels.numel()
+            seen += labels.numel()
+            for callback in callbacks:
+                hook = getattr(callback, "on_step_end", None)
+                if hook is not None:
+                    hook(model, step)
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        if val_data is not None:
+            result = evaluate(model, val_data)
+            metrics["val_accuracy"], metrics["val_loss"] = result["accuracy"], result["loss"]
+        history.epochs.append(metrics)
+        for callback in callbacks:
+            hook = getattr(callback, "on_epoch_end", None)
+            if hook is not None:
+                hook(model, epoch, metrics)
+        if show:
+            extra = f" val_acc {metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else ""
+            print(f"epoch {epoch + 1}/{config.epochs} loss {metrics['train_loss']:.4f}{extra} ({metrics['seconds']}s)")
+        if checkpoint is not None and is_main_process():
+            save_checkpoint(
+                checkpoint,
+                model,
+                meta=checkpoint_meta,
+                train_state={"optimizer": optimizer.state_dict(), "epoch": epoch, "history": history.epochs},
+            )
+    return history
+
+
+def _progress(loader: Any, label: str, show: bool) -> Any:
+    if not show:
+        return loader
+    from tqdm import tqdm
+
+    return tqdm(loader, desc=label, leave=False, mininterval=1.0)
