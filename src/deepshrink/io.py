@@ -26,8 +26,9 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
     if not path.is_file():
         raise FormatError(f"model file not found: {path}")
     if is_compressed_file(path):
-        from . import codec
+        import importlib
 
+        codec = importlib.import_module("deepshrink.codec")
         return codec.load_compressed_with_meta(path)
     from .train.checkpoint import load_checkpoint
 

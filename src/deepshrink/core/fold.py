@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import fx, nn
 
@@ -36,8 +38,8 @@ def find_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
 
 
 @register_edit("fold_bn")
-def _replay_fold(model: nn.Module, params: dict) -> None:
-    layer = model.get_submodule(params["layer"])
+def _replay_fold(model: nn.Module, params: dict[str, Any]) -> None:
+    layer: Any = model.get_submodule(params["layer"])
     if layer.bias is None:
         layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]))
     set_submodule(model, params["bn"], nn.Identity())
@@ -55,15 +57,16 @@ def fold_batchnorm_(model: nn.Module) -> list[tuple[str, str]]:
     for layer_name, bn_name in pairs:
         if layer_name in stateful:
             raise UnsupportedLayerError(f"fold BatchNorm before compressing: {layer_name!r} already carries state")
-        layer = model.get_submodule(layer_name)
-        bn = model.get_submodule(bn_name)
-        assert isinstance(bn, _BN)
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
+        layer: Any = model.get_submodule(layer_name)
+        bn: Any = model.get_submodule(bn_name)
+        mean, var = bn.running_mean, bn.running_var
+        inv_std = 1.0 / torch.sqrt(var + bn.eps)
+        scale = bn.weight * inv_std if bn.affine else inv_std
+        shift = bn.bias if bn.affine else torch.zeros_like(mean)
         shape = (-1,) + (1,) * (layer.weight.dim() - 1)
         layer.weight.mul_(scale.reshape(shape))
-        old_bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
-        new_bias = (old_bias - bn.running_mean) * scale + shift
+        old_bias = layer.bias if layer.bias is not None else torch.zeros_like(mean)
+        new_bias = (old_bias - mean) * scale + shift
         layer.bias = nn.Parameter(new_bias.detach().clone())
         set_submodule(model, bn_name, nn.Identity())
         record_edit(model, "fold_bn", layer=layer_name, bn=bn_name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -39,7 +40,7 @@ class Selection:
     layers: list[tuple[str, nn.Module]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         return iter(self.layers)
 
     def __len__(self) -> int:
@@ -65,10 +66,9 @@ def layer_kind(module: nn.Module) -> str:
 def _matcher(select: Selector) -> Callable[[nn.Module, str], bool]:
     if select is None:
         return lambda module, fqn: True
-    if isinstance(select, type):
-        return lambda module, fqn: isinstance(module, select)
-    if isinstance(select, tuple) and all(isinstance(t, type) for t in select):
-        return lambda module, fqn: isinstance(module, select)
+    if isinstance(select, type) or (isinstance(select, tuple) and all(isinstance(t, type) for t in select)):
+        classes: Any = select
+        return lambda module, fqn: isinstance(module, classes)
     if isinstance(select, str):
         select = [select]
     if isinstance(select, Sequence):

@@ -135,10 +135,15 @@ def value_transform_for_kind(kind: str) -> type[ValueTransform] | None:
     return None
 
 
+def _chain(module: nn.Module, name: str) -> Any:
+    """The ``ParametrizationList`` of ``module.<name>`` (typed loosely: torch's stubs do not describe it)."""
+    return getattr(module, "parametrizations")[name]  # noqa: B009
+
+
 def _parametrizations(module: nn.Module, name: str) -> list[nn.Module]:
     if not parametrize.is_parametrized(module, name):
         return []
-    return list(module.parametrizations[name])  # type: ignore[index, union-attr, arg-type]
+    return list(_chain(module, name))
 
 
 def iter_states(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, list[nn.Module]]]:
@@ -146,7 +151,7 @@ def iter_states(model: nn.Module) -> Iterator[tuple[str, nn.Module, str, list[nn
     for fqn, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
-        for name in module.parametrizations:  # type: ignore[union-attr]
+        for name in module.parametrizations:
             yield fqn, module, name, _parametrizations(module, name)
 
 
@@ -169,7 +174,7 @@ def get_value_transform(module: nn.Module, name: str = "weight") -> ValueTransfo
 def latent_weight(module: nn.Module, name: str = "weight") -> Tensor:
     """The trainable tensor under the chain (``parametrizations.<name>.original``) or the plain parameter."""
     if parametrize.is_parametrized(module, name):
-        return module.parametrizations[name].original  # type: ignore[index, union-attr, return-value]
+        return _chain(module, name).original
     return getattr(module, name)
 
 
@@ -188,8 +193,8 @@ def set_mask(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
         existing.copy_(existing & mask)
         mask = existing
     elif parametrize.is_parametrized(module, name):
-        chain = module.parametrizations[name]  # type: ignore[index, union-attr]
-        chain.insert(0, Mask(mask))  # type: ignore[operator, union-attr]
+        chain = _chain(module, name)
+        chain.insert(0, Mask(mask))
     else:
         parametrize.register_parametrization(module, name, Mask(mask), unsafe=True)
     with torch.no_grad():
@@ -209,9 +214,9 @@ def set_value_transform(module: nn.Module, transform: ValueTransform, name: str 
     if existing is not None:
         with torch.no_grad():
             current = getattr(module, name).detach().clone()
-            chain = module.parametrizations[name]  # type: ignore[index, union-attr]
-            index = list(chain).index(existing)  # type: ignore[arg-type]
-            del chain[index]  # type: ignore[union-attr]
+            chain = _chain(module, name)
+            index = list(chain).index(existing)
+            del chain[index]
             latent_weight(module, name).copy_(current)
     mask = get_mask(module, name)
     if mask is not None:

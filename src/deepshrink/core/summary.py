@@ -86,7 +86,7 @@ def _macs(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, int]:
     for name, module in select_layers(model).layers:
 
         def hook(mod: nn.Module, inputs: Any, output: torch.Tensor, name: str = name) -> None:
-            weight = mod.weight
+            weight: torch.Tensor = mod.weight  # type: ignore[assignment]
             if isinstance(mod, nn.Linear):
                 counts[name] = int(weight.numel() * (output.numel() // output.shape[-1]))
             else:  # conv: every output element costs (in/groups * kernel) MACs
@@ -113,16 +113,13 @@ def summary(model: nn.Module, input_size: tuple[int, ...] | None = None) -> Summ
     result = Summary()
     counted: set[int] = set()
     for name, module in select_layers(model, supported=SUPPORTED_LAYERS).layers:
-        weight = module.weight
+        weight: torch.Tensor = module.weight  # type: ignore[assignment]
         mask = get_mask(module)
         transform = get_value_transform(module)
         params = weight.numel()
         nonzeros = int((weight.detach() != 0).sum())
         bits = float(transform.bits) if transform is not None else float(torch.finfo(weight.dtype).bits)
-        if mask is not None:
-            est_bits = nonzeros * (bits + INDEX_BITS[layer_kind(module)])
-        else:
-            est_bits = params * bits
+        est_bits = nonzeros * (bits + INDEX_BITS[layer_kind(module)]) if mask is not None else params * bits
         codebook = getattr(transform, "centroids", None)
         est = int(-(-est_bits // 8)) + (4 * codebook.numel() if codebook is not None else 0)
         result.layers.append(

@@ -11,7 +11,14 @@ import numpy as np
 
 from ..core.errors import DataError, FormatError
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 MAX_IDX_BYTES = 1 << 31
 """Refuse headers that promise more than 2 GiB: a corrupt header must not trigger a giant allocation."""
 
@@ -27,7 +34,7 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     if len(data) < header_len:
         raise FormatError(f"{source}: truncated IDX header ({len(data)} of {header_len} bytes)")
     shape = struct.unpack(f">{ndim}I", data[4:header_len])
-    dtype = np.dtype(_DTYPES[dtype_code])
+    dtype = _DTYPES[dtype_code]
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if expected > MAX_IDX_BYTES:
         raise FormatError(f"{source}: IDX header claims {expected:,} bytes of data, more than allowed")

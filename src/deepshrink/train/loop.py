@@ -124,7 +124,7 @@ def fit(
             history.epochs = list(state.get("history", []))
             if not quiet and is_main_process():
                 print(f"resuming from {checkpoint} at epoch {start_epoch + 1}")
-    sampler = DistributedSampler(train_data, seed=config.seed) if world > 1 else None  # type: ignore[arg-type]
+    sampler: DistributedSampler | None = DistributedSampler(train_data, seed=config.seed) if world > 1 else None
     loader = make_loader(train_data, config.batch_size, shuffle=True, seed=config.seed, sampler=sampler)
     runner: nn.Module = nn.parallel.DistributedDataParallel(model) if is_distributed() else model
     show = not quiet and is_main_process()
