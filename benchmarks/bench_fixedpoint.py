@@ -1,0 +1,91 @@
+"""Dynamic vs. static fixed point (Qiu et al. 2016) on the Fashion-MNIST LeNets: top-1 per bit width.
+
+For every model and setting (16, 8, 6, 4 bits for weights and activations, and conv 8 / fc 4 weights with
+8-bit activations) the float model is quantized once with one global fractional length (static) and once
+per layer (dynamic), calibrated on the first N images of the validation split, and evaluated on the test
+split. The integer engine (int64 weights/activations) runs the whole test set as well; its logits must
+equal the simulation's bit for bit, and the script fails if they do not.
+
+    nice -n 10 .venv/bin/python benchmarks/bench_fixedpoint.py   # writes benchmarks/results/fixedpoint.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from deepshrink.data import load_dataset, make_loader
+from deepshrink.fixedpoint import DynamicFixedPoint, IntegerModel, quantize_
+from deepshrink.train import evaluate, load_checkpoint
+
+ROOT = Path(__file__).resolve().parent
+MODELS = {"LeNet-300-100": ROOT / "baselines/lenet300-fmnist.pt", "LeNet-5": ROOT / "baselines/lenet5-fmnist.pt"}
+SETTINGS: list[tuple[str, int | dict[str, int], int]] = [
+    ("16", 16, 16), ("8", 8, 8), ("6", 6, 6), ("4", 4, 4), ("conv 8 / fc 4", {"conv": 8, "fc": 4}, 8),
+]
+
+
+@torch.no_grad()
+def integer_check(model: torch.nn.Module, test: torch.utils.data.Dataset) -> tuple[float, bool]:
+    """Top-1 of the integer engine and whether its logits equal the simulation's on every test image."""
+    engine = IntegerModel(model)
+    correct = total = 0
+    exact = True
+    for inputs, labels in make_loader(test, 1000):
+        sim, ints = model(inputs), engine(inputs)
+        exact &= torch.equal(sim, ints)
+        correct += int((ints.argmax(1) == labels).sum())
+        total += labels.numel()
+    return correct / total, exact
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calib", type=int, default=1024, help="calibration images (validation split)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "results/fixedpoint.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"seed 0, threads {args.threads}, torch {torch.__version__}, python {platform.python_version()}")
+    test = load_dataset("fashion-mnist", "test")
+    val = load_dataset("fashion-mnist", "val")
+    calib = [x for x, _ in make_loader(torch.utils.data.Subset(val, range(args.calib)), 256)]
+    results: dict = {"calib_images": args.calib, "threads": args.threads, "torch": torch.__version__, "models": {}}
+    for model_name, path in MODELS.items():
+        base, _ = load_checkpoint(path)
+        fp32 = evaluate(base, test)["accuracy"]
+        rows: dict = {"fp32": fp32, "settings": {}}
+        print(f"\n{model_name}: fp32 top-1 {fp32:.4f}")
+        for label, bits, act_bits in SETTINGS:
+            for scheme in ("static", "dynamic"):
+                model = copy.deepcopy(base)
+                started = time.perf_counter()
+                report = quantize_(model, DynamicFixedPoint(bits=bits, act_bits=act_bits, static=scheme == "static"),
+                                   calib=calib)
+                seconds = time.perf_counter() - started
+                top1 = evaluate(model, test)["accuracy"]
+                int_top1, exact = integer_check(model, test)
+                if not exact or int_top1 != top1:
+                    raise SystemExit(f"integer engine differs from the simulation: {model_name} {label} {scheme}")
+                rows["settings"].setdefault(label, {})[scheme] = {
+                    "top1": top1, "integer_top1": int_top1, "bit_exact": exact, "search_seconds": round(seconds, 2),
+                    "act_bits": act_bits, "layers": report.to_dict()["layers"]}
+                print(f"  {label:>14} {scheme:>8}: top-1 {top1:.4f} (integer engine {int_top1:.4f}, bit-exact {exact}) "
+                      f"[{seconds:.1f}s]")
+                if label == "8" and scheme == "dynamic":
+                    print(report)
+        results["models"][model_name] = rows
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

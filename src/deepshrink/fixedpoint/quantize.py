@@ -1,0 +1,208 @@
+"""``quantize_(model, DynamicFixedPoint(bits=8), calib=...)``: the full dynamic fixed-point flow in place."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..core.errors import ConfigError, UnsupportedLayerError
+from ..core.fold import fold_batchnorm_
+from ..core.select import Selector, layer_kind, layer_type_name, select_layers
+from ..core.state import latent_weight, set_value_transform
+from .formats import FixedPointFormat, check_bits
+from .search import (
+    capture,
+    execution_order,
+    greedy_data_stage,
+    output_tensors,
+    run_model,
+    search_static_weight_frac_len,
+    search_weight_frac_len,
+    static_data_stage,
+    weight_error,
+)
+from .simulate import fixed_point_of, install_hooks
+from .transform import FixedPoint
+
+
+@dataclass(frozen=True)
+class DynamicFixedPoint:
+    """Dynamic fixed point (Qiu et al. 2016).
+
+    ``bits``: weight width, one int or per layer kind (``{"conv": 8, "fc": 4}``, the paper's 8/4 setting).
+    ``act_bits``: activation width (default: the widest weight width). ``static``: one global fractional
+    length for all weights and one for all activations (the paper's static baseline). ``quantize_outputs``:
+    also put each layer's output in fixed point (off for layers followed by float ops, e.g. transformers).
+    ``span``: how many finer fractional lengths than the overflow-free one each search tries.
+    """
+
+    bits: int | Mapping[str, int] = 8
+    act_bits: int | None = None
+    static: bool = False
+    quantize_outputs: bool = True
+    span: int = 3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, Mapping):
+            unknown = set(self.bits) - {"conv", "fc"}
+            if unknown or not self.bits:
+                raise ConfigError(f"bits per layer kind takes keys 'conv' and 'fc', got {sorted(self.bits)}")
+            for kind, b in self.bits.items():
+                check_bits(b, f"bits[{kind!r}]")
+        else:
+            check_bits(self.bits, "bits")
+        if self.act_bits is not None:
+            check_bits(self.act_bits, "act_bits")
+        if not isinstance(self.span, int) or not 0 <= self.span <= 16:
+            raise ConfigError(f"span must be an integer in [0, 16], got {self.span!r}")
+
+    def weight_bits(self, module: nn.Module) -> int:
+        if isinstance(self.bits, Mapping):
+            kind = layer_kind(module)
+            if kind not in self.bits:
+                raise ConfigError(f"bits gives no width for {kind!r} layers ({type(module).__name__}); add {kind}=N")
+            return int(self.bits[kind])
+        return int(self.bits)
+
+    @property
+    def activation_bits(self) -> int:
+        if self.act_bits is not None:
+            return self.act_bits
+        return max(self.bits.values()) if isinstance(self.bits, Mapping) else int(self.bits)
+
+
+def parse_bits(text: str) -> int | dict[str, int]:
+    """``"8"`` -> 8; ``"conv=8,fc=4"`` -> ``{"conv": 8, "fc": 4}`` (the CLI's ``--bits``)."""
+    text = text.strip()
+    if "=" not in text:
+        try:
+            return int(text)
+        except ValueError as exc:
+            raise ConfigError(f"--bits must be an integer or conv=N,fc=M, got {text!r}") from exc
+    out: dict[str, int] = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        try:
+            out[key.strip()] = int(value)
+        except ValueError as exc:
+            raise ConfigError(f"--bits entry {part!r} is not kind=N (e.g. conv=8,fc=4)") from exc
+    return out
+
+
+@dataclass
+class LayerFormat:
+    """The formats chosen for one layer, and its weights' relative quantization error."""
+
+    name: str
+    type: str
+    weight: FixedPointFormat
+    act_in: FixedPointFormat | None
+    act_out: FixedPointFormat | None
+    weight_rel_error: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layer": self.name, "type": self.type, "bits": self.weight.bits, "fl_w": self.weight.frac_len,
+                "act_bits": self.act_in.bits if self.act_in else None,
+                "fl_in": self.act_in.frac_len if self.act_in else None,
+                "fl_out": self.act_out.frac_len if self.act_out else None,
+                "weight_rel_error": round(self.weight_rel_error, 6)}
+
+
+@dataclass
+class FixedPointReport:
+    """Per-layer (b, fl_w, fl_a) table returned by :func:`quantize_`."""
+
+    layers: list[LayerFormat] = field(default_factory=list)
+    static: bool = False
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheme": "static" if self.static else "dynamic", "layers": [row.to_dict() for row in self.layers],
+                "skipped": [list(s) for s in self.skipped]}
+
+    def __str__(self) -> str:
+        head = f"{'layer':<44} {'type':<7} {'b_w':>3} {'fl_w':>4} {'b_a':>3} {'fl_in':>5} {'fl_out':>6} {'w rel.err':>9}"
+        lines = [head, "-" * len(head)]
+        for r in self.layers:
+            lines.append(f"{r.name:<44} {r.type:<7} {r.weight.bits:>3} {r.weight.frac_len:>4} "
+                         f"{r.act_in.bits if r.act_in else '-':>3} {r.act_in.frac_len if r.act_in else '-':>5} "
+                         f"{r.act_out.frac_len if r.act_out else 'float':>6} {r.weight_rel_error:>9.2e}")
+        for name, reason in self.skipped:
+            lines.append(f"{name:<44} skipped: {reason}")
+        return "\n".join(lines)
+
+
+def _batches(calib: Any) -> list[Any]:
+    if calib is None:
+        raise ConfigError("dynamic fixed point needs calibration data: pass calib=<tensor | batches | loader>")
+    if isinstance(calib, Tensor | dict):
+        return [calib]
+    if isinstance(calib, Iterable):
+        batches = list(calib)
+        if batches:
+            return batches
+    raise ConfigError("calib must be a tensor, a feature dict or a non-empty iterable of batches")
+
+
+def _maybe_fold(model: nn.Module) -> None:
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        fold_batchnorm_(model)  # BatchNorm that cannot be folded stays float and is reported by the trace error
+
+
+@torch.no_grad()
+def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, select: Selector = None,
+              exclude: Selector = None) -> FixedPointReport:
+    """Put the selected Linear/Conv layers of ``model`` in dynamic (or static) fixed point, in place.
+
+    Folds BatchNorm first; weight stage, then the data stage on ``calib``; installs the activation hooks
+    so that ``model`` computes the simulation, bit-exact with :class:`~deepshrink.fixedpoint.IntegerModel`.
+    """
+    batches = _batches(calib)
+    was_training = model.training
+    model.eval()
+    _maybe_fold(model)
+    selection = select_layers(model, select, exclude=exclude)
+    modules = dict(selection.layers)
+    if not modules:
+        raise UnsupportedLayerError("no Linear/Conv layer selected for fixed point")
+    reference = copy.deepcopy(model)
+    ref_modules = {name: reference.get_submodule(name) for name in modules}
+    order = execution_order(reference, ref_modules, batches[0])
+    ref_in, ref_out = capture(reference, ref_modules, batches, inputs=config.static)
+    final = [output_tensors(run_model(reference, b)) for b in batches] if config.static else []
+    del reference, ref_modules
+
+    # weight stage
+    pairs = [(latent_weight(m).detach(), config.weight_bits(m)) for m in modules.values()]
+    static_fl = search_static_weight_frac_len(pairs, config.span) if config.static else None
+    errors: dict[str, float] = {}
+    for (name, module), (weight, bits) in zip(modules.items(), pairs, strict=True):
+        fl = static_fl if static_fl is not None else search_weight_frac_len(weight, bits, config.span)
+        norm = float((weight.double() ** 2).sum()) or 1.0
+        errors[name] = weight_error(weight, FixedPointFormat(bits, fl)) / norm
+        set_value_transform(module, FixedPoint(bits, fl))
+        install_hooks(module)
+
+    # data stage
+    act_bits = config.activation_bits
+    if config.static:
+        static_data_stage(model, order, modules, ref_in, ref_out, final, batches, act_bits,
+                          config.quantize_outputs, config.span)
+    else:
+        greedy_data_stage(model, order, modules, ref_out, batches, act_bits, config.quantize_outputs, config.span)
+    model.train(was_training)
+
+    report = FixedPointReport(static=config.static, skipped=list(selection.skipped))
+    for name in [*order, *[n for n in modules if n not in order]]:
+        fp = fixed_point_of(modules[name])
+        assert fp is not None
+        report.layers.append(LayerFormat(name, layer_type_name(modules[name]), fp.weight_format, fp.act_in,
+                                         fp.act_out, errors[name]))
+        if name not in order:
+            report.skipped.append((name, "not called on the calibration data: activations stay float"))
+    return report

@@ -1,0 +1,186 @@
+"""The two search stages of Qiu et al. (2016) and the static-precision baseline.
+
+* Weight stage: per layer, the range analysis gives the largest fractional length at which no weight
+  overflows; the search then tries that and finer ones (clipping the largest weights) and keeps the one with
+  the smallest squared quantization error.
+* Data stage: greedy, layer by layer in execution order. With every earlier layer already fixed, the layer's
+  input (as the partly quantized model produces it) is captured; the input fractional length minimising the
+  error of the layer's output against the float model's output is kept, then the output fractional length
+  likewise. Earlier choices are never revisited.
+* Static baseline: one fractional length for all weights and one for all activations, network-wide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .formats import FixedPointFormat, fake_quantize, from_int, overflow_free_frac_len, to_int
+from .simulate import fixed_point_of
+
+Batch = Any
+
+
+def run_model(model: nn.Module, batch: Batch) -> Any:
+    """Call ``model`` on a calibration batch: a tensor, ``(inputs, labels)`` or a feature dict."""
+    if isinstance(batch, tuple | list):
+        return model(batch[0])
+    if isinstance(batch, dict):
+        return model(dict(batch))
+    return model(batch)
+
+
+def output_tensors(output: Any) -> list[Tensor]:
+    """Every floating tensor inside a model output (tensor, tuple/list or dict), in a stable order."""
+    if isinstance(output, Tensor):
+        return [output] if output.is_floating_point() else []
+    if isinstance(output, dict):
+        return [t for key in sorted(output) for t in output_tensors(output[key])]
+    if isinstance(output, tuple | list):
+        return [t for item in output for t in output_tensors(item)]
+    return []
+
+
+def weight_error(weight: Tensor, fmt: FixedPointFormat) -> float:
+    w = weight.detach().double()
+    return float(((from_int(to_int(w, fmt.bits, fmt.frac_len), fmt.frac_len, torch.float64) - w) ** 2).sum())
+
+
+def search_weight_frac_len(weight: Tensor, bits: int, span: int) -> int:
+    """Overflow-free fractional length from the range analysis, then the best of it and ``span`` finer ones."""
+    start = overflow_free_frac_len(float(weight.detach().abs().max()), bits)
+    return min(range(start, start + span + 1), key=lambda fl: weight_error(weight, FixedPointFormat(bits, fl)))
+
+
+def search_static_weight_frac_len(weights: Sequence[tuple[Tensor, int]], span: int) -> int:
+    """One fractional length for every weight tensor (``(weight, bits)`` pairs): least total error."""
+    starts = [overflow_free_frac_len(float(w.detach().abs().max()), b) for w, b in weights]
+    candidates = range(min(starts), max(starts) + span + 1)
+    return min(candidates, key=lambda fl: sum(weight_error(w, FixedPointFormat(b, fl)) for w, b in weights))
+
+
+@torch.no_grad()
+def capture(model: nn.Module, modules: dict[str, nn.Module], batches: Sequence[Batch],
+            inputs: bool = True, outputs: bool = True) -> tuple[dict[str, list[Tensor]], dict[str, list[Tensor]]]:
+    """Inputs and outputs of ``modules`` (name -> module) over ``batches``, in call order."""
+    seen_in: dict[str, list[Tensor]] = {name: [] for name in modules}
+    seen_out: dict[str, list[Tensor]] = {name: [] for name in modules}
+    handles = []
+    for name, module in modules.items():
+        def hook(mod: nn.Module, args: tuple, out: Tensor, name: str = name) -> None:
+            if inputs:
+                seen_in[name].append(args[0].detach())
+            if outputs:
+                seen_out[name].append(out.detach())
+        handles.append(module.register_forward_hook(hook))
+    try:
+        for batch in batches:
+            run_model(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen_in, seen_out
+
+
+@torch.no_grad()
+def execution_order(model: nn.Module, modules: dict[str, nn.Module], batch: Batch) -> list[str]:
+    """Names of ``modules`` in the order the forward pass first calls them (uncalled ones left out)."""
+    order: list[str] = []
+    handles = []
+    for name, module in modules.items():
+        def hook(mod: nn.Module, args: tuple, name: str = name) -> None:
+            if name not in order:
+                order.append(name)
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        run_model(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return order
+
+
+def _sq_error(pairs: Iterable[tuple[Tensor, Tensor]]) -> float:
+    return float(sum(float(((a.double() - b.double()) ** 2).sum()) for a, b in pairs))
+
+
+def _max_abs(tensors: Sequence[Tensor]) -> float:
+    return max((float(t.detach().abs().max()) for t in tensors if t.numel()), default=0.0)
+
+
+def _argmin(candidates: Iterable[int], cost: Callable[[int], float]) -> int:
+    best, best_cost = None, float("inf")
+    for candidate in candidates:
+        value = cost(candidate)
+        if best is None or value < best_cost:
+            best, best_cost = candidate, value
+    assert best is not None
+    return best
+
+
+@torch.no_grad()
+def greedy_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str, nn.Module],
+                      reference_out: dict[str, list[Tensor]], batches: Sequence[Batch], act_bits: int,
+                      quantize_outputs: bool, span: int) -> None:
+    """Choose every layer's input (and output) fractional length greedily in ``order`` (see module doc)."""
+    for name in order:
+        module = modules[name]
+        fp = fixed_point_of(module)
+        assert fp is not None
+        fp.set_act_in(None)
+        fp.set_act_out(None)
+        xs, _ = capture(model, {name: module}, batches, outputs=False)
+        _choose_layer_formats(module, xs[name], reference_out[name], act_bits, quantize_outputs, span)
+
+
+def _choose_layer_formats(module: nn.Module, xs: list[Tensor], y_ref: list[Tensor], act_bits: int,
+                          quantize_outputs: bool, span: int) -> None:
+    fp = fixed_point_of(module)
+    assert fp is not None
+    start = overflow_free_frac_len(_max_abs(xs), act_bits)
+
+    def input_cost(fl: int) -> float:
+        fp.set_act_in(FixedPointFormat(act_bits, fl))
+        return _sq_error((module(x), y) for x, y in zip(xs, y_ref, strict=True))
+
+    fp.set_act_in(FixedPointFormat(act_bits, _argmin(range(start, start + span + 1), input_cost)))
+    if not quantize_outputs:
+        return
+    ys = [module(x) for x in xs]
+    start = overflow_free_frac_len(_max_abs(ys), act_bits)
+
+    def output_cost(fl: int) -> float:
+        return _sq_error((fake_quantize(y, act_bits, fl), r) for y, r in zip(ys, y_ref, strict=True))
+
+    fp.set_act_out(FixedPointFormat(act_bits, _argmin(range(start, start + span + 1), output_cost)))
+
+
+@torch.no_grad()
+def static_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str, nn.Module],
+                      reference_in: dict[str, list[Tensor]], reference_out: dict[str, list[Tensor]],
+                      reference_final: list[list[Tensor]], batches: Sequence[Batch], act_bits: int,
+                      quantize_outputs: bool, span: int) -> None:
+    """One fractional length for every activation, chosen by the network output's error against float."""
+    starts = [overflow_free_frac_len(_max_abs(reference_in[n]), act_bits) for n in order]
+    if quantize_outputs:
+        starts += [overflow_free_frac_len(_max_abs(reference_out[n]), act_bits) for n in order]
+
+    def set_all(fl: int) -> None:
+        fmt = FixedPointFormat(act_bits, fl)
+        for n in order:
+            fp = fixed_point_of(modules[n])
+            assert fp is not None
+            fp.set_act_in(fmt)
+            fp.set_act_out(fmt if quantize_outputs else None)
+
+    def cost(fl: int) -> float:
+        set_all(fl)
+        pairs = []
+        for batch, ref in zip(batches, reference_final, strict=True):
+            pairs += list(zip(output_tensors(run_model(model, batch)), ref, strict=True))
+        return _sq_error(pairs)
+
+    set_all(_argmin(range(min(starts), max(starts) + span + 1), cost))
