@@ -1,0 +1,125 @@
+"""Factorised layers as plain modules, and the replayable structural edits that create them.
+
+A conv with ``d`` filters of ``k x k x c`` becomes ``nn.Sequential(conv k x k: c -> d', conv 1x1: d' -> d)``;
+a Linear ``in -> out`` becomes ``nn.Sequential(Linear in -> r (no bias), Linear r -> out)``. Both are ordinary
+``nn.Conv2d``/``nn.Linear`` modules, so they train, trace, save, export and compose with every other technique.
+The edits ``lowrank_conv`` / ``lowrank_linear`` record ``{layer, rank}`` so checkpoints and ``.dsz`` files
+rebuild the factorised structure before loading the weights.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from ..core.edits import record_edit, register_edit, set_submodule
+from ..core.errors import UnsupportedLayerError
+
+
+def _check_plain(module: nn.Module, fqn: str, kind: type[nn.Module]) -> None:
+    if not isinstance(module, kind):
+        raise UnsupportedLayerError(f"{fqn!r} is a {type(module).__name__}, not an nn.{kind.__name__}")
+    if parametrize.is_parametrized(module):
+        raise UnsupportedLayerError(
+            f"{fqn!r} already carries compression state: apply low-rank before pruning, sharing or quantisation"
+        )
+
+
+def check_conv(conv: nn.Module, fqn: str) -> nn.Conv2d:
+    """``conv`` as a plain ``nn.Conv2d`` that can be factorised (groups == 1, no compression state)."""
+    _check_plain(conv, fqn, nn.Conv2d)
+    assert isinstance(conv, nn.Conv2d)
+    if conv.groups != 1:
+        raise UnsupportedLayerError(
+            f"{fqn!r} has groups={conv.groups}: low-rank factorisation needs groups=1 (exclude this layer)"
+        )
+    return conv
+
+
+def empty_conv_pair(conv: nn.Conv2d, rank: int) -> nn.Sequential:
+    """The factorised structure of ``conv`` at ``rank`` (weights uninitialised; same device/dtype)."""
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    device, dtype = conv.weight.device, conv.weight.dtype
+    first = nn.Conv2d(conv.in_channels, rank, conv.kernel_size, stride=conv.stride,  # type: ignore[arg-type]
+                      padding=conv.padding, dilation=conv.dilation,  # type: ignore[arg-type]
+                      bias=False, padding_mode=conv.padding_mode, device=device, dtype=dtype)
+    second = nn.Conv2d(rank, conv.out_channels, 1, bias=True, device=device, dtype=dtype)
+    return nn.Sequential(first, second)
+
+
+def empty_linear_pair(linear: nn.Linear, rank: int) -> nn.Sequential:
+    """The factorised structure of ``linear`` at ``rank``; the bias (if any) sits on the second layer."""
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    device, dtype = linear.weight.device, linear.weight.dtype
+    first = nn.Linear(linear.in_features, rank, bias=False, device=device, dtype=dtype)
+    second = nn.Linear(rank, linear.out_features, bias=linear.bias is not None, device=device, dtype=dtype)
+    return nn.Sequential(first, second)
+
+
+_M = TypeVar("_M", bound=nn.Module)
+
+
+def _halves(pair: nn.Sequential, kind: type[_M]) -> tuple[_M, _M]:
+    first, second = pair[0], pair[1]
+    assert isinstance(first, kind) and isinstance(second, kind)
+    return first, second
+
+
+@torch.no_grad()
+def replace_conv_(model: nn.Module, fqn: str, first: Tensor, second: Tensor, bias: Tensor) -> nn.Sequential:
+    """Swap the conv at ``fqn`` for ``conv(first) -> conv1x1(second) + bias`` and record the edit.
+
+    ``first`` is ``(r, c, k, k)`` (the ``r`` reduced filters), ``second`` is ``(d, r)`` (the matrix ``P``) and
+    ``bias`` has ``d`` entries; the pair computes ``second @ (first * x) + bias``.
+    """
+    conv = check_conv(model.get_submodule(fqn), fqn)
+    rank = first.shape[0]
+    pair = empty_conv_pair(conv, rank)
+    reduce, expand = _halves(pair, nn.Conv2d)
+    reduce.weight.copy_(first.reshape(reduce.weight.shape))
+    expand.weight.copy_(second.reshape(expand.weight.shape))
+    assert expand.bias is not None
+    expand.bias.copy_(bias)
+    pair.train(conv.training)
+    set_submodule(model, fqn, pair)
+    record_edit(model, "lowrank_conv", layer=fqn, rank=int(rank))
+    return pair
+
+
+@torch.no_grad()
+def replace_linear_(model: nn.Module, fqn: str, first: Tensor, second: Tensor) -> nn.Sequential:
+    """Swap the Linear at ``fqn`` for ``Linear(first) -> Linear(second) + bias`` and record the edit."""
+    linear = model.get_submodule(fqn)
+    _check_plain(linear, fqn, nn.Linear)
+    assert isinstance(linear, nn.Linear)
+    pair = empty_linear_pair(linear, first.shape[0])
+    reduce, expand = _halves(pair, nn.Linear)
+    reduce.weight.copy_(first)
+    expand.weight.copy_(second)
+    if linear.bias is not None and expand.bias is not None:
+        expand.bias.copy_(linear.bias)
+    pair.train(linear.training)
+    set_submodule(model, fqn, pair)
+    record_edit(model, "lowrank_linear", layer=fqn, rank=int(first.shape[0]))
+    return pair
+
+
+@register_edit("lowrank_conv")
+def _replay_conv(model: nn.Module, params: dict) -> None:
+    fqn = str(params["layer"])
+    conv = check_conv(model.get_submodule(fqn), fqn)
+    set_submodule(model, fqn, empty_conv_pair(conv, int(params["rank"])))
+
+
+@register_edit("lowrank_linear")
+def _replay_linear(model: nn.Module, params: dict) -> None:
+    fqn = str(params["layer"])
+    linear = model.get_submodule(fqn)
+    _check_plain(linear, fqn, nn.Linear)
+    assert isinstance(linear, nn.Linear)
+    set_submodule(model, fqn, empty_linear_pair(linear, int(params["rank"])))

@@ -1,0 +1,296 @@
+"""Zhang, Zou, He, Sun (CVPR 2015 / TPAMI 2016): conv layers fitted to their responses on calibration data.
+
+``lowrank_conv_(model, ZhangLowRank(speedup=3, method="asymmetric"), calib=val_set)`` replaces each selected
+``nn.Conv2d`` (``d`` filters of ``k x k x c``) by ``d'`` filters of ``k x k x c`` followed by a 1x1 conv ``P``
+with bias, in network order. Methods:
+
+* ``svd``: plain truncated SVD of the weights (data-free baseline; ranks still from the response energy);
+* ``linear``: PCA of each layer's responses (sec. 3.1);
+* ``nonlinear``: ReLU-aware reconstruction by the auxiliary-variable alternation (sec. 3.2);
+* ``asymmetric``: nonlinear, with inputs taken from the already-approximated network and targets from the
+  original one, so errors do not accumulate (sec. 3.3; the paper's best);
+* ``linear-asymmetric``: the asymmetric target with the linear solver (an ablation).
+
+Ranks come from a whole-model conv-FLOP ``speedup`` by the paper's greedy rule (:mod:`.ranks`), or are given.
+Fold BatchNorm first (:func:`deepshrink.fold_batchnorm_`) so each conv's output is the pre-ReLU response.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, fx, nn
+from torch.utils.data import Dataset
+
+from ..core.errors import ConfigError, UnsupportedLayerError
+from ..core.select import Selector, select_layers
+from .fit import Factors, linear_fit, nonlinear_fit, response_eigenvalues
+from .modules import check_conv, replace_conv_
+from .ranks import LayerCost, select_ranks
+from .svd import svd_conv_
+
+METHODS = ("svd", "linear", "nonlinear", "asymmetric", "linear-asymmetric")
+
+
+@dataclass(frozen=True)
+class ZhangLowRank:
+    """Hyperparameters of the response-based conv factorisation (defaults: the paper's)."""
+
+    speedup: float | None = 3.0
+    """Whole-model conv MAC reduction the greedy rank selection aims for (ignored when ``ranks`` is given)."""
+    method: str = "asymmetric"
+    ranks: Mapping[str, int] | None = None
+    """Explicit rank per layer fqn (layers not listed stay as they are)."""
+    images: int = 3000
+    positions: int = 10
+    """Response vectors sampled per image and layer (random spatial positions)."""
+    schedule: tuple[tuple[float, int], ...] = ((0.01, 25), (1.0, 25))
+    """``(lambda, iterations)`` stages of the nonlinear solver."""
+    batch_size: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.ranks is None and (self.speedup is None or not self.speedup >= 1.0):
+            raise ConfigError(f"speedup must be >= 1 (or give ranks), got {self.speedup}")
+        if self.ranks is not None and any(int(r) < 1 for r in self.ranks.values()):
+            raise ConfigError(f"every rank must be >= 1, got {dict(self.ranks)}")
+        if self.images < 1 or self.positions < 1 or self.batch_size < 1:
+            raise ConfigError("images, positions and batch_size must be >= 1")
+        if not self.schedule or any(lam <= 0 or its < 0 for lam, its in self.schedule):
+            raise ConfigError(f"schedule must be (lambda > 0, iterations >= 0) pairs, got {self.schedule}")
+
+    @property
+    def nonlinear(self) -> bool:
+        return self.method in ("nonlinear", "asymmetric")
+
+    @property
+    def asymmetric(self) -> bool:
+        return self.method in ("asymmetric", "linear-asymmetric")
+
+
+@dataclass
+class LowRankReport:
+    """What :func:`lowrank_conv_` did: ranks (``None``: kept), PCA energy kept, conv MACs, per-layer errors."""
+
+    method: str
+    ranks: dict[str, int | None] = field(default_factory=dict)
+    energy: dict[str, float] = field(default_factory=dict)
+    macs_before: int = 0
+    macs_after: int = 0
+    errors: dict[str, dict[str, float]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def speedup(self) -> float:
+        return self.macs_before / max(self.macs_after, 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "ranks": self.ranks, "energy": self.energy, "macs_before": self.macs_before,
+                "macs_after": self.macs_after, "speedup": round(self.speedup, 4), "errors": self.errors,
+                "skipped": self.skipped}
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the last needed response is captured."""
+
+
+def calibration_images(calib: Dataset | Tensor, count: int, seed: int = 0) -> Tensor:
+    """Up to ``count`` inputs drawn without replacement (seeded) from a dataset of ``(x, y)`` or a tensor."""
+    total = len(calib)  # type: ignore[arg-type]
+    chosen = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[: min(count, total)]
+    if isinstance(calib, Tensor):
+        return calib[chosen]
+    tensors = getattr(calib, "tensors", None)
+    if tensors is not None:
+        return tensors[0][chosen]
+    return torch.stack([calib[int(i)][0] for i in chosen])
+
+
+def _device(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def probe_convs(model: nn.Module, example: Tensor) -> dict[str, tuple[tuple[int, ...], int]]:
+    """``{fqn: (output shape, MACs)}`` of every ``nn.Conv2d`` for one input, in execution order."""
+    found: dict[str, tuple[tuple[int, ...], int]] = {}
+    hooks = []
+    for fqn, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            def hook(mod: nn.Module, inputs: Any, output: Tensor, fqn: str = fqn) -> None:
+                weight = mod.weight
+                assert isinstance(weight, Tensor)
+                found.setdefault(fqn, (tuple(output.shape[1:]), int(weight[0].numel() * output[0].numel())))
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        model(example[:1].to(_device(model)))
+    finally:
+        model.train(was_training)
+        for handle in hooks:
+            handle.remove()
+    return found
+
+
+def conv_macs(model: nn.Module, example: Tensor) -> int:
+    """Total conv MACs of ``model`` for one input like ``example`` (factorised pairs counted as two convs)."""
+    return sum(macs for _, macs in probe_convs(model, example).values())
+
+
+def relu_followed(model: nn.Module) -> set[str]:
+    """Fqns of convs whose output goes (through Identity/Dropout only) straight into a ReLU."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # untraceable models: nonlinear falls back to linear
+        return set()
+    modules = dict(model.named_modules())
+    passthrough = (nn.Identity, nn.Dropout)
+    relus = (torch.relu, torch.nn.functional.relu, torch.relu_)
+    found = set()
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), nn.Conv2d):
+            continue
+        current = node
+        while len(current.users) == 1:
+            (user,) = current.users
+            target = modules.get(str(user.target)) if user.op == "call_module" else None
+            if isinstance(target, nn.ReLU) or (user.op == "call_function" and user.target in relus) or (
+                user.op == "call_method" and user.target in ("relu", "relu_")
+            ):
+                found.add(str(node.target))
+                break
+            if not isinstance(target, passthrough):
+                break
+            current = user
+    return found
+
+
+@torch.no_grad()
+def collect_responses(
+    model: nn.Module, names: list[str], images: Tensor, positions: Mapping[str, Tensor], batch_size: int = 100
+) -> dict[str, Tensor]:
+    """Outputs of the modules ``names`` at the sampled ``positions[name]`` (``N x P`` flat spatial indices).
+
+    Returns ``{name: (N * P) x d}``. The forward pass stops once the last of ``names`` has run.
+    """
+    chunks: dict[str, list[Tensor]] = {n: [] for n in names}
+    pending: set[str] = set()
+    start = 0
+
+    def make_hook(name: str) -> Callable[[nn.Module, Any, Tensor], None]:
+        def hook(mod: nn.Module, inputs: Any, output: Tensor) -> None:
+            idx = positions[name][start : start + output.shape[0]].to(output.device)
+            flat = output.flatten(2)
+            picked = torch.gather(flat, 2, idx[:, None, :].expand(-1, flat.shape[1], -1))
+            chunks[name].append(picked.transpose(1, 2).reshape(-1, flat.shape[1]).cpu())
+            pending.discard(name)
+            if not pending:
+                raise _Stop
+
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    try:
+        for start in range(0, images.shape[0], batch_size):
+            pending.update(names)
+            with contextlib.suppress(_Stop):
+                model(images[start : start + batch_size].to(device))
+    finally:
+        model.train(was_training)
+        for handle in hooks:
+            handle.remove()
+    return {n: torch.cat(c) for n, c in chunks.items()}
+
+
+def _to_conv(conv: nn.Conv2d, fac: Factors) -> tuple[Tensor, Tensor, Tensor]:
+    weight = conv.weight.detach().double()
+    bias0 = conv.bias.detach().double() if conv.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+    p, qt, b = fac.p.double(), fac.qt.double(), fac.b.double()
+    first = (qt @ weight.reshape(weight.shape[0], -1)).reshape(qt.shape[0], *weight.shape[1:])
+    dtype = conv.weight.dtype
+    return first.to(dtype), p.to(dtype), (p @ (qt @ bias0) + b).to(dtype)
+
+
+def lowrank_conv_(
+    model: nn.Module, config: ZhangLowRank, calib: Dataset | Tensor, select: Selector = nn.Conv2d
+) -> LowRankReport:
+    """Factorise the selected convs of ``model`` in place, in network order; returns a :class:`LowRankReport`."""
+    report = LowRankReport(config.method)
+    images = calibration_images(calib, config.images, config.seed)
+    probe = probe_convs(model, images)
+    candidates = []
+    for fqn, module in select_layers(model, select, supported=(nn.Conv2d,)).layers:
+        try:
+            check_conv(module, fqn)
+        except UnsupportedLayerError as exc:
+            report.skipped[fqn] = str(exc)
+            continue
+        if fqn not in probe:
+            report.skipped[fqn] = "not run by the model's forward pass"
+            continue
+        candidates.append(fqn)
+    if not candidates:
+        raise ConfigError(f"no selected layer can be factorised ({report.skipped or 'no nn.Conv2d selected'})")
+    if config.ranks is not None:
+        unknown = set(config.ranks) - set(candidates)
+        if unknown:
+            raise ConfigError(f"ranks name layers that are not selectable convs: {sorted(unknown)}")
+    order = [n for n in probe if n in candidates]  # execution order
+    report.macs_before = sum(m for _, m in probe.values())
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    positions = {n: torch.randint(0, probe[n][0][1] * probe[n][0][2], (images.shape[0], config.positions),
+                                  generator=gen) for n in order}
+    original = copy.deepcopy(model)
+    targets = collect_responses(original, order, images, positions, config.batch_size)
+    eigen = {n: response_eigenvalues(targets[n]) for n in order}
+    costs = {}
+    for n in order:
+        conv = model.get_submodule(n)
+        assert isinstance(conv, nn.Conv2d)
+        shape, macs = probe[n]
+        costs[n] = LayerCost(conv.out_channels, macs, (conv.weight[0].numel() + conv.out_channels) * shape[1] * shape[2])
+    if config.ranks is not None:
+        ranks: dict[str, int | None] = {n: (min(int(config.ranks[n]), costs[n].filters) if n in config.ranks else None)
+                                        for n in order}
+    else:
+        assert config.speedup is not None
+        fixed = report.macs_before - sum(c.original for c in costs.values())
+        ranks = select_ranks(eigen, costs, int(report.macs_before / config.speedup), fixed)
+    relu = relu_followed(model) if config.nonlinear else set()
+    for n in order:
+        rank = ranks[n]
+        report.ranks[n] = rank
+        total = float(eigen[n].sum())
+        report.energy[n] = float(eigen[n][:rank].sum()) / total if rank is not None and total > 0 else 1.0
+        if rank is None:
+            continue
+        conv = model.get_submodule(n)
+        assert isinstance(conv, nn.Conv2d)
+        if config.method == "svd":
+            svd_conv_(model, n, rank)
+            continue
+        y = targets[n]
+        yhat = collect_responses(model, [n], images, positions, config.batch_size)[n] if config.asymmetric else y
+        if config.nonlinear and n in relu:
+            fac = nonlinear_fit(y, yhat, rank, config.schedule, asymmetric=config.asymmetric)
+        else:
+            if config.nonlinear:
+                report.skipped[n] = "no ReLU follows: fitted linearly"
+            fac = linear_fit(y, yhat, rank, asymmetric=config.asymmetric)
+        norm = float((torch.relu(y) if config.nonlinear and n in relu else y).double().pow(2).sum(1).mean())
+        report.errors[n] = {"initial": fac.initial_error / max(norm, 1e-300), "final": fac.error / max(norm, 1e-300)}
+        replace_conv_(model, n, *_to_conv(conv, fac))
+    report.macs_after = conv_macs(model, images)
+    return report
