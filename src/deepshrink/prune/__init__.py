@@ -1,0 +1,45 @@
+"""Pruning: magnitude (Han et al. 2015), Optimal Brain Damage (LeCun et al. 1989), sensitivity, schedules.
+
+``prune_(model, MagnitudePrune(quality=1.5))`` narrows each layer's mask in the shared compression state;
+``iterative_prune_`` alternates pruning and retraining; ``sensitivity_sweep`` + ``choose_thresholds`` pick
+per-layer sparsities from one-layer-at-a-time accuracy curves.
+"""
+
+from .base import LayerReport, PruneReport, clear_pruned_optimizer_state_, model_sparsity, prune_
+from .magnitude import MagnitudePrune, RandomPrune
+from .obd import HESSIANS, OBDPrune, hessian_diagonal, saliency
+from .schedule import DropoutAdjuster, iterative_prune_, rising_schedule, rising_sparsities
+from .sensitivity import (
+    DEFAULT_SPARSITIES,
+    Sensitivity,
+    Thresholds,
+    choose_thresholds,
+    plot_sensitivity,
+    sensitivity_sweep,
+    write_sensitivity,
+)
+
+__all__ = [
+    "DEFAULT_SPARSITIES",
+    "HESSIANS",
+    "DropoutAdjuster",
+    "LayerReport",
+    "MagnitudePrune",
+    "OBDPrune",
+    "PruneReport",
+    "RandomPrune",
+    "Sensitivity",
+    "Thresholds",
+    "choose_thresholds",
+    "clear_pruned_optimizer_state_",
+    "hessian_diagonal",
+    "iterative_prune_",
+    "model_sparsity",
+    "plot_sensitivity",
+    "prune_",
+    "rising_schedule",
+    "rising_sparsities",
+    "saliency",
+    "sensitivity_sweep",
+    "write_sensitivity",
+]

@@ -1,0 +1,253 @@
+"""Sensitivity analysis (Han et al. 2015, Fig. 5): prune one layer at a time over a sweep of sparsities.
+
+For each layer alone the smallest-magnitude weights are zeroed (temporarily, in the latent tensor) and the
+model is evaluated on the validation split. The result has Distiller's shape ``{layer: {sparsity: acc}}``
+and is written as CSV, JSON and a matplotlib plot. Layers are independent, so ``workers > 1`` sweeps them
+in parallel processes (forked: the model is shared copy-on-write, one torch thread per worker).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..core.atomic import atomic_write_bytes, atomic_write_text
+from ..core.errors import ConfigError, FormatError
+from ..core.select import Selector, select_layers
+from ..core.state import latent_weight
+from ..train import evaluate
+from .base import current_mask, keep_top
+
+DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+
+
+@dataclass
+class Sensitivity:
+    """``curves[layer][sparsity] = accuracy`` with the unpruned ``baseline`` and each layer's weight count."""
+
+    baseline: float
+    curves: dict[str, dict[float, float]] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"baseline": self.baseline, "params": self.params,
+                "curves": {n: {f"{s:g}": a for s, a in c.items()} for n, c in self.curves.items()}}
+
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> Sensitivity:
+        try:
+            curves = {n: {float(s): float(a) for s, a in c.items()} for n, c in obj["curves"].items()}
+            return cls(float(obj["baseline"]), curves, {k: int(v) for k, v in obj["params"].items()})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise FormatError(f"not a sensitivity result (needs baseline, curves, params): {exc}") from exc
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Sensitivity:
+        """Read ``sensitivity.json`` (or the folder holding it)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "sensitivity.json"
+        if not path.is_file():
+            raise FormatError(f"no sensitivity result at {path}: run `deepshrink sensitivity` first")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{path}: not JSON ({exc})") from exc
+
+
+_SWEEP: dict[str, Any] = {}
+
+
+def _sweep_layer(name: str) -> tuple[str, dict[float, float]]:
+    model, val_data, sparsities, batch_size = (_SWEEP[k] for k in ("model", "val", "sparsities", "batch_size"))
+    if _SWEEP.get("worker"):
+        torch.set_num_threads(1)
+    module = dict(model.named_modules())[name]
+    weight = latent_weight(module)
+    original = weight.detach().clone()
+    alive = current_mask(module).cpu()
+    curve: dict[float, float] = {}
+    try:
+        for s in sparsities:
+            keep = round((1.0 - s) * weight.numel())
+            mask = keep_top(original.abs().cpu(), alive, keep).to(weight.device)
+            with torch.no_grad():
+                weight.copy_(original * mask)
+            curve[float(s)] = evaluate(model, val_data, batch_size)["accuracy"]
+    finally:
+        with torch.no_grad():
+            weight.copy_(original)
+    return name, curve
+
+
+def sensitivity_sweep(
+    model: nn.Module,
+    val_data: Dataset,
+    sparsities: Sequence[float] = DEFAULT_SPARSITIES,
+    select: Selector = None,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    workers: int = 1,
+    batch_size: int = 1000,
+    quiet: bool = False,
+) -> Sensitivity:
+    """Accuracy on ``val_data`` with each selected layer alone magnitude-pruned to each sparsity.
+
+    With ``out_dir``, writes ``sensitivity.csv``, ``sensitivity.json`` and ``sensitivity.png``.
+    """
+    if not sparsities or any(not 0.0 <= s < 1.0 for s in sparsities):
+        raise ConfigError(f"sparsities must be a non-empty list of values in [0, 1), got {list(sparsities)}")
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    layers = select_layers(model, select).layers
+    if not layers:
+        raise ConfigError(f"no prunable (Linear/Conv) layer matched select={select!r}")
+    result = Sensitivity(evaluate(model, val_data, batch_size)["accuracy"])
+    result.params = {n: latent_weight(m).numel() for n, m in layers}
+    _SWEEP.update(model=model, val=val_data, sparsities=sorted(set(sparsities)), batch_size=batch_size, worker=False)
+    names = [n for n, _ in layers]
+    progress = None
+    if not quiet:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(names), desc="sensitivity", leave=False)
+    try:
+        if workers > 1 and len(names) > 1:
+            _SWEEP["worker"] = True
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(min(workers, len(names)), mp_context=context) as pool:
+                for name, curve in pool.map(_sweep_layer, names):
+                    result.curves[name] = curve
+                    if progress is not None:
+                        progress.update()
+        else:
+            for name in names:
+                result.curves[name] = _sweep_layer(name)[1]
+                if progress is not None:
+                    progress.update()
+    finally:
+        _SWEEP.clear()
+        if progress is not None:
+            progress.close()
+    if out_dir is not None:
+        write_sensitivity(result, out_dir)
+    return result
+
+
+def write_sensitivity(result: Sensitivity, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write CSV, JSON and the accuracy-vs-sparsity plot (one curve per layer) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["layer", "params", "sparsity", "accuracy", "drop"])
+    for name, curve in result.curves.items():
+        for s, acc in curve.items():
+            writer.writerow([name, result.params[name], f"{s:g}", f"{acc:.6f}", f"{result.baseline - acc:.6f}"])
+    paths = {"csv": out / "sensitivity.csv", "json": out / "sensitivity.json", "png": out / "sensitivity.png"}
+    atomic_write_text(paths["csv"], text.getvalue())
+    atomic_write_text(paths["json"], json.dumps(result.to_dict(), indent=1))
+    atomic_write_bytes(paths["png"], plot_sensitivity(result))
+    return paths
+
+
+def plot_sensitivity(result: Sensitivity) -> bytes:
+    """PNG bytes of accuracy vs. sparsity, one curve per layer (Han et al.'s Fig. 5 style)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, curve in result.curves.items():
+        xs = sorted(curve)
+        ax.plot([100 * x for x in xs], [100 * curve[x] for x in xs], marker="o", markersize=3, label=name)
+    ax.axhline(100 * result.baseline, color="grey", linestyle=":", linewidth=1, label="unpruned")
+    ax.set_xlabel("parameters pruned away (%)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Sensitivity: each layer pruned alone")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+@dataclass
+class Thresholds:
+    """Per-layer sparsities chosen from a sensitivity sweep (and, with a model, the matching quality)."""
+
+    sparsity: dict[str, float]
+    overall: float
+    budget: float
+    met: bool
+    quality: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sparsity": self.sparsity, "quality": self.quality, "overall": self.overall,
+                "budget": self.budget, "met": self.met}
+
+
+def _max_sparsity(curve: dict[float, float], floor: float) -> float:
+    """Largest swept sparsity whose accuracy, and that of every smaller sparsity, stays >= ``floor``."""
+    best = 0.0
+    for s in sorted(curve):
+        if curve[s] < floor:
+            break
+        best = s
+    return best
+
+
+def choose_thresholds(result: Sensitivity, max_drop: float, target_sparsity: float | None = None,
+                      model: nn.Module | None = None) -> Thresholds:
+    """Per-layer sparsities whose one-layer accuracy drop stays within a budget, reaching ``target_sparsity``.
+
+    The budget is the smallest accuracy drop ``b <= max_drop`` (absolute, e.g. 0.01 = 1 point) at which
+    giving every layer its largest sparsity with drop <= b reaches the target overall sparsity; without a
+    target (or if even ``max_drop`` falls short, ``met=False``) the full ``max_drop`` is used. With ``model``
+    the equivalent Han quality parameter (threshold / layer std) is reported per layer too.
+    """
+    if max_drop < 0:
+        raise ConfigError(f"max_drop must be >= 0, got {max_drop}")
+    total = sum(result.params.values())
+
+    def choose(budget: float) -> tuple[dict[str, float], float]:
+        chosen = {n: _max_sparsity(c, result.baseline - budget - 1e-12) for n, c in result.curves.items()}
+        overall = sum(chosen[n] * result.params[n] for n in chosen) / max(total, 1)
+        return chosen, overall
+
+    budgets = sorted({max(0.0, result.baseline - a) for c in result.curves.values() for a in c.values()} | {0.0})
+    budgets = [b for b in budgets if b <= max_drop] + [max_drop]
+    chosen: dict[str, float] = {}
+    overall, used = 0.0, max_drop
+    for budget in budgets:
+        chosen, overall = choose(budget)
+        used = budget
+        if target_sparsity is not None and overall >= target_sparsity:
+            break
+    met = target_sparsity is None or overall >= target_sparsity
+    thresholds = Thresholds(chosen, overall, used, met)
+    if model is not None:
+        modules = dict(model.named_modules())
+        for name, s in chosen.items():
+            weight = latent_weight(modules[name]).detach().flatten()
+            if s <= 0 or weight.numel() < 2:
+                thresholds.quality[name] = 0.0
+                continue
+            cut = torch.quantile(weight.abs().float(), s).item()
+            thresholds.quality[name] = cut / float(weight.std())
+    return thresholds
