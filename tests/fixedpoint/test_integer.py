@@ -1,0 +1,89 @@
+"""The integer engine is bit-exact with the simulated (fake-quantized) model on random models and inputs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from deepshrink.core import UnsupportedLayerError
+from deepshrink.core.state import set_value_transform
+from deepshrink.fixedpoint import (
+    DynamicFixedPoint,
+    FixedPoint,
+    FixedPointFormat,
+    IntegerLayer,
+    IntegerModel,
+    QTensor,
+    quantize_,
+    swap_integer_layers_,
+)
+from deepshrink.fixedpoint.simulate import install_hooks
+
+from .conftest import TinyCNN, TinyMLP, randomize_
+
+BITS = st.sampled_from([4, 6, 8, 16, {"conv": 8, "fc": 4}])
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), bits=BITS, static=st.booleans(), outputs=st.booleans(),
+       scale=st.floats(0.05, 20.0))
+def test_cnn_integer_engine_bit_exact(seed: int, bits: int | dict[str, int], static: bool, outputs: bool,
+                                      scale: float) -> None:
+    model = randomize_(TinyCNN(), seed, scale)
+    gen = torch.Generator().manual_seed(seed + 1)
+    calib = [torch.randn(16, 1, 8, 8, generator=gen) * scale for _ in range(2)]
+    quantize_(model, DynamicFixedPoint(bits=bits, act_bits=8 if isinstance(bits, dict) else bits, static=static,
+                                       quantize_outputs=outputs), calib=calib)
+    x = torch.randn(32, 1, 8, 8, generator=gen) * scale * 3  # wider than calibration: exercises saturation
+    simulated = model(x)
+    assert torch.equal(IntegerModel(model)(x), simulated)
+    assert torch.equal(swap_integer_layers_(copy.deepcopy(model))(x), simulated)
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), bits=st.sampled_from([4, 6, 8, 16]), outputs=st.booleans())
+def test_mlp_with_float_op_bit_exact(seed: int, bits: int, outputs: bool) -> None:
+    model = randomize_(TinyMLP(), seed, 1.0)
+    gen = torch.Generator().manual_seed(seed)
+    quantize_(model, DynamicFixedPoint(bits=bits, quantize_outputs=outputs), calib=torch.randn(64, 10, generator=gen))
+    x = torch.randn(40, 10, generator=gen) * 2
+    assert torch.equal(IntegerModel(model)(x), model(x))
+
+
+def test_integer_layer_keeps_integers_between_layers() -> None:
+    model = randomize_(TinyCNN(), 0, 1.0)
+    quantize_(model, DynamicFixedPoint(bits=8), calib=torch.randn(8, 1, 8, 8))
+    layer = IntegerModel(model).layers["conv1"]
+    assert isinstance(layer, IntegerLayer) and layer.weight_int.dtype == torch.int64
+    out = layer(torch.randn(2, 1, 8, 8))
+    assert isinstance(out, QTensor) and out.data.dtype == torch.int64
+    assert int(out.data.abs().max()) <= 128
+
+
+def test_saturation_in_both_paths() -> None:
+    """Inputs and outputs far outside the formats saturate identically in the simulation and on integers."""
+    layer = nn.Linear(2, 2)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[1.0, 1.0], [-1.0, -1.0]]))
+        layer.bias.zero_()
+    set_value_transform(layer, FixedPoint(4, 2, act_in=FixedPointFormat(4, 1), act_out=FixedPointFormat(4, 0)))
+    install_hooks(layer)
+    x = torch.tensor([[100.0, 100.0], [0.25, 0.0]])
+    # input saturates to 3.5 (7 * 2**-1); weights 1.0 = 4 * 2**-2; output 7.0 saturates to 7 / -8
+    expected = torch.tensor([[7.0, -7.0], [1.0, -0.0]])
+    sim = layer(x)
+    assert torch.equal(sim, expected)
+    assert torch.equal(IntegerLayer(layer, float_io=True)(x), expected)
+    x = torch.tensor([[-100.0, -100.0]])
+    assert layer(x).tolist() == [[-8.0, 7.0]]
+    assert IntegerLayer(layer, float_io=True)(x).tolist() == [[-8.0, 7.0]]
+
+
+def test_unquantized_model_is_refused() -> None:
+    with pytest.raises(UnsupportedLayerError):
+        IntegerModel(TinyCNN())
