@@ -154,7 +154,7 @@ class Ternary(ValueTransform):
         is negative or when Wp and Wn differ by more than 1/t.)
         """
         transform = cls.from_export(exported)
-        scale = max(abs(float(transform.wp)), abs(float(transform.wn))) or 1.0
+        scale = max(abs(float(transform.wp.detach())), abs(float(transform.wn.detach()))) or 1.0
         code = torch.from_numpy(np.asarray(exported["code"], dtype=np.float32))
         with torch.no_grad():
             latent = latent_weight(module, name)
@@ -162,7 +162,7 @@ class Ternary(ValueTransform):
         set_value_transform(module, transform, name)
 
     def extra_repr(self) -> str:
-        return f"t={float(self.t):g}, wp={float(self.wp):.4g}, wn={float(self.wn):.4g}"
+        return f"t={float(self.t):g}, wp={float(self.wp.detach()):.4g}, wn={float(self.wn.detach()):.4g}"
 
 
 def initial_scales(latent: Tensor, t: float, init: str) -> tuple[float, float]:
