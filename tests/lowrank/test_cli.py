@@ -1,0 +1,40 @@
+"""``deepshrink lowrank`` on a tiny checkpoint: writes a loadable factorised model with fewer MACs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from deepshrink import build_model, load_model, save_checkpoint
+from deepshrink.cli import app
+
+runner = CliRunner()
+
+
+def test_lowrank_cli_conv_and_linear(tmp_path) -> None:
+    torch.manual_seed(0)
+    ckpt, out = tmp_path / "vgg.pt", tmp_path / "vgg-lr.pt"
+    save_checkpoint(ckpt, build_model("vgg", in_channels=1, num_classes=10, widths=(8, 8, 16, 16)), meta={"dataset": "digits"})
+    result = runner.invoke(app, ["lowrank", str(ckpt), "--speedup", "2", "--method", "asymmetric", "--images", "60",
+                                 "--linear-ratio", "0.5", "--finetune-epochs", "1", "--out", str(out), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["conv"]["speedup"] >= 2.0 and report["macs_after"] < report["macs_before"]
+    assert report["folded_bn"] and report["linear"]["ranks"] == {"classifier": 3}
+    model, meta = load_model(out)
+    assert meta["dataset"] == "digits" and sum(isinstance(m, torch.nn.Sequential) for m in model.modules()) >= 2
+    result = runner.invoke(app, ["eval", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["accuracy"] == pytest.approx(report["top1_finetuned"], abs=1e-5)
+
+
+def test_lowrank_cli_needs_something_to_do(tmp_path) -> None:
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, build_model("lenet300", in_features=64), meta={"dataset": "digits"})
+    result = runner.invoke(app, ["lowrank", str(ckpt), "--out", str(tmp_path / "o.pt")])
+    assert result.exit_code != 0
+    result = runner.invoke(app, ["lowrank", str(ckpt), "--speedup", "2", "--out", str(tmp_path / "o.pt")])
+    assert result.exit_code != 0 and "conv" in str(result.exception)
