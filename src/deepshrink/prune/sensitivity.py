@@ -244,10 +244,12 @@ def choose_thresholds(result: Sensitivity, max_drop: float, target_sparsity: flo
     if model is not None:
         modules = dict(model.named_modules())
         for name, s in chosen.items():
-            weight = latent_weight(modules[name]).detach().flatten()
-            if s <= 0 or weight.numel() < 2:
+            weight = latent_weight(modules[name]).detach().cpu()
+            alive = weight[current_mask(modules[name]).cpu()].float()
+            cut_fraction = (s * weight.numel() - (weight.numel() - alive.numel())) / max(alive.numel(), 1)
+            if cut_fraction <= 0 or alive.numel() < 2:
                 thresholds.quality[name] = 0.0
                 continue
-            cut = torch.quantile(weight.abs().float(), s).item()
-            thresholds.quality[name] = cut / float(weight.std())
+            cut = torch.quantile(alive.abs(), min(cut_fraction, 1.0)).item()
+            thresholds.quality[name] = cut / float(alive.std())  # MagnitudePrune's std is over alive weights
     return thresholds
