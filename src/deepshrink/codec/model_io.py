@@ -1,0 +1,477 @@
+"""``save_compressed`` / ``read_compressed`` / ``load_compressed``: a model's compression state <-> ``.dsz`` bytes.
+
+Each weight is stored in the form its compression state calls for (see docs/format.md):
+
+* value transform (codebook / fixedpoint / ternary): its exported integers as an entropy-coded symbol
+  stream, plus its small arrays (e.g. centroids) and JSON fields verbatim; sparse (relative index) when the
+  weight also carries a mask, dense otherwise;
+* mask only (pruned): the relative index plus the kept fp32 values;
+* neither (linear / conv weights): dense fp32 or fp16.
+
+Every other tensor of the ``state_dict`` (biases, BatchNorm statistics, int buffers) is stored raw.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.atomic import atomic_write_bytes
+from ..core.edits import recorded_edits, replay_edits
+from ..core.errors import ConfigError, DeepShrinkError, FormatError
+from ..core.quantized import KINDS, dequantize
+from ..core.select import SUPPORTED_LAYERS, layer_kind
+from ..core.state import (
+    get_mask,
+    get_value_transform,
+    iter_states,
+    latent_weight,
+    set_mask,
+    value_transform_for_kind,
+)
+from .bits import width_for
+from .container import Container, SectionWriter, expect
+from .sparse import MAX_INDEX_BITS, decode_positions, encode_positions, mask_from_positions
+from .stream import CODINGS, EncodedStream, decode_stream, encode_stream
+
+__all__ = [
+    "CompressedFile",
+    "CompressionReport",
+    "load_compressed",
+    "load_compressed_with_meta",
+    "read_compressed",
+    "read_compressed_bytes",
+    "save_compressed",
+]
+
+DEFAULT_INDEX_BITS = {"conv": 8, "fc": 5}
+SYMBOL_KEY = {"codebook": "index", "fixedpoint": "int", "ternary": "code"}
+"""The export key holding each kind's integer array (the entropy-coded symbols)."""
+TECHNIQUE_PACKAGES = {"codebook": "deepshrink.share", "fixedpoint": "deepshrink.fixedpoint", "ternary": "deepshrink.ternary"}
+"""Allow-list: the only packages the loader imports to find a value transform class for a kind."""
+DTYPES = {name: np.dtype(name) for name in
+          ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")}
+MAX_ELEMENTS = 1 << 31
+"""Largest tensor a file may declare (a guard against absurd shapes before allocation)."""
+MAX_ALPHABET = 1 << 32
+
+
+@dataclass
+class CompressionReport:
+    """Bytes written: per tensor (all its sections) and in total; ``file_bytes`` is the file size."""
+
+    path: str
+    tensors: dict[str, int] = field(default_factory=dict)
+    file_bytes: int = 0
+    header_bytes: int = 0
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.tensors.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "tensors": dict(self.tensors), "total_bytes": self.total_bytes,
+                "header_bytes": self.header_bytes, "file_bytes": self.file_bytes}
+
+
+@dataclass
+class CompressedFile:
+    """A read ``.dsz`` file, decoded but not turned into a model.
+
+    ``weights`` maps a tensor name (``"fc1.weight"``) to one of
+
+    * an export dict: ``{"kind": "codebook"|"fixedpoint"|"ternary", <its arrays as numpy>, <fields kept>}``,
+      plus ``"mask"`` (bool array) when the weight was stored sparse;
+    * ``{"kind": "sparse", "mask": bool array, "values": float32 kept values in C order}``;
+    * ``{"kind": "dense", "array": float32 array}`` (fp16-stored weights are widened exactly).
+
+    ``tensors`` holds every other tensor as a numpy array; ``section_bytes`` the bytes per tensor and part.
+    """
+
+    path: str
+    header: dict[str, Any]
+    weights: dict[str, dict[str, Any]]
+    tensors: dict[str, np.ndarray]
+    section_bytes: dict[str, dict[str, int]]
+    file_size: int
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.header.get("meta", {}))
+
+
+# ----------------------------------------------------------------------------------------------- save
+
+
+def _numpy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return value
+
+
+def _json_field(value: Any, where: str) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where} is not JSON-serialisable ({exc}); exports may hold arrays and JSON values") from exc
+    return value
+
+
+def _raw_array(writer: SectionWriter, array: np.ndarray, where: str) -> dict[str, Any]:
+    array = np.ascontiguousarray(array)
+    if array.dtype.name not in DTYPES:
+        raise ConfigError(f"{where}: dtype {array.dtype} cannot be stored (supported: {', '.join(DTYPES)})")
+    return {"dtype": array.dtype.name, "shape": list(array.shape), "section": writer.add(array.tobytes())}
+
+
+def _stream(writer: SectionWriter, coded: EncodedStream, **extra: Any) -> dict[str, Any]:
+    return {"coding": coded.coding, "count": coded.count, "alphabet": coded.alphabet, "raw_bits": coded.raw_bits,
+            "table": writer.add(coded.table) if coded.table else None, "data": writer.add(coded.data), **extra}
+
+
+def _encode_weight(writer: SectionWriter, module: nn.Module, tname: str, fqn: str, entropy: str,
+                   index_bits: dict[str, int], dense_dtype: str) -> dict[str, Any]:
+    effective = getattr(module, tname).detach().cpu().to(torch.float32).numpy()
+    mask_t = get_mask(module, tname)
+    transform = get_value_transform(module, tname)
+    family = layer_kind(module)
+    entry: dict[str, Any] = {"shape": list(effective.shape), "layer": family}
+    mask = None if mask_t is None else mask_t.detach().cpu().numpy().astype(bool)
+    if mask is not None:
+        bits = index_bits[family]
+        codes = encode_positions(mask, bits)
+        entry["index"] = _stream(writer, encode_stream(codes, 1 << bits, bits, entropy), bits=bits)
+    if transform is None:
+        if mask is None:
+            dtype = np.float16 if dense_dtype == "fp16" else np.float32
+            entry.update(kind="dense", **_raw_array(writer, effective.astype(dtype), fqn))
+        else:
+            entry.update(kind="sparse", values=_raw_array(writer, effective.reshape(-1)[mask.reshape(-1)], fqn))
+        return entry
+    with torch.no_grad():
+        latent = latent_weight(module, tname).detach()
+        masked = latent * mask_t.to(latent.dtype) if mask_t is not None else latent
+        exported = {k: _numpy(v) for k, v in transform.export(masked).items()}
+    kind = exported.get("kind")
+    if kind not in SYMBOL_KEY:
+        raise ConfigError(f"{fqn}: {type(transform).__name__}.export() returned kind {kind!r} (known: {', '.join(KINDS)})")
+    if not np.array_equal(dequantize(exported), effective):
+        raise DeepShrinkError(f"{fqn}: {type(transform).__name__}.export() does not reproduce the weight the model "
+                              "computes; the file would not load bit-exactly (fix the transform's export)")
+    ints = np.asarray(exported[SYMBOL_KEY[kind]])
+    if ints.shape != effective.shape or not np.issubdtype(ints.dtype, np.integer):
+        raise ConfigError(f"{fqn}: exported {SYMBOL_KEY[kind]!r} must be an integer array of shape {effective.shape}")
+    stored = ints.reshape(-1)[mask.reshape(-1)] if mask is not None else ints.reshape(-1)
+    low = int(stored.min()) if stored.size else 0
+    alphabet = (int(stored.max()) - low + 1) if stored.size else 1
+    if alphabet > MAX_ALPHABET:
+        raise ConfigError(f"{fqn}: exported integers span {alphabet} values; at most 2**32 can be stored")
+    coded = encode_stream(stored.astype(np.int64) - low, alphabet, width_for(alphabet), entropy)
+    entry.update(kind=kind, values=_stream(writer, coded, offset=low), arrays={}, fields={})
+    for key, value in exported.items():
+        if key in ("kind", SYMBOL_KEY[kind]):
+            continue
+        if isinstance(value, np.ndarray):
+            entry["arrays"][key] = _raw_array(writer, value, f"{fqn} export {key!r}")
+        else:
+            entry["fields"][key] = _json_field(value, f"{fqn} export {key!r}")
+    return entry
+
+
+def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, entropy: str = "huffman",
+                    index_bits: dict[str, int] | None = None, dense_dtype: str = "fp32",
+                    meta: dict[str, Any] | None = None) -> CompressionReport:
+    """Write ``model`` with its compression state to ``path`` (a ``.dsz`` file), atomically.
+
+    ``entropy`` codes the integer streams ("huffman", "ans" or "raw" fixed width; a stream falls back to
+    fixed width when that is smaller). ``index_bits`` sets the relative-index width per layer family.
+    """
+    if entropy not in CODINGS:
+        raise ConfigError(f"entropy={entropy!r} is not one of {', '.join(CODINGS)}")
+    if dense_dtype not in ("fp32", "fp16"):
+        raise ConfigError(f"dense_dtype={dense_dtype!r} is not one of fp32, fp16")
+    bits = dict(DEFAULT_INDEX_BITS)
+    for key, value in (index_bits or {}).items():
+        if key not in bits or not isinstance(value, int) or not 1 <= value <= MAX_INDEX_BITS:
+            raise ConfigError(f"index_bits[{key!r}]={value!r}: keys are conv/fc, values 1..{MAX_INDEX_BITS}")
+        bits[key] = value
+    module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    from ..models.registry import arch_of
+
+    arch = arch_of(module)
+    writer = SectionWriter()
+    weights: dict[str, dict[str, Any]] = {}
+    targets: list[tuple[str, nn.Module, str]] = [
+        (f"{fqn}.{name}" if fqn else name, mod, name) for fqn, mod, name, _ in iter_states(module)]
+    stated = {t[0] for t in targets}
+    for fqn, mod in module.named_modules():
+        full = f"{fqn}.weight" if fqn else "weight"
+        if isinstance(mod, SUPPORTED_LAYERS) and full not in stated and isinstance(mod.weight, torch.Tensor):
+            targets.append((full, mod, "weight"))
+    report = CompressionReport(str(path))
+    for full, mod, name in targets:
+        before = sum(len(s) for s in writer.sections)
+        weights[full] = _encode_weight(writer, mod, name, full, entropy, bits, dense_dtype)
+        report.tensors[full] = sum(len(s) for s in writer.sections) - before
+    tensors: dict[str, dict[str, Any]] = {}
+    for key, value in module.state_dict().items():
+        if "parametrizations" in key.split(".") or key in weights:
+            continue
+        before = sum(len(s) for s in writer.sections)
+        tensors[key] = _raw_array(writer, value.detach().cpu().numpy(), key)
+        report.tensors[key] = sum(len(s) for s in writer.sections) - before
+    from .. import __version__
+
+    header = {
+        "library": f"deepshrink {__version__}",
+        "arch": arch[0] if arch else None,
+        "kwargs": arch[1] if arch else {},
+        "edits": recorded_edits(module),
+        "meta": _json_field(dict(meta or {}), "meta"),
+        "entropy": entropy,
+        "index_bits": bits,
+        "dense_dtype": dense_dtype,
+        "weights": weights,
+        "tensors": tensors,
+    }
+    blob = writer.to_bytes(header)
+    atomic_write_bytes(path, blob)
+    report.file_bytes = len(blob)
+    report.header_bytes = len(blob) - sum(len(s) for s in writer.sections)
+    return report
+
+
+# ----------------------------------------------------------------------------------------------- read
+
+
+class _Reader:
+    """Decodes one file's entries, checking every stated size before allocating."""
+
+    def __init__(self, container: Container) -> None:
+        self.c = container
+        self.name = container.name
+        self.bytes: dict[str, dict[str, int]] = {}
+
+    def _count(self, tensor: str, part: str, n: int) -> None:
+        parts = self.bytes.setdefault(tensor, {})
+        parts[part] = parts.get(part, 0) + n
+
+    def shape(self, entry: Any, where: str) -> tuple[int, ...]:
+        shape = expect(entry, "shape", list, where)
+        if len(shape) > 8 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise FormatError(f"{self.name}: {where} has an invalid shape {shape!r}")
+        if int(np.prod(shape, dtype=np.float64)) > MAX_ELEMENTS:
+            raise FormatError(f"{self.name}: {where} declares {shape!r}, more than {MAX_ELEMENTS} elements")
+        return tuple(shape)
+
+    def raw(self, entry: Any, where: str, tensor: str, part: str) -> np.ndarray:
+        dtype_name = expect(entry, "dtype", str, f"{self.name}: {where}")
+        if dtype_name not in DTYPES:
+            raise FormatError(f"{self.name}: {where} has unsupported dtype {dtype_name!r}")
+        dtype = DTYPES[dtype_name]
+        shape = self.shape(entry, where)
+        need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        section = entry.get("section")
+        have = self.c.section_length(section, where)
+        if have != need:
+            raise FormatError(f"{self.name}: {where} needs {need} bytes for {shape} {dtype_name}, section has {have}")
+        data = self.c.read(section, where)
+        self._count(tensor, part, have)
+        array = np.frombuffer(data, dtype=dtype).reshape(shape).copy()
+        if dtype == np.bool_ and array.view(np.uint8).max(initial=0) > 1:
+            raise FormatError(f"{self.name}: {where} holds bool bytes other than 0/1")
+        return array
+
+    def stream(self, entry: Any, where: str, tensor: str, part: str, limit: int) -> np.ndarray:
+        w = f"{self.name}: {where}"
+        if not isinstance(entry, dict):
+            raise FormatError(f"{w} is not a stream description")
+        coding = expect(entry, "coding", str, w)
+        count = expect(entry, "count", int, w)
+        alphabet = expect(entry, "alphabet", int, w)
+        raw_bits = expect(entry, "raw_bits", int, w)
+        if not 0 <= count <= limit:
+            raise FormatError(f"{w} states {count} symbols, at most {limit} fit its tensor")
+        if not 1 <= alphabet <= MAX_ALPHABET or not 1 <= raw_bits <= 32 or alphabet > 1 << raw_bits:
+            raise FormatError(f"{w} has an invalid alphabet {alphabet} / width {raw_bits}")
+        table_id = entry.get("table")
+        table = b"" if table_id is None else self.c.read(table_id, f"{where} table")
+        data = self.c.read(entry.get("data"), f"{where} data")
+        self._count(tensor, f"{part}_table", len(table))
+        self._count(tensor, part, len(data))
+        try:
+            return decode_stream(coding, count, alphabet, raw_bits, table, data)
+        except FormatError as exc:
+            raise FormatError(f"{w}: {exc}") from exc
+
+    def weight(self, fqn: str, entry: Any) -> dict[str, Any]:
+        where = f"weight {fqn!r}"
+        kind = expect(entry, "kind", str, f"{self.name}: {where}")
+        shape = self.shape(entry, where)
+        numel = int(np.prod(shape, dtype=np.int64))
+        if kind == "dense":
+            return {"kind": "dense", "array": self.raw(entry, where, fqn, "values").astype(np.float32)}
+        mask = None
+        if "index" in entry:
+            index = entry["index"]
+            bits = expect(index, "bits", int, f"{self.name}: {where} index")
+            if not 1 <= bits <= MAX_INDEX_BITS:
+                raise FormatError(f"{self.name}: {where} has index width {bits} (1..{MAX_INDEX_BITS} allowed)")
+            codes = self.stream(index, f"{where} index", fqn, "index", numel)
+            try:
+                mask = mask_from_positions(decode_positions(codes, bits, numel), shape)
+            except FormatError as exc:
+                raise FormatError(f"{self.name}: {where}: {exc}") from exc
+        if kind == "sparse":
+            if mask is None:
+                raise FormatError(f"{self.name}: {where} is sparse but has no index")
+            values = self.raw(expect(entry, "values", dict, where), f"{where} values", fqn, "values")
+            if values.dtype != np.float32 or values.shape != (int(mask.sum()),):
+                raise FormatError(f"{self.name}: {where} holds {values.shape} values for {int(mask.sum())} kept weights")
+            return {"kind": "sparse", "mask": mask, "values": values}
+        if kind not in SYMBOL_KEY:
+            raise FormatError(f"{self.name}: {where} has unknown kind {kind!r} (known: dense, sparse, {', '.join(KINDS)})")
+        kept = numel if mask is None else int(mask.sum())
+        values_entry = expect(entry, "values", dict, f"{self.name}: {where}")
+        offset = expect(values_entry, "offset", int, f"{self.name}: {where} values")
+        symbols = self.stream(values_entry, f"{where} values", fqn, "values", numel)
+        if symbols.size != kept:
+            raise FormatError(f"{self.name}: {where} holds {symbols.size} values for {kept} weights")
+        ints = np.full(numel, -1 if kind == "codebook" else 0, dtype=np.int64)
+        if mask is None:
+            ints[:] = symbols + offset
+        else:
+            ints[mask.reshape(-1)] = symbols + offset
+        exported: dict[str, Any] = {"kind": kind}
+        for key, value in expect(entry, "fields", dict, f"{self.name}: {where}").items():
+            exported[key] = value
+        for key, value in expect(entry, "arrays", dict, f"{self.name}: {where}").items():
+            exported[key] = self.raw(value, f"{where} {key}", fqn, "arrays")
+        dtype = np.int8 if kind == "ternary" else np.int64
+        exported[SYMBOL_KEY[kind]] = ints.reshape(shape).astype(dtype)
+        if mask is not None:
+            exported["mask"] = mask
+        try:
+            dequantize(_without_mask(exported))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise FormatError(f"{self.name}: {where} cannot be dequantized ({type(exc).__name__}: {exc})") from exc
+        return exported
+
+
+def _without_mask(exported: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in exported.items() if k != "mask"}
+
+
+def effective_weight(entry: dict[str, Any]) -> np.ndarray:
+    """The float32 weight a :class:`CompressedFile` weight entry stands for."""
+    kind = entry["kind"]
+    if kind == "dense":
+        return np.asarray(entry["array"], dtype=np.float32)
+    if kind == "sparse":
+        out = np.zeros(entry["mask"].shape, dtype=np.float32)
+        out[entry["mask"]] = entry["values"]
+        return out
+    return dequantize(_without_mask(entry))
+
+
+def read_compressed(path: str | os.PathLike[str]) -> CompressedFile:
+    """Parse and decode a ``.dsz`` file (FormatError on anything malformed); no model is built."""
+    return _decode(Container.open(path), str(path))
+
+
+def read_compressed_bytes(data: bytes, name: str = "<bytes>") -> CompressedFile:
+    """:func:`read_compressed` of a file's bytes already in memory."""
+    return _decode(Container(data, name), name)
+
+
+def _decode(container: Container, path: str) -> CompressedFile:
+    header = container.header
+    reader = _Reader(container)
+    name = container.name
+    weights = {}
+    for fqn, entry in expect(header, "weights", dict, name).items():
+        weights[fqn] = reader.weight(fqn, entry)
+    tensors = {}
+    for fqn, entry in expect(header, "tensors", dict, name).items():
+        tensors[fqn] = reader.raw(entry, f"tensor {fqn!r}", fqn, "values")
+    for key, kind in (("meta", dict), ("kwargs", dict), ("edits", list)):
+        expect(header, key, kind, name)
+    if header.get("arch") is not None and not isinstance(header["arch"], str):
+        raise FormatError(f"{name}: header entry 'arch' is not a string")
+    return CompressedFile(path, header, weights, tensors, reader.bytes, container.size)
+
+
+# ----------------------------------------------------------------------------------------------- load
+
+
+def _transform_class(kind: str) -> type | None:
+    cls = value_transform_for_kind(kind)
+    if cls is None and kind in TECHNIQUE_PACKAGES:
+        try:
+            importlib.import_module(TECHNIQUE_PACKAGES[kind])
+        except ImportError:
+            return None
+        cls = value_transform_for_kind(kind)
+    return cls
+
+
+def load_compressed_with_meta(path: str | os.PathLike[str], model: nn.Module | None = None
+                              ) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, meta)`` from a ``.dsz`` file; the model is rebuilt from the recorded arch unless one is given.
+
+    Masks and value transforms are restored, so the model can be fine-tuned further; its effective weights
+    equal the saved model's bit for bit.
+    """
+    cf = read_compressed(path)
+    header = cf.header
+    if model is None:
+        if not header.get("arch"):
+            raise ConfigError(f"{path}: the file records no arch; pass the model to load into")
+        from ..models.registry import build_model
+
+        try:
+            model = build_model(header["arch"], **header.get("kwargs", {}))
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise FormatError(f"{path}: cannot rebuild {header['arch']!r}: {exc}") from exc
+    replay_edits(model, header["edits"])
+    if any(True for _ in iter_states(model)):
+        raise FormatError(f"{path}: the model already carries compression state; load into a fresh model")
+    effective = {fqn: effective_weight(entry) for fqn, entry in cf.weights.items()}
+    state = {k: torch.from_numpy(v) for k, v in cf.tensors.items()}
+    state.update({k: torch.from_numpy(v) for k, v in effective.items()})
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise FormatError(f"{path}: the stored tensors do not fit {type(model).__name__}: {exc}") from exc
+    for fqn, entry in cf.weights.items():
+        module_fqn, _, tname = fqn.rpartition(".")
+        module = model.get_submodule(module_fqn)
+        if "mask" in entry:
+            set_mask(module, torch.from_numpy(entry["mask"]), tname)
+        if entry["kind"] in SYMBOL_KEY:
+            cls = _transform_class(entry["kind"])
+            if cls is not None:
+                cls.attach(module, _without_mask(entry), tname)  # type: ignore[attr-defined]
+        got = getattr(module, tname).detach().cpu().to(torch.float32).numpy()
+        if not np.array_equal(got, effective[fqn]):
+            raise DeepShrinkError(f"{path}: restoring {fqn!r} ({entry['kind']}) does not reproduce the stored weights; "
+                                  "the value transform's attach()/from_export() is inconsistent with its export()")
+    meta = cf.meta
+    meta["arch"] = header.get("arch")
+    meta["kwargs"] = header.get("kwargs", {})
+    return model, meta
+
+
+def load_compressed(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
+    """The model stored in ``path`` (see :func:`load_compressed_with_meta`)."""
+    return load_compressed_with_meta(Path(path), model)[0]
