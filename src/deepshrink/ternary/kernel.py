@@ -136,12 +136,14 @@ class TernaryConv2d(nn.Module):
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
 
     @classmethod
-    def from_conv(cls, conv: nn.Conv2d, exported: dict[str, Any]) -> TernaryConv2d:
+    def from_conv(cls, conv: nn.Conv2d, exported: dict[str, Any], bias: Tensor | str | None = "conv") -> TernaryConv2d:
+        """Built from ``conv``'s hyperparameters; ``bias`` defaults to ``conv.bias`` (pass one for meta skeletons)."""
         if conv.groups != 1 or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
             raise UnsupportedLayerError(
                 f"the ternary runtime handles Conv2d with groups=1 and numeric zero padding; got groups={conv.groups}, "
                 f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r} (keep this layer dense)")
-        b = None if conv.bias is None else conv.bias.detach().cpu().numpy()
+        chosen = conv.bias if isinstance(bias, str) else bias
+        b = None if chosen is None else chosen.detach().cpu().numpy()
         rows = TernaryRows(np.asarray(exported["code"]), exported["wp"], exported["wn"], b)
         return cls(rows, (int(conv.kernel_size[0]), int(conv.kernel_size[1])), conv.stride, conv.padding, conv.dilation)
 
