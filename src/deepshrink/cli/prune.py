@@ -1,0 +1,192 @@
+"""``prune`` (magnitude / OBD / random, one shot or iterative with retraining) and ``sensitivity``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .common import DataDirOpt, JsonOpt, QuietOpt, SeedOpt, ThreadsOpt, dataset_of, emit_json, set_threads
+
+SelectOpt = Annotated[list[str] | None, typer.Option("--select", help="Layer name glob or type:linear|conv (repeat).")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prune")(prune_cmd)
+    app.command("sensitivity")(sensitivity_cmd)
+
+
+def parse_per_layer(text: str | None, option: str) -> float | dict[str, float] | None:
+    """``"0.9"`` -> 0.9; ``"fc1=0.92,fc2=0.91"`` -> ``{"fc1": 0.92, "fc2": 0.91}``."""
+    from ..core.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        if "=" not in text:
+            return float(text)
+        pairs = (item.split("=", 1) for item in text.split(",") if item.strip())
+        return {k.strip(): float(v) for k, v in pairs}
+    except ValueError as exc:
+        raise ConfigError(f"{option} takes a number or layer=value pairs like fc1=0.9,fc2=0.8; got {text!r}") from exc
+
+
+def _scale(value: float | dict[str, float], factor: float) -> float | dict[str, float]:
+    return {k: v * factor for k, v in value.items()} if isinstance(value, dict) else value * factor
+
+
+def prune_cmd(
+    path: Annotated[Path, typer.Argument(help="Checkpoint to prune.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write.")],
+    method: Annotated[str, typer.Option("--method", help="magnitude | obd | random")] = "magnitude",
+    sparsity: Annotated[str | None, typer.Option("--sparsity", help="Final sparsity: 0.9 or fc1=0.92,fc2=0.9")] = None,
+    quality: Annotated[str | None, typer.Option("--quality", help="Han's quality parameter (x layer std).")] = None,
+    from_sensitivity: Annotated[Path | None, typer.Option("--from-sensitivity", help="Folder of `deepshrink sensitivity`.")] = None,
+    max_drop: Annotated[float, typer.Option("--max-drop", help="With --from-sensitivity: accuracy-drop budget per layer.")] = 0.02,
+    target: Annotated[float | None, typer.Option("--target", help="With --from-sensitivity: overall sparsity to reach.")] = None,
+    scope: Annotated[str, typer.Option("--scope", help="layer | global")] = "layer",
+    rounds: Annotated[int, typer.Option("--rounds", help="Prune->retrain rounds of rising sparsity.")] = 1,
+    retrain_epochs: Annotated[int, typer.Option("--retrain-epochs", help="Retraining epochs per round (0: none).")] = 0,
+    lr: Annotated[float | None, typer.Option("--lr", help="Retraining lr (default: 1/10 of the file's training lr).")] = None,
+    hessian: Annotated[str, typer.Option("--hessian", help="OBD: exact | gauss-newton | hutchinson")] = "gauss-newton",
+    hessian_samples: Annotated[int, typer.Option("--hessian-samples", help="OBD: training samples for the Hessian.")] = 2048,
+    dropout_adjust: Annotated[bool, typer.Option("--dropout-adjust", help="Han's dropout rule while retraining.")] = False,
+    select: SelectOpt = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Default: the one recorded in the file.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N training samples.")] = None,
+    data_dir: DataDirOpt = None,
+    seed: SeedOpt = 0,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Prune a checkpoint (Han et al. magnitude, Optimal Brain Damage or random), optionally retraining."""
+    import torch
+
+    from ..core.errors import ConfigError
+    from ..data import load_dataset
+    from ..io import load_model
+    from ..prune import (
+        MagnitudePrune,
+        OBDPrune,
+        RandomPrune,
+        Sensitivity,
+        choose_thresholds,
+        iterative_prune_,
+        rising_sparsities,
+    )
+    from ..train import TrainConfig, evaluate, save_checkpoint
+
+    set_threads(threads)
+    torch.manual_seed(seed)
+    given = [o for o, v in (("--sparsity", sparsity), ("--quality", quality), ("--from-sensitivity", from_sensitivity))
+             if v is not None]
+    if len(given) != 1:
+        raise ConfigError(f"give exactly one of --sparsity, --quality, --from-sensitivity (got {given or 'none'})")
+    if method not in ("magnitude", "obd", "random"):
+        raise ConfigError(f"--method must be magnitude, obd or random, got {method!r}")
+    if quality is not None and method != "magnitude":
+        raise ConfigError("--quality is Han's magnitude threshold; use --sparsity with --method obd/random")
+    model, meta = load_model(path)
+    name = dataset_of(meta, dataset)
+    train = load_dataset(name, "train", data_dir, limit=limit)
+    val = load_dataset(name, "val", data_dir)
+    test = load_dataset(name, "test", data_dir)
+    before = evaluate(model, test)["accuracy"]
+    chosen: dict[str, Any] | None = None
+    final_sparsity = parse_per_layer(sparsity, "--sparsity")
+    if from_sensitivity is not None:
+        thresholds = choose_thresholds(Sensitivity.load(from_sensitivity), max_drop, target, model)
+        chosen = thresholds.to_dict()
+        final_sparsity = thresholds.sparsity
+        if not quiet and not json_out:
+            typer.echo(f"from sensitivity (budget {thresholds.budget:.4f}, overall {thresholds.overall:.3f}"
+                       f"{'' if thresholds.met else ', target NOT met'}): {thresholds.sparsity}")
+    schedule: list[Any] = []
+    if quality is not None:
+        q = parse_per_layer(quality, "--quality")
+        assert q is not None
+        schedule = [MagnitudePrune(quality=_scale(q, r / rounds), scope=scope) for r in range(1, rounds + 1)]
+    else:
+        assert final_sparsity is not None
+        for s in rising_sparsities(final_sparsity, rounds):
+            if method == "magnitude":
+                schedule.append(MagnitudePrune(sparsity=s, scope=scope))
+            elif method == "obd":
+                schedule.append(OBDPrune(sparsity=s, scope=scope, hessian=hessian, max_samples=hessian_samples, seed=seed))
+            else:
+                schedule.append(RandomPrune(sparsity=s, scope=scope, seed=seed))
+    base_lr = float(meta.get("config", {}).get("lr", 0.05)) if isinstance(meta.get("config"), dict) else 0.05
+    retrain = TrainConfig(epochs=retrain_epochs, lr=lr if lr is not None else base_lr / 10, seed=seed)
+    partial = out.with_name(out.name + ".partial")
+    new_meta = {"dataset": name, "source": str(path), "method": method, "retrain": retrain.__dict__}
+    history = iterative_prune_(model, train, val, schedule, retrain, partial, select=select or None,
+                               dropout_adjust=dropout_adjust, meta=new_meta, quiet=quiet or json_out)
+    after = evaluate(model, test)["accuracy"]
+    final = history[-1]["prune"]
+    save_checkpoint(out, model, meta={**new_meta, "test_accuracy": after, "test_accuracy_before": before,
+                                      "prune_rounds": history, "thresholds": chosen})
+    for leftover in [partial, *out.parent.glob(f"{partial.name}.round*.partial")]:
+        leftover.unlink(missing_ok=True)
+    report = {"file": str(path), "out": str(out), "dataset": name, "method": method, "top1_before": before,
+              "top1_after": after, "sparsity": final["sparsity"], "layers": final["layers"], "thresholds": chosen}
+    if json_out:
+        emit_json(report)
+        return
+    typer.echo(f"{'layer':<24} {'weights':>10} {'kept':>10} {'% kept':>7}")
+    for row in final["layers"]:
+        typer.echo(f"{row['name']:<24} {row['params']:>10,} {row['kept_after']:>10,} {100 * row['kept_fraction']:>6.1f}%")
+    typer.echo(f"{path} -> {out}: sparsity {final['sparsity']:.3f} ({1 / max(1 - final['sparsity'], 1e-9):.1f}x fewer "
+               f"weights), test top-1 {before:.4f} -> {after:.4f}")
+
+
+def sensitivity_cmd(
+    path: Annotated[Path, typer.Argument(help="Checkpoint to analyse.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for sensitivity.csv / .json / .png.")],
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Default: the one recorded in the file.")] = None,
+    sparsities: Annotated[str, typer.Option("--sparsities", help="Comma-separated sweep.")] =
+        "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.85,0.9,0.95",
+    workers: Annotated[int, typer.Option("--workers", help="Parallel processes (one layer each).")] = 1,
+    max_drop: Annotated[float | None, typer.Option("--max-drop", help="Also choose per-layer sparsities within this drop.")] = None,
+    target: Annotated[float | None, typer.Option("--target", help="Overall sparsity to reach when choosing.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N validation samples.")] = None,
+    select: SelectOpt = None,
+    data_dir: DataDirOpt = None,
+    threads: ThreadsOpt = None,
+    quiet: QuietOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Prune each layer alone over a sweep of sparsities; write accuracy curves (CSV, JSON, plot)."""
+    import json
+
+    from ..core.atomic import atomic_write_text
+    from ..core.errors import ConfigError
+    from ..data import load_dataset
+    from ..io import load_model
+    from ..prune import choose_thresholds, sensitivity_sweep
+
+    set_threads(threads)
+    try:
+        sweep = [float(s) for s in sparsities.split(",") if s.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--sparsities takes comma-separated numbers, got {sparsities!r}") from exc
+    model, meta = load_model(path)
+    name = dataset_of(meta, dataset)
+    val = load_dataset(name, "val", data_dir, limit=limit)
+    result = sensitivity_sweep(model, val, sweep, select or None, out_dir=out, workers=workers, quiet=quiet or json_out)
+    report: dict[str, Any] = {"file": str(path), "dataset": name, "out": str(out), **result.to_dict()}
+    if max_drop is not None:
+        thresholds = choose_thresholds(result, max_drop, target, model)
+        report["thresholds"] = thresholds.to_dict()
+        atomic_write_text(out / "thresholds.json", json.dumps(thresholds.to_dict(), indent=1))
+    if json_out:
+        emit_json(report)
+        return
+    typer.echo(f"baseline val top-1 {result.baseline:.4f}")
+    for layer, curve in result.curves.items():
+        typer.echo(f"{layer:<24} " + " ".join(f"{100 * s:.0f}%:{100 * a:.1f}" for s, a in curve.items()))
+    if "thresholds" in report:
+        t = report["thresholds"]
+        typer.echo(f"chosen (budget {t['budget']:.4f}, overall {t['overall']:.3f}, met {t['met']}): {t['sparsity']}")
+    typer.echo(f"wrote {out}/sensitivity.csv, sensitivity.json, sensitivity.png")
