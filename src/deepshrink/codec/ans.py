@@ -42,7 +42,10 @@ class AnsTable:
         return int(self.counts.size)
 
     def model(self) -> constriction.stream.model.Categorical:
-        return constriction.stream.model.Categorical(self.counts.astype(np.float64), perfect=False)
+        probs = self.counts.astype(np.float64)
+        if probs.size < 2:  # constriction needs two symbols; the padding one has zero count and never occurs
+            probs = np.concatenate([probs, np.zeros(2 - probs.size)])
+        return constriction.stream.model.Categorical(probs, perfect=False)
 
     def to_bytes(self) -> bytes:
         dense = b"\x00" + varint_bytes(self.counts)

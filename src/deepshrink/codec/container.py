@@ -9,7 +9,7 @@ Layout (all integers little-endian; see docs/format.md)::
     20  u32       header length after inflating (= H when not deflated), at most 64 MiB
     24  u32       CRC-32 of the H stored header bytes
     28  H bytes   header, UTF-8 JSON; its "sections" list holds [offset, length, crc32] per section,
-                  offsets relative to the end of the header; "file_size" is the whole file's length
+                  offsets relative to the end of the header; the last section ends the file
     28+H          the sections, back to back, in order, nothing after the last
 
 The reader checks every length against the file size before it allocates anything and verifies each
@@ -56,17 +56,10 @@ class SectionWriter:
         for data in self.sections:
             table.append([offset, len(data), zlib.crc32(data)])
             offset += len(data)
-        header = {"format": FORMAT, "version": VERSION, **header, "sections": table, "file_size": 0}
-        size = 0
-        for _ in range(4):  # file_size is part of the header: iterate to a fixed point (2 rounds in practice)
-            header["file_size"] = size
-            text = json.dumps(header, separators=(",", ":")).encode("utf-8")
-            packed = zlib.compress(text, 9)
-            flags, blob = (FLAG_DEFLATE, packed) if len(packed) < len(text) else (0, text)
-            new_size = _PREFIX.size + len(blob) + offset
-            if new_size == size:
-                break
-            size = new_size
+        header = {"format": FORMAT, "version": VERSION, **header, "sections": table}
+        text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        packed = zlib.compress(text, 9)
+        flags, blob = (FLAG_DEFLATE, packed) if len(packed) < len(text) else (0, text)
         prefix = _PREFIX.pack(DSZ_MAGIC, VERSION, flags, len(blob), len(text), zlib.crc32(blob))
         return prefix + blob + b"".join(self.sections)
 
@@ -105,9 +98,6 @@ class Container:
             raise FormatError(f"{name}: header does not describe a {FORMAT} file")
         if header.get("version") != VERSION:
             raise FormatError(f"{name}: header version {header.get('version')!r} does not match the prefix ({VERSION})")
-        stated = expect(header, "file_size", int, name)
-        if stated != len(data):
-            raise FormatError(f"{name}: truncated or padded .dsz file (header says {stated} bytes, file has {len(data)})")
         self.header = header
         self._data = memoryview(data)
         self._base = _PREFIX.size + header_len
@@ -142,9 +132,10 @@ class Container:
             offset += length
             sections.append((start, length, crc))
         if self._base + offset != self.size:
+            state = "truncated" if self._base + offset > self.size else "has trailing data"
             raise FormatError(
-                f"{self.name}: sections span {offset} bytes but {self.size - self._base} follow the header "
-                "(truncated or trailing data)"
+                f"{self.name}: .dsz file {state}: its sections span {offset} bytes but {self.size - self._base} "
+                "follow the header"
             )
         return sections
 

@@ -1,0 +1,224 @@
+"""save_compressed / read_compressed / load_compressed: bit-exact weights, masks and transforms restored."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deepshrink.codec import (
+    load_compressed,
+    load_compressed_with_meta,
+    model_io,
+    read_compressed,
+    save_compressed,
+)
+from deepshrink.core import ConfigError, DeepShrinkError, get_mask, get_value_transform
+from deepshrink.io import DSZ_MAGIC, load_model
+
+from .codec_helpers import CodebookT, assert_same_bits, effective_weights, prune_, quantize_
+
+KINDS = ["codebook", "fixedpoint", "ternary"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("density", [None, 0.1])
+@pytest.mark.parametrize("entropy", ["huffman", "ans", "raw"])
+def test_quantized_round_trip_bit_exact(tmp_path: Path, make_model: Callable[..., nn.Module], transforms: dict,
+                                        kind: str, density: float | None, entropy: str) -> None:
+    model = make_model("lenet300")
+    for module in (model.fc1, model.fc2, model.fc3):
+        if density is not None:
+            prune_(module, density)
+        quantize_(module, kind)
+    before = effective_weights(model)
+    path = tmp_path / "m.dsz"
+    report = save_compressed(model, path, entropy=entropy, meta={"dataset": "digits"})
+    assert report.file_bytes == os.path.getsize(path)
+    assert report.total_bytes + report.header_bytes == report.file_bytes
+    loaded, meta = load_compressed_with_meta(path)
+    assert meta["dataset"] == "digits" and meta["arch"] == "lenet300" and meta["kwargs"]["hidden"] == [24, 12]
+    assert_same_bits(before, effective_weights(loaded))
+    for name in ("fc1", "fc2", "fc3"):
+        original, restored = model.get_submodule(name), loaded.get_submodule(name)
+        assert isinstance(get_value_transform(restored), transforms[kind])
+        if density is None:
+            assert get_mask(restored) is None
+        else:
+            assert torch.equal(get_mask(original), get_mask(restored))
+
+
+def test_pruned_only_keeps_mask_and_zero_valued_kept_weights(tmp_path: Path, make_model: Callable) -> None:
+    model = make_model("lenet300")
+    prune_(model.fc1, 0.05)
+    prune_(model.fc2, 0.5)
+    with torch.no_grad():  # a kept weight that is exactly zero must stay kept
+        kept = torch.nonzero(get_mask(model.fc2))[0]
+        model.fc2.parametrizations.weight.original[tuple(kept)] = 0.0
+    before = effective_weights(model)
+    save_compressed(model, tmp_path / "p.dsz", index_bits={"fc": 3})
+    loaded = load_compressed(tmp_path / "p.dsz")
+    assert_same_bits(before, effective_weights(loaded))
+    assert torch.equal(get_mask(loaded.fc2), get_mask(model.fc2))
+    assert get_mask(loaded.fc3) is None
+    cf = read_compressed(tmp_path / "p.dsz")
+    assert cf.weights["fc1.weight"]["kind"] == "sparse"
+    assert cf.weights["fc1.weight"]["values"].dtype == np.float32
+    assert cf.weights["fc3.weight"]["kind"] == "dense"
+    assert cf.header["weights"]["fc1.weight"]["index"]["bits"] == 3
+
+
+def test_batchnorm_model_and_int_buffers(tmp_path: Path, make_model: Callable, transforms: dict) -> None:
+    model = make_model("vgg")
+    conv = model.features[0]
+    prune_(conv, 0.5)
+    quantize_(conv, "codebook", levels=8)
+    quantize_(model.classifier, "ternary")
+    before = effective_weights(model)
+    save_compressed(model, tmp_path / "v.dsz", entropy="ans")
+    loaded = load_compressed(tmp_path / "v.dsz")
+    assert_same_bits(before, effective_weights(loaded))
+    assert loaded.features[1].num_batches_tracked.item() == 7
+    x = torch.randn(2, 1, 8, 8)
+    model.eval(), loaded.eval()
+    assert torch.equal(model(x), loaded(x))
+
+
+def test_dense_fp16(tmp_path: Path, make_model: Callable) -> None:
+    model = make_model("lenet300")
+    save_compressed(model, tmp_path / "h.dsz", dense_dtype="fp16")
+    loaded = load_compressed(tmp_path / "h.dsz")
+    assert torch.equal(loaded.fc1.weight, model.fc1.weight.half().float())
+    assert torch.equal(loaded.fc1.bias, model.fc1.bias)  # other tensors stay raw
+    assert os.path.getsize(tmp_path / "h.dsz") < 0.6 * 4 * sum(p.numel() for p in model.parameters())
+
+
+def test_read_compressed_export_forms_keep_extras(tmp_path: Path, make_model: Callable, transforms: dict) -> None:
+    model = make_model("lenet300")
+    prune_(model.fc1, 0.2)
+    quantize_(model.fc1, "codebook")
+    quantize_(model.fc2, "fixedpoint")
+    quantize_(model.fc3, "ternary")
+    save_compressed(model, tmp_path / "f.dsz")
+    cf = read_compressed(tmp_path / "f.dsz")
+    cb = cf.weights["fc1.weight"]
+    assert cb["kind"] == "codebook" and cb["index"].dtype == np.int64 and cb["index"].shape == (24, 64)
+    assert cb["centroids"].dtype == np.float32 and cb["mask"].dtype == bool
+    assert cb["act_bits"] == 8 and cb["note"] == "kept verbatim" and cb["act_scale"] == 0.125
+    assert np.all(cb["index"][~cb["mask"]] == -1)
+    fx = cf.weights["fc2.weight"]
+    assert fx["bits"] == 8 and fx["frac_len"] == 6 and fx["act_frac_len"] == [3, 4] and "mask" not in fx
+    tern = cf.weights["fc3.weight"]
+    assert set(np.unique(tern["code"])) <= {-1, 0, 1} and np.float32(tern["wp"]) == np.float32(model.fc3
+                                                                                               .parametrizations
+                                                                                               .weight[0].wp)
+    assert set(cf.tensors) == {"fc1.bias", "fc2.bias", "fc3.bias"}
+    assert sum(sum(parts.values()) for parts in cf.section_bytes.values()) < cf.file_size
+
+
+def test_fallback_without_transform_class_is_still_exact(tmp_path: Path, make_model: Callable, transforms: dict,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_model("lenet300")
+    prune_(model.fc1, 0.3)
+    quantize_(model.fc1, "codebook")
+    before = effective_weights(model)
+    save_compressed(model, tmp_path / "c.dsz")
+    monkeypatch.setattr(model_io, "value_transform_for_kind", lambda kind: None)
+    monkeypatch.setattr(model_io, "TECHNIQUE_PACKAGES", {})
+    loaded = load_compressed(tmp_path / "c.dsz")
+    assert get_value_transform(loaded.fc1) is None and get_mask(loaded.fc1) is not None
+    assert_same_bits(before, effective_weights(loaded))
+
+
+def test_transform_lookup_uses_registry_then_allow_list(transforms: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.undo()  # the real registry lookup, with the test classes registered
+    from deepshrink.core import STATE_CLASSES
+
+    STATE_CLASSES[CodebookT.__name__] = CodebookT
+    assert issubclass(model_io._transform_class("codebook"), torch.nn.Module)
+    assert model_io._transform_class("no-such-kind") is None
+    assert set(model_io.TECHNIQUE_PACKAGES.values()) == {"deepshrink.share", "deepshrink.fixedpoint",
+                                                          "deepshrink.ternary"}
+
+
+class Custom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(5, 7)
+        self.b = nn.Conv1d(7, 3, 1, bias=False)
+
+
+def test_model_without_arch_loads_into_given_model(tmp_path: Path) -> None:
+    model = Custom()
+    prune_(model.a, 0.4)
+    save_compressed(model, tmp_path / "x.dsz")
+    with pytest.raises(ConfigError, match="records no arch"):
+        load_compressed(tmp_path / "x.dsz")
+    loaded = load_compressed(tmp_path / "x.dsz", model=Custom())
+    assert_same_bits(effective_weights(model), effective_weights(loaded))
+    with pytest.raises(DeepShrinkError, match="fresh model"):
+        load_compressed(tmp_path / "x.dsz", model=loaded)
+
+
+def test_io_load_model_dispatches_on_magic(tmp_path: Path, make_model: Callable) -> None:
+    model = make_model("lenet300")
+    save_compressed(model, tmp_path / "m.dsz", meta={"dataset": "digits"})
+    assert (tmp_path / "m.dsz").read_bytes()[:8] == DSZ_MAGIC
+    loaded, meta = load_model(tmp_path / "m.dsz")
+    assert meta["dataset"] == "digits"
+    assert_same_bits(effective_weights(model), effective_weights(loaded))
+
+
+class BadExport(CodebookT):
+    def export(self, masked_latent: torch.Tensor) -> dict:
+        out = super().export(masked_latent)
+        out["centroids"] = out["centroids"] + 1.0
+        return out
+
+
+def test_inconsistent_export_is_refused_and_write_is_atomic(tmp_path: Path, make_model: Callable) -> None:
+    path = tmp_path / "m.dsz"
+    path.write_bytes(b"previous contents")
+    model = make_model("lenet300")
+    quantize_(model.fc2, "codebook")
+    transform = get_value_transform(model.fc2)
+    bad = BadExport(transform.index, transform.centroids.detach())
+    model.fc2.parametrizations.weight[0] = bad
+    with pytest.raises(DeepShrinkError, match=r"fc2\.weight"):
+        save_compressed(model, path)
+    assert path.read_bytes() == b"previous contents"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.dsz"]  # no temporary file left behind
+
+
+def test_invalid_options(tmp_path: Path, make_model: Callable) -> None:
+    model = make_model("lenet300")
+    with pytest.raises(ConfigError, match="entropy"):
+        save_compressed(model, tmp_path / "a.dsz", entropy="zip")
+    with pytest.raises(ConfigError, match="index_bits"):
+        save_compressed(model, tmp_path / "a.dsz", index_bits={"fc": 0})
+    with pytest.raises(ConfigError, match="dense_dtype"):
+        save_compressed(model, tmp_path / "a.dsz", dense_dtype="int8")
+    with pytest.raises(ConfigError, match="meta"):
+        save_compressed(model, tmp_path / "a.dsz", meta={"x": object()})
+
+
+def test_header_is_json_with_arch_and_encodings(tmp_path: Path, make_model: Callable) -> None:
+    import zlib
+
+    model = make_model("lenet300")
+    prune_(model.fc1, 0.1)
+    save_compressed(model, tmp_path / "m.dsz")
+    data = (tmp_path / "m.dsz").read_bytes()
+    flags, stored, raw = (int.from_bytes(data[o : o + 4], "little") for o in (12, 16, 20))
+    blob = data[28 : 28 + stored]
+    header = json.loads(zlib.decompress(blob) if flags & 1 else blob)
+    assert len(zlib.decompress(blob) if flags & 1 else blob) == raw
+    assert header["arch"] == "lenet300" and header["format"] == "deepshrink-dsz" and header["version"] == 1
+    assert header["weights"]["fc1.weight"]["kind"] == "sparse"
+    assert 28 + stored + sum(length for _, length, _ in header["sections"]) == len(data)
