@@ -40,7 +40,8 @@ def test_file_weights_equal_trained_model_bit_for_bit(tmp_path, entropy: str) ->
     exported = transform.export(masked_latent(model.fc2))
     assert entry["kind"] == "ternary"
     assert np.array_equal(entry["code"], exported["code"])
-    assert np.float32(entry["wp"]) == np.float32(transform.wp.detach()) and np.float32(entry["wn"]) == np.float32(transform.wn.detach())
+    wp, wn = transform.scales()  # Wp, Wn in the layer's units (unit * normalised scale)
+    assert np.float32(entry["wp"]) == np.float32(wp) and np.float32(entry["wn"]) == np.float32(wn)
     loaded = codec.load_compressed(path)
     for name in ("fc1", "fc2", "fc3"):
         a = model.get_submodule(name).weight.detach().numpy()

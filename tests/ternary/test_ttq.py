@@ -71,13 +71,14 @@ def test_scale_gradients_match_finite_differences_on_a_layer() -> None:
             down = float(loss())
             param += eps
         assert float(param.grad) == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-9)
-    # the latent receives dL/dw_t scaled by Wp, 1 or Wn (dL/dw_t from the same layer with w_t as a leaf)
+    # the latent receives dL/dq scaled by Wp, 1 or Wn (dL/dw_t from the same layer with w_t as a leaf)
     w_t = layer.weight.detach().clone().requires_grad_(True)
     F.cross_entropy(F.linear(x, w_t, layer.bias), y).backward()
     pos, neg = ternary_codes(latent_weight(layer).detach(), 0.05)
     scale = torch.where(pos, transform.wp.detach(), torch.where(neg, transform.wn.detach(), torch.ones((), dtype=x.dtype)))
     assert w_t.grad is not None
-    torch.testing.assert_close(latent_weight(layer).grad, w_t.grad * scale)
+    # the layer's weight is unit * q, so dL/dq = unit * dL/dw_t
+    torch.testing.assert_close(latent_weight(layer).grad, transform.unit * w_t.grad * scale)
 
 
 @settings(max_examples=40, deadline=None)
@@ -98,7 +99,9 @@ def test_values_are_ternary_and_masked_positions_zero(rows: int, cols: int, t: f
         transform.wp.fill_(wp)
         transform.wn.fill_(wn)
     weight = layer.weight.detach()
-    allowed = torch.tensor([-np.float32(wn), 0.0, np.float32(wp)])
+    real_wp, real_wn = transform.scales()
+    assert real_wp == pytest.approx(wp * float(transform.unit), rel=1e-6)
+    allowed = torch.tensor([-real_wn, 0.0, real_wp])
     assert torch.isin(weight, allowed).all()
     assert (weight[~mask] == 0).all()
     exported = transform.export(masked_latent(layer))
@@ -113,12 +116,17 @@ def test_initial_scales_fit_the_weights_and_paper_init_is_one() -> None:
     transform = get_value_transform(layer)
     assert isinstance(transform, Ternary)
     pos, neg = ternary_codes(before, 0.05)
-    assert float(transform.wp.detach()) == pytest.approx(float(before[pos].mean()))
-    assert float(transform.wn.detach()) == pytest.approx(float(-before[neg].mean()))
+    unit = float(before.abs().max())
+    assert float(transform.unit) == pytest.approx(unit)
+    assert float(transform.wp.detach()) == pytest.approx(float(before[pos].mean()) / unit)  # normalised units
+    assert transform.scales()[0] == pytest.approx(float(before[pos].mean()))  # the layer's units
+    assert transform.scales()[1] == pytest.approx(float(-before[neg].mean()))
+    assert float(latent_weight(layer).abs().max()) == pytest.approx(1.0)  # latent normalised to [-1, 1]
     other = nn.Linear(20, 10)
     ternarize_(nn.Sequential(other), TTQ(init="paper", keep_first_last=False))
     paper = get_value_transform(other)
     assert isinstance(paper, Ternary) and float(paper.wp.detach()) == 1.0 and float(paper.wn.detach()) == 1.0
+    assert paper.scales()[0] == pytest.approx(float(other.weight.detach().abs().max()))  # +-max|w| in layer units
 
 
 def test_first_and_last_layers_stay_full_precision() -> None:

@@ -43,15 +43,14 @@ def ternarize_(model: nn.Module, config: TTQ | TWN, select: Selector = None) -> 
     for name, module in select_layers(model, select).layers:
         if name in keep:
             continue
-        transform: Ternary | SymmetricTernary
         if isinstance(config, TTQ):
-            latent = _current_weight(module)
-            wp, wn = initial_scales(latent, config.t, config.init)
-            transform = Ternary(t=config.t, wp=wp, wn=wn)
-            transform.to(latent_weight(module).device)
+            wp, wn, unit = initial_scales(_current_weight(module), config.t, config.init)
+            transform = Ternary(t=config.t, wp=wp, wn=wn, unit=unit).to(latent_weight(module).device)
+            set_value_transform(module, transform)
+            with torch.no_grad():
+                latent_weight(module).div_(unit)  # the paper's normalisation to [-1, 1], once
         else:
-            transform = SymmetricTernary(config.factor).to(latent_weight(module).device)
-        set_value_transform(module, transform)
+            set_value_transform(module, SymmetricTernary(config.factor).to(latent_weight(module).device))
         changed.append(name)
     if not changed:
         raise ConfigError("ternarize_ changed no layer: the selection is empty or holds only the first/last layer "
@@ -90,7 +89,7 @@ class TernaryLayer:
 
 @torch.no_grad()
 def ternary_layers(model: nn.Module) -> list[TernaryLayer]:
-    """Per-layer Wp, Wn and sparsity of every ternary weight in ``model`` (read from the weights themselves)."""
+    """Per-layer Wp, Wn (in the layer's units, as stored) and sparsity of every ternary weight in ``model``."""
     rows = []
     for name, module in select_layers(model).layers:
         transform = get_value_transform(module)

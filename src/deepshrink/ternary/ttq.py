@@ -1,28 +1,34 @@
 """Trained Ternary Quantization (Zhu, Han, Mao, Dally, ICLR 2017) as a value transform on the shared state.
 
-Forward (per layer, on the masked latent ``w``)::
+As in the paper, the latent full-precision weights are normalised to [-1, 1]: ``ternarize_`` divides a
+layer's latent by ``unit = max|w|`` once, and the transform multiplies back by that fixed per-layer
+constant, so the model's function is unchanged and everything below lives in the paper's normalised units
+(``Wp = Wn = 1.0`` means ternary weights of ``+-max|w|``). Forward, on the masked normalised latent ``u``::
 
-    delta = t * max|w|                      # threshold on the weights normalised to [-1, 1]
-    w_t   = +Wp  where w >  delta
-            -Wn  where w < -delta
+    delta = t * max|u|                       # recomputed each step, no gradient (as the reference code)
+    q     = +Wp  where u >  delta
+            -Wn  where u < -delta
              0   otherwise
+    weight = unit * q
 
-Backward, exactly the paper's eqs. (7) and (8)::
+Backward, exactly the paper's eqs. (7) and (8) (``q`` is the paper's ``w^t``)::
 
-    dL/dWp = sum_{w > delta}  dL/dw_t
-    dL/dWn = -sum_{w < -delta} dL/dw_t       # the sign the forward's -Wn implies
-    dL/dw  = Wp * dL/dw_t  |  1 * dL/dw_t  |  Wn * dL/dw_t     (the three regions)
+    dL/dWp = sum_{u > delta}  dL/dq
+    dL/dWn = -sum_{u < -delta} dL/dq         # the sign the forward's -Wn implies
+    dL/du  = Wp * dL/dq  |  1 * dL/dq  |  Wn * dL/dq     (the three regions)
 
-The latent keeps the layer's own scale (dividing by ``max|w|`` only sets the threshold, which is
-scale-free), so the transform composes with a pruning mask before it: masked positions are exactly zero,
-never above the threshold, hence always ternary zero, and their gradient is zeroed by the mask.
+Masked positions are exactly zero, never above the threshold, hence always ternary zero; their gradient is
+zeroed by the mask before this step.
 
-Initial scales. The paper states ``Wp = Wn = 1.0``; the reference code (czhu95/ternarynet,
-``tw_ternarize``) applies that to the *un-normalised* latent, which is harmless there because every
-ternary conv feeds a BatchNorm (scale-free). On a layer without BN (LeNet-5's conv2/fc1) it would scale
-the layer output by ~1/mean|w|. ``init="mean"`` (default) starts from the least-squares scales (the mean
-latent magnitude in each region, so the first forward is the best ternary fit of the fp32 weights);
-``init="paper"`` reproduces the literal 1.0.
+Why the normalisation matters here. The reference code (czhu95/ternarynet, ``tw_ternarize``) skips it and
+starts ``Wp = Wn = 1.0`` on the raw latent; that is harmless in its ResNets, where every ternary conv feeds
+a BatchNorm (scale-free), but for a layer without BN (LeNet-5's conv2/fc1) the scale gradient, a sum over
+up to 10^5 weights, then moves Wp by more than its own size in one SGD step (the loss diverged to NaN at
+lr 0.01 in our first LeNet-5 run). In normalised units that step shrinks by ``unit**2``.
+
+Initial scales: ``init="mean"`` (default) starts from the least-squares fit (the mean normalised magnitude
+in each region, so the first forward is the best ternary fit of the fp32 layer); ``init="paper"`` from the
+paper's ``Wp = Wn = 1.0``.
 """
 
 from __future__ import annotations
@@ -99,26 +105,36 @@ def ttq_function(latent: Tensor, wp: Tensor, wn: Tensor, t: Tensor | float) -> T
 
 @register_state_class
 class Ternary(ValueTransform):
-    """TTQ value transform: parameters ``wp``, ``wn`` (trained scalars), buffer ``t`` (threshold factor).
+    """TTQ value transform: parameters ``wp``, ``wn`` (trained, normalised units), buffers ``t`` (threshold
+    factor) and ``unit`` (the layer's weight unit, fixed at ternarization).
 
-    Its output is always in ``{-wn, 0, +wp}``; ``export`` gives ``{"kind": "ternary", "code": int8,
-    "wp", "wn"}`` whose dequantized values equal ``forward`` bit for bit.
+    Its output is always in ``{-unit*wn, 0, +unit*wp}``; ``export`` gives ``{"kind": "ternary", "code": int8,
+    "wp": unit*wp, "wn": unit*wn}`` whose dequantized values equal ``forward`` bit for bit.
     """
 
     kind = "ternary"
 
     t: Tensor
+    unit: Tensor
 
-    def __init__(self, t: float = 0.05, wp: float = 1.0, wn: float = 1.0) -> None:
+    def __init__(self, t: float = 0.05, wp: float = 1.0, wn: float = 1.0, unit: float = 1.0) -> None:
         super().__init__()
         if not 0.0 <= float(t) < 1.0:
             raise ConfigError(f"ternary threshold factor t must be in [0, 1), got {t}")
         self.wp = nn.Parameter(torch.tensor(float(wp), dtype=torch.float32))
         self.wn = nn.Parameter(torch.tensor(float(wn), dtype=torch.float32))
+        if not float(unit) > 0.0:
+            raise ConfigError(f"ternary weight unit must be > 0, got {unit}")
         self.register_buffer("t", torch.tensor(float(t), dtype=torch.float32))
+        self.register_buffer("unit", torch.tensor(float(unit), dtype=torch.float32))
 
     def forward(self, weight: Tensor) -> Tensor:
-        return ttq_function(weight, self.wp, self.wn, self.t)
+        return self.unit * ttq_function(weight, self.wp, self.wn, self.t)
+
+    def scales(self) -> tuple[float, float]:
+        """``(Wp, Wn)`` in the layer's own units (``unit * wp``, ``unit * wn``), exactly as ``forward`` uses them."""
+        with torch.no_grad():
+            return float(self.unit * self.wp), float(self.unit * self.wn)
 
     @property
     def bits(self) -> float:
@@ -135,7 +151,8 @@ class Ternary(ValueTransform):
 
     def export(self, masked_latent: Tensor) -> dict[str, Any]:
         code = self.codes(masked_latent).cpu().numpy().astype(np.int8)
-        return {"kind": "ternary", "code": code, "wp": float(self.wp.detach()), "wn": float(self.wn.detach())}
+        wp, wn = self.scales()
+        return {"kind": "ternary", "code": code, "wp": wp, "wn": wn}
 
     @classmethod
     def from_export(cls, exported: dict[str, Any]) -> Ternary:
@@ -144,7 +161,7 @@ class Ternary(ValueTransform):
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, Tensor], weight_shape: torch.Size) -> Ternary:
         t = float(tensors["t"]) if "t" in tensors else 0.05
-        return cls(t=t)
+        return cls(t=t)  # wp, wn and unit are loaded from the state dict afterwards
 
     @classmethod
     def attach(cls, module: nn.Module, exported: dict[str, Any], name: str = "weight") -> None:
@@ -162,16 +179,17 @@ class Ternary(ValueTransform):
         set_value_transform(module, transform, name)
 
     def extra_repr(self) -> str:
-        return f"t={float(self.t):g}, wp={float(self.wp.detach()):.4g}, wn={float(self.wn.detach()):.4g}"
+        return f"t={float(self.t):g}, wp={float(self.wp.detach()):.4g}, wn={float(self.wn.detach()):.4g}, unit={float(self.unit):.4g}"
 
 
-def initial_scales(latent: Tensor, t: float, init: str) -> tuple[float, float]:
-    """``(wp, wn)`` to start from: the least-squares fit (``"mean"``) or the paper's literal 1.0."""
-    if init == "paper":
-        return 1.0, 1.0
-    pos, neg = ternary_codes(latent.detach(), t)
+def initial_scales(latent: Tensor, t: float, init: str) -> tuple[float, float, float]:
+    """``(wp, wn, unit)`` to start from: ``unit = max|w|``; wp, wn (normalised) from ``init`` (module doc)."""
     magnitude = latent.detach().abs()
-    fallback = float(magnitude.max()) or 1.0
-    wp = float(magnitude[pos].mean()) if pos.any() else fallback
-    wn = float(magnitude[neg].mean()) if neg.any() else fallback
-    return wp, wn
+    unit = float(magnitude.max()) or 1.0
+    if init == "paper":
+        return 1.0, 1.0, unit
+    normalised = latent.detach() / unit
+    pos, neg = ternary_codes(normalised, t)
+    wp = float(normalised[pos].mean()) if pos.any() else 1.0
+    wn = float(-normalised[neg].mean()) if neg.any() else 1.0
+    return wp, wn, unit
