@@ -1,0 +1,104 @@
+"""Recipes: parsing and validation, and the whole prune -> share -> fine-tune -> encode pipeline on digits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from deepshrink.cli import app
+from deepshrink.core import ConfigError, get_mask, get_value_transform
+from deepshrink.data import load_dataset
+from deepshrink.io import load_model
+from deepshrink.models import build_model
+from deepshrink.recipes import STAGES, load_recipe, parse_recipe
+from deepshrink.share import SharedWeights
+from deepshrink.train import TrainConfig, evaluate, fit, save_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "name": "tiny",
+    "seed": 1,
+    "stages": [
+        {"prune": {"sparsity": {"fc1": 0.8, "fc2": 0.7, "fc3": 0.5}, "rounds": 2, "retrain": {"epochs": 1}}},
+        {"retrain": {"epochs": 1}},
+        {"share": {"bits": {"fc": 3}, "init": "linear"}},
+        {"finetune": {"epochs": 1, "lr": 1.0e-3}},
+        {"encode": {"entropy": "huffman"}},
+    ],
+}
+
+
+def test_parse_builds_ordered_stages() -> None:
+    recipe = parse_recipe(TINY)
+    assert [s.name for s in recipe.stages] == ["prune", "retrain", "share", "finetune", "encode"]
+    assert recipe.seed == 1 and recipe.name == "tiny"
+    assert {"prune", "retrain", "share", "finetune", "encode"} <= set(STAGES)
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"stages": [{"shrink": {}}]}, r"unknown stage 'shrink'.*allowed: .*share"),
+        ({"stages": [{"share": {"bitz": 3}}]}, r"unknown key 'bitz' in stage 1 \(share\).*allowed: bits"),
+        ({"stages": [{"share": {"bits": 0}}]}, r"stage 1 \(share\).*bits"),
+        ({"stages": [{"finetune": {"epochs": -1}}]}, r"epochs"),
+        ({"stages": [{"prune": {"sparsity": 0.5, "retrain": {"epoch": 1}}}]}, r"retrain key.*epoch"),
+        ({"stages": [{"prune": {"sparsity": 1.5}}]}, r"sparsity"),
+        ({"stages": [{"encode": {"entropy": "zip"}}]}, r"entropy"),
+        ({"stagez": []}, r"unknown top-level key 'stagez'"),
+        ({"stages": []}, r"non-empty list"),
+    ],
+)
+def test_bad_recipes_name_the_key(data: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        parse_recipe(data)
+
+
+@pytest.mark.parametrize("name", ["deep-compression-lenet300.yaml", "deep-compression-lenet5.yaml"])
+def test_shipped_recipes_parse(name: str) -> None:
+    recipe = load_recipe(REPO / "recipes" / name)
+    assert [s.name for s in recipe.stages][-1] == "encode"
+    assert "share" in [s.name for s in recipe.stages]
+
+
+def test_compress_and_eval_cli_on_digits(tmp_path: Path) -> None:
+    train = load_dataset("digits", "train")
+    model = build_model("lenet300", in_features=64, num_classes=10, hidden=[32, 16])
+    config = TrainConfig(epochs=6, lr=0.1, batch_size=64)
+    fit(model, train, config, quiet=True)
+    ckpt = tmp_path / "base.pt"
+    save_checkpoint(ckpt, model, meta={"dataset": "digits", "config": config.__dict__})
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "tiny.dsz"
+    runner = CliRunner()
+    result = runner.invoke(app, ["compress", str(ckpt), "--recipe", str(recipe), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "x smaller" in result.output
+    loaded, meta = load_model(out)
+    assert meta["dataset"] == "digits"
+    for name in ("fc1", "fc2", "fc3"):
+        layer = getattr(loaded, name)
+        step, mask = get_value_transform(layer), get_mask(layer)
+        assert isinstance(step, SharedWeights) and mask is not None
+        assert step.centroids.numel() == 8
+        assert torch.all(layer.weight[~mask] == 0)
+    assert 1 - float(get_mask(loaded.fc1).float().mean()) == pytest.approx(0.8, abs=0.01)  # type: ignore[union-attr]
+    accuracy = evaluate(loaded, load_dataset("digits", "val"))["accuracy"]
+    assert accuracy > 0.8
+    result = runner.invoke(app, ["eval", str(out), "--split", "val"])
+    assert result.exit_code == 0, result.output
+    assert f"{accuracy:.4f}" in result.output
+
+
+def test_compress_requires_encode_last(tmp_path: Path) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"stages": [{"share": {"bits": 2}}]}))
+    result = CliRunner().invoke(app, ["compress", "missing.pt", "--recipe", str(recipe), "--out", str(tmp_path / "x")])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, ConfigError) and "encode" in str(result.exception)
