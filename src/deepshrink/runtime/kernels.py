@@ -1,0 +1,174 @@
+"""Numba kernels that compute straight from a sparse weight: CSR rows of (column, code) pairs.
+
+A weight row ``r`` holds the non-zeros ``indptr[r]:indptr[r+1]``; each has a column (``indices``, uint16 when
+the row is at most 65,536 long, else int32) and a value that is either ``table[codes[j]]`` (codebook: uint8
+codes into a handful of float32 centroids, the EIE layout) or ``table[j]`` (``direct``: pruned-only float
+weights). Dense fp32 weights are never formed. Every kernel exists twice: compiled with ``parallel=True``
+(rows split over numba's threads) and serial, since a parallel launch costs microseconds that tiny layers
+do not repay; :func:`pick` chooses by work size.
+
+All kernels are compiled with ``cache=True`` (compiled code lands in ``__pycache__``), ``fastmath`` (the
+sums may be reassociated, so results equal a dense reference to fp32 rounding, not bit for bit) and no
+bounds checks: the callers in :mod:`deepshrink.runtime.layout` validate every array once at load time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+from numba import prange
+
+_OPTS: dict[str, Any] = {"cache": True, "fastmath": True, "nogil": True, "boundscheck": False, "error_model": "numpy"}
+
+PARALLEL_MIN_WORK = 60_000
+"""Multiply-adds below which the serial kernel wins (a numba parallel launch costs a few microseconds)."""
+
+
+def _spmv(indptr, indices, codes, table, direct, x, bias, y):
+    """y[r] = bias[r] + sum_j value_j * x[indices[j]] for one input vector (batch 1).
+
+    Four independent accumulators hide the add latency; compiled without fastmath on purpose, because the
+    vectorizer would otherwise turn the two lookups into AVX-512 gathers, which are twice as slow here.
+    """
+    for r in prange(indptr.shape[0] - 1):
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        j = indptr[r]
+        end = indptr[r + 1]
+        if direct:
+            while j + 4 <= end:
+                a0 += table[j] * x[indices[j]]
+                a1 += table[j + 1] * x[indices[j + 1]]
+                a2 += table[j + 2] * x[indices[j + 2]]
+                a3 += table[j + 3] * x[indices[j + 3]]
+                j += 4
+            while j < end:
+                a0 += table[j] * x[indices[j]]
+                j += 1
+        else:
+            while j + 4 <= end:
+                a0 += table[codes[j]] * x[indices[j]]
+                a1 += table[codes[j + 1]] * x[indices[j + 1]]
+                a2 += table[codes[j + 2]] * x[indices[j + 2]]
+                a3 += table[codes[j + 3]] * x[indices[j + 3]]
+                j += 4
+            while j < end:
+                a0 += table[codes[j]] * x[indices[j]]
+                j += 1
+        y[r] = ((a0 + a1) + (a2 + a3)) + bias[r]
+
+
+def _spmm(indptr, indices, codes, table, direct, xt, bias, yt):
+    """yt[r, :] = bias[r] + sum_j value_j * xt[indices[j], :]; ``xt`` is the input transposed, (in, batch).
+
+    Row-wise over the batch so the innermost loop is a contiguous axpy the compiler vectorizes.
+    """
+    batch = xt.shape[1]
+    for r in prange(indptr.shape[0] - 1):
+        out = yt[r]
+        b0 = bias[r]
+        for b in range(batch):
+            out[b] = b0
+        for j in range(indptr[r], indptr[r + 1]):
+            v = table[j] if direct else table[codes[j]]
+            src = xt[indices[j]]
+            for b in range(batch):
+                out[b] += v * src[b]
+
+
+def _conv2d(indptr, indices, codes, table, direct, xpad, bias, y, kh, kw, sh, sw, dh, dw, groups):
+    """Direct sparse convolution on a zero-padded input ``xpad`` (N, C, Hp, Wp) into ``y`` (N, O, OH, OW).
+
+    Row ``o`` of the CSR weight is output channel ``o``; its columns index the flattened (C/groups, kh, kw)
+    filter. Each non-zero adds ``value * shifted input plane`` to the output plane: no im2col buffer.
+    """
+    n_batch, n_out, oh_n, ow_n = y.shape
+    cin_g = xpad.shape[1] // groups
+    out_g = n_out // groups
+    khw = kh * kw
+    for task in prange(n_batch * n_out):
+        n = task // n_out
+        o = task % n_out
+        c0 = (o // out_g) * cin_g
+        plane = y[n, o]
+        b0 = bias[o]
+        for i in range(oh_n):
+            for k in range(ow_n):
+                plane[i, k] = b0
+        for j in range(indptr[o], indptr[o + 1]):
+            col = np.int64(indices[j])
+            c = col // khw
+            rem = col - c * khw
+            ki = rem // kw
+            kj = rem - ki * kw
+            v = table[j] if direct else table[codes[j]]
+            src = xpad[n, c0 + c]
+            for i in range(oh_n):
+                row = src[i * sh + ki * dh]
+                dst = plane[i]
+                base = kj * dw
+                if sw == 1:
+                    for k in range(ow_n):
+                        dst[k] += v * row[base + k]
+                else:
+                    for k in range(ow_n):
+                        dst[k] += v * row[base + k * sw]
+
+
+_SCALAR = {**_OPTS, "fastmath": False}
+spmv_parallel = numba.njit(parallel=True, **_SCALAR)(_spmv)
+spmv_serial = numba.njit(**_SCALAR)(_spmv)
+spmm_parallel = numba.njit(parallel=True, **_OPTS)(_spmm)
+spmm_serial = numba.njit(**_OPTS)(_spmm)
+conv2d_parallel = numba.njit(parallel=True, **_OPTS)(_conv2d)
+conv2d_serial = numba.njit(**_OPTS)(_conv2d)
+
+
+def pick(parallel: Callable[..., Any], serial: Callable[..., Any], work: int) -> Callable[..., Any]:
+    """The parallel kernel when there is more than one thread and ``work`` multiply-adds repay the launch."""
+    if work >= PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
+        return parallel
+    return serial
+
+
+def linear_forward(
+    indptr: np.ndarray, indices: np.ndarray, codes: np.ndarray, table: np.ndarray, direct: bool,
+    x: np.ndarray, bias: np.ndarray,
+) -> np.ndarray:
+    """``x @ W.T + bias`` for a CSR weight ``W`` (out, in); ``x`` is float32 (batch, in), C-contiguous.
+
+    Returns (batch, out); for batch > 1 that is a transposed view of a contiguous (out, batch) array.
+    """
+    n_out = indptr.shape[0] - 1
+    batch = x.shape[0]
+    work = indices.shape[0] * batch
+    if batch == 1:
+        y = np.empty((1, n_out), dtype=np.float32)
+        kernel = spmv_serial if work < PARALLEL_MIN_WORK else pick(spmv_parallel, spmv_serial, work)
+        kernel(indptr, indices, codes, table, direct, x[0], bias, y[0])
+        return y
+    xt = np.ascontiguousarray(x.T)
+    yt = np.empty((n_out, batch), dtype=np.float32)
+    kernel = spmm_serial if work < PARALLEL_MIN_WORK else pick(spmm_parallel, spmm_serial, work)
+    kernel(indptr, indices, codes, table, direct, xt, bias, yt)
+    return yt.T
+
+
+def conv2d_forward(
+    indptr: np.ndarray, indices: np.ndarray, codes: np.ndarray, table: np.ndarray, direct: bool,
+    xpad: np.ndarray, bias: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
+    dilation: tuple[int, int], groups: int, out_hw: tuple[int, int],
+) -> np.ndarray:
+    """Sparse Conv2d on an already padded float32 input (N, C, Hp, Wp); returns (N, O, OH, OW)."""
+    n_out = indptr.shape[0] - 1
+    y = np.empty((xpad.shape[0], n_out, out_hw[0], out_hw[1]), dtype=np.float32)
+    work = int(indices.shape[0]) * xpad.shape[0] * out_hw[0] * out_hw[1]
+    kernel_fn = pick(conv2d_parallel, conv2d_serial, work)
+    kernel_fn(indptr, indices, codes, table, direct, xpad, bias, y, kernel[0], kernel[1], stride[0], stride[1],
+              dilation[0], dilation[1], groups)
+    return y

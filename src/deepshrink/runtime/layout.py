@@ -1,0 +1,157 @@
+"""The execution layout: a weight as CSR rows of narrow column indices and small codebook codes.
+
+Decoded once at load time from whatever the file or the export dict holds (the entropy-coded storage
+layout is the codec's business). Per non-zero the codebook form costs 3 bytes (uint16 column + uint8
+code) instead of 4 for an fp32 value, and no dense matrix is ever formed: rows come straight from the
+positions of the non-zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import FormatError
+
+_EMPTY_CODES = np.zeros(0, dtype=np.uint8)
+
+
+def _narrow_uint(limit: int) -> type[np.unsignedinteger[Any]] | type[np.signedinteger[Any]]:
+    """The smallest index dtype holding values ``0 .. limit - 1`` (uint8/uint16, else int32)."""
+    if limit <= 1 << 8:
+        return np.uint8
+    if limit <= 1 << 16:
+        return np.uint16
+    return np.int32
+
+
+@dataclass(frozen=True)
+class SparseRows:
+    """A (rows, cols) weight in CSR form; values are ``table[codes]`` (codebook) or ``table`` (direct).
+
+    ``indptr`` int64 (rows + 1); ``indices`` uint16/int32 columns, sorted within a row; ``codes`` uint8/uint16
+    (empty when direct); ``table`` float32: the centroids, or one value per non-zero when direct.
+    """
+
+    shape: tuple[int, int]
+    indptr: np.ndarray
+    indices: np.ndarray
+    codes: np.ndarray
+    table: np.ndarray
+    direct: bool
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indices.shape[0])
+
+    @property
+    def density(self) -> float:
+        rows, cols = self.shape
+        return self.nnz / max(rows * cols, 1)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the layout holds in memory (what the runtime keeps resident for this weight)."""
+        return int(self.indptr.nbytes + self.indices.nbytes + self.codes.nbytes + self.table.nbytes)
+
+    def validate(self, name: str) -> None:
+        """Check every invariant the unchecked kernels rely on; a FormatError names the weight."""
+        rows, cols = self.shape
+        if self.indptr.shape != (rows + 1,) or self.indptr[0] != 0 or self.indptr[-1] != self.nnz:
+            raise FormatError(f"{name}: row pointer does not describe {self.nnz} non-zeros in {rows} rows")
+        if self.nnz and np.any(np.diff(self.indptr) < 0):
+            raise FormatError(f"{name}: row pointer is not monotone")
+        if self.nnz and int(self.indices.max()) >= cols:
+            raise FormatError(f"{name}: column index {int(self.indices.max())} out of range for {cols} columns")
+        if self.direct:
+            if self.table.shape != (self.nnz,):
+                raise FormatError(f"{name}: {self.table.shape[0]} values for {self.nnz} non-zeros")
+        elif self.nnz:
+            if self.codes.shape != (self.nnz,):
+                raise FormatError(f"{name}: {self.codes.shape[0]} codes for {self.nnz} non-zeros")
+            if int(self.codes.max()) >= self.table.shape[0]:
+                raise FormatError(
+                    f"{name}: codebook index {int(self.codes.max())} out of range for {self.table.shape[0]} centroids"
+                )
+
+    def to_dense(self) -> np.ndarray:
+        """The dense float32 matrix (for tests and references only; the runtime never calls this)."""
+        out = np.zeros(self.shape, dtype=np.float32)
+        rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
+        values = self.table if self.direct else self.table[self.codes]
+        out[rows, self.indices.astype(np.int64)] = values
+        return out
+
+
+def _indptr(rows: np.ndarray, n_rows: int) -> np.ndarray:
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    return indptr
+
+
+def from_coo(
+    shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, codes: np.ndarray | None, table: np.ndarray,
+    name: str = "weight",
+) -> SparseRows:
+    """Build the layout from row-major ordered coordinates (``codes`` None: ``table`` holds one value each)."""
+    n_rows, n_cols = int(shape[0]), int(shape[1])
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= n_rows or cols.min() < 0 or cols.max() >= n_cols):
+        raise FormatError(f"{name}: a non-zero position lies outside the {n_rows}x{n_cols} weight")
+    order = np.lexsort((cols, rows)) if rows.size and np.any(np.diff(rows * n_cols + cols) < 0) else None
+    if order is not None:
+        rows, cols = rows[order], cols[order]
+    table = np.ascontiguousarray(table, dtype=np.float32).reshape(-1)
+    if codes is None:
+        values = table[order] if order is not None else table
+        layout = SparseRows((n_rows, n_cols), _indptr(rows, n_rows), cols.astype(_narrow_uint(n_cols)),
+                            _EMPTY_CODES, np.ascontiguousarray(values), True)
+    else:
+        codes = np.asarray(codes).reshape(-1)
+        if order is not None:
+            codes = codes[order]
+        if codes.size and (codes.min() < 0 or codes.max() >= table.size):
+            raise FormatError(f"{name}: codebook index out of range for {table.size} centroids")
+        layout = SparseRows((n_rows, n_cols), _indptr(rows, n_rows), cols.astype(_narrow_uint(n_cols)),
+                            codes.astype(_narrow_uint(max(table.size, 1))), table, False)
+    layout.validate(name)
+    return layout
+
+
+def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """Rows = output units, columns = everything else (Linear: in; Conv: in/groups * kh * kw)."""
+    if len(shape) < 2:
+        raise FormatError(f"a weight needs at least 2 dimensions, got shape {shape}")
+    return int(shape[0]), int(np.prod(shape[1:], dtype=np.int64))
+
+
+def from_export(exported: dict[str, Any], name: str = "weight") -> tuple[SparseRows, tuple[int, ...]]:
+    """``(layout, original shape)`` from a ``codebook`` or ``sparse`` export dict.
+
+    ``codebook``: ``index`` (dense-shaped, -1 = zero) and ``centroids``. ``sparse`` (pruned, unquantized):
+    ``mask`` (bool) with ``values`` either one per non-zero in C order or dense-shaped. Only positions and
+    codes are gathered; no float matrix of the weight's shape is created.
+    """
+    kind = exported.get("kind")
+    if kind == "codebook":
+        index = np.asarray(exported["index"])
+        shape = tuple(int(d) for d in index.shape)
+        flat = index.reshape(shape[0], -1)
+        rows, cols = np.nonzero(flat >= 0)
+        codes = flat[rows, cols]
+        layout = from_coo(_matrix_shape(shape), rows, cols, codes, np.asarray(exported["centroids"]), name)
+        return layout, shape
+    if kind == "sparse":
+        mask = np.asarray(exported["mask"], dtype=bool)
+        shape = tuple(int(d) for d in mask.shape)
+        values = np.asarray(exported["values"], dtype=np.float32)
+        rows, cols = np.nonzero(mask.reshape(shape[0], -1))
+        if values.shape == mask.shape and values.size != rows.size:
+            values = values.reshape(shape[0], -1)[rows, cols]
+        elif values.size != rows.size:
+            raise FormatError(f"{name}: {values.size} sparse values for {rows.size} non-zeros in the mask")
+        return from_coo(_matrix_shape(shape), rows, cols, None, values.reshape(-1), name), shape
+    raise FormatError(f"{name}: the sparse layout cannot hold export kind {kind!r} (codebook or sparse)")

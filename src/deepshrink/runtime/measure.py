@@ -1,0 +1,131 @@
+"""Side-by-side measurement: interleaved timing, resident bytes, peak memory of loading in a fresh process.
+
+Used by ``deepshrink bench`` and ``benchmarks/bench_runtime*.py`` so every figure is taken the same way:
+all contenders run in the same process with the same thread count, one call each per round in rotating
+order (so background load hits them alike), and the median over rounds is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numba
+import torch
+from torch import nn
+
+from ..core.errors import ConfigError
+
+
+def set_threads(threads: int) -> None:
+    """The same intra-op thread count for torch and numba (the kernels' parallel sections)."""
+    if threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, int(numba.config.NUMBA_NUM_THREADS)))  # type: ignore[attr-defined]
+
+
+def compare(
+    contenders: Mapping[str, Callable[[], Any]], *, repeats: int = 30, warmup: int = 3, budget_s: float | None = None
+) -> dict[str, dict[str, float]]:
+    """``{name: {median_ms, p10_ms, p90_ms, rounds}}`` over interleaved rounds (rotating order).
+
+    ``budget_s`` caps the total time: rounds stop early (at least 5) when it runs out.
+    """
+    if repeats < 1:
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    names = list(contenders)
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for name in names:
+                contenders[name]()
+        times: dict[str, list[float]] = {name: [] for name in names}
+        started = time.perf_counter()
+        for round_ in range(repeats):
+            order = names[round_ % len(names):] + names[: round_ % len(names)]
+            for name in order:
+                t0 = time.perf_counter()
+                contenders[name]()
+                times[name].append(time.perf_counter() - t0)
+            if budget_s is not None and round_ >= 4 and time.perf_counter() - started > budget_s:
+                break
+    out: dict[str, dict[str, float]] = {}
+    for name, values in times.items():
+        ordered = sorted(values)
+        out[name] = {
+            "median_ms": 1e3 * statistics.median(ordered),
+            "p10_ms": 1e3 * ordered[int(0.1 * (len(ordered) - 1))],
+            "p90_ms": 1e3 * ordered[int(0.9 * (len(ordered) - 1))],
+            "rounds": float(len(ordered)),
+        }
+    return out
+
+
+def resident_bytes(model: nn.Module) -> int:
+    """Bytes the model holds: parameters, buffers and runtime layouts (each storage counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_meta:
+            continue
+        key = tensor.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += tensor.untyped_storage().nbytes()
+    for module in model.modules():
+        nbytes = getattr(module, "nbytes", None)
+        if isinstance(nbytes, int):
+            total += nbytes
+    return total
+
+
+def dynamic_int8(model: nn.Module) -> nn.Module:
+    """torch's dynamic int8 quantization of every ``nn.Linear`` (the common CPU baseline)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+_CHILD = r"""
+import json, resource, sys, time
+import torch
+torch.set_num_threads({threads})
+import deepshrink.runtime as rt
+from deepshrink.train import load_checkpoint
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * {page}
+base_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+base_rss = rss()
+t0 = time.perf_counter()
+model = rt.load({path!r}) if {runtime} else load_checkpoint({path!r})[0].eval()
+load_s = time.perf_counter() - t0
+with torch.inference_mode():
+    model(torch.zeros({shape}))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({{"peak_delta_bytes": max(peak - base_peak, 0), "rss_delta_bytes": rss() - base_rss,
+                  "load_s": load_s, "resident_bytes": rt.measure.resident_bytes(model)}}))
+"""
+
+
+def load_memory(path: str | os.PathLike[str], *, runtime: bool, input_shape: tuple[int, ...],
+                threads: int = 1) -> dict[str, float]:
+    """Memory of loading ``path`` and running one batch-1 forward, in a fresh Python process.
+
+    ``runtime`` True: ``deepshrink.runtime.load`` of a ``.dsz`` file; False: a dense fp32 checkpoint.
+    Returns the rise of peak RSS (``peak_delta_bytes``) and of current RSS over the post-import baseline,
+    the load time and the model's resident bytes.
+    """
+    script = _CHILD.format(threads=threads, page=os.sysconf("SC_PAGE_SIZE"), path=str(path), runtime=runtime,
+                           shape=(1, *input_shape))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if done.returncode != 0:
+        raise RuntimeError(f"memory probe of {path} failed:\n{done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -1,0 +1,232 @@
+"""Runtime modules for sparse weights: ``SparseLinear`` and ``SparseConv2d`` over :class:`SparseRows`.
+
+They hold only the CSR layout (narrow column indices + codebook codes + centroids, or per-non-zero values)
+and the bias, and call the numba kernels; they are inference-only (no autograd through them). Builders for
+the ``codebook`` and ``sparse`` export kinds live here, and generic fallbacks that run ``fixedpoint`` and
+``ternary`` weights through the same codebook kernel (their few distinct values are a codebook) until the
+specialised integer / add-subtract kernels register.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core.errors import FormatError, UnsupportedLayerError
+from . import kernels
+from .layout import SparseRows, from_coo, from_export
+from .registry import register_layer_builder
+
+_PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
+
+
+def _as_input(x: Tensor) -> np.ndarray:
+    """A float32, C-contiguous numpy view (copy only when needed) of an inference input."""
+    if x.device.type != "cpu":
+        raise UnsupportedLayerError(f"the runtime kernels run on CPU; got an input on {x.device}")
+    if x.dtype != torch.float32:
+        x = x.to(torch.float32)
+    if x.requires_grad:
+        x = x.detach()
+    array = x.numpy()
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def _bias_array(bias: Tensor | np.ndarray | None, n_out: int, name: str) -> np.ndarray:
+    if bias is None:
+        return np.zeros(n_out, dtype=np.float32)
+    array = np.ascontiguousarray(bias.detach().cpu().numpy() if isinstance(bias, Tensor) else bias, dtype=np.float32)
+    if array.shape != (n_out,):
+        raise FormatError(f"{name}: bias of shape {array.shape} for {n_out} outputs")
+    return array
+
+
+class _SparseLayer(nn.Module):
+    """Common state: the layout, the bias and whether the file had a bias (for repr and export)."""
+
+    def __init__(self, weight: SparseRows, bias: Tensor | np.ndarray | None, name: str) -> None:
+        super().__init__()
+        self.weight_layout = weight
+        self.has_bias = bias is not None
+        self.bias_array = _bias_array(bias, weight.shape[0], name)
+
+    @property
+    def nbytes(self) -> int:
+        """Resident bytes: layout + bias (no dense weight exists)."""
+        return self.weight_layout.nbytes + int(self.bias_array.nbytes)
+
+    def _run_linear(self, x2: np.ndarray) -> np.ndarray:
+        w = self.weight_layout
+        return kernels.linear_forward(w.indptr, w.indices, w.codes, w.table, w.direct, x2, self.bias_array)
+
+    def _describe(self) -> str:
+        w = self.weight_layout
+        form = "values" if w.direct else f"codebook={w.table.shape[0]}"
+        return f"nnz={w.nnz} ({100 * w.density:.1f}%), {form}, bias={self.has_bias}, {self.nbytes} bytes"
+
+
+class SparseLinear(_SparseLayer):
+    """``nn.Linear`` computed from a CSR (+codebook) weight: ``x @ W.T + b`` without a dense ``W``."""
+
+    def __init__(self, weight: SparseRows, bias: Tensor | np.ndarray | None = None, name: str = "weight") -> None:
+        super().__init__(weight, bias, name)
+        self.out_features, self.in_features = weight.shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"SparseLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
+        if x.dim() == 2:
+            return torch.from_numpy(self._run_linear(_as_input(x)))
+        lead = x.shape[:-1]
+        array = _as_input(x).reshape(-1, self.in_features)
+        return torch.from_numpy(self._run_linear(array)).reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self._describe()}"
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value[0]), int(value[1])) if isinstance(value, tuple | list) else (int(value), int(value))
+
+
+class SparseConv2d(_SparseLayer):
+    """``nn.Conv2d`` (stride, padding incl. 'same'/modes, dilation, groups) as a direct sparse convolution.
+
+    Each non-zero of an output channel's filter adds a scaled, shifted input plane to that channel's output
+    plane, so neither a dense filter nor an im2col buffer is formed; the padded input is the only copy.
+    """
+
+    def __init__(
+        self, weight: SparseRows, kernel_size: tuple[int, int], in_channels: int, *, stride: Any = 1,
+        padding: Any = 0, dilation: Any = 1, groups: int = 1, padding_mode: str = "zeros",
+        bias: Tensor | np.ndarray | None = None, name: str = "weight",
+    ) -> None:
+        super().__init__(weight, bias, name)
+        self.out_channels = weight.shape[0]
+        self.in_channels = int(in_channels)
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.dilation = _pair(dilation)
+        self.groups = int(groups)
+        if padding_mode not in _PAD_MODES:
+            raise UnsupportedLayerError(f"{name}: padding mode {padding_mode!r} (known: {sorted(_PAD_MODES)})")
+        self.padding_mode = padding_mode
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        expected = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        if weight.shape[1] != expected or self.in_channels % self.groups or self.out_channels % self.groups:
+            raise FormatError(f"{name}: weight of {weight.shape[1]} columns does not fit this Conv2d's shape")
+
+    def _pads(self) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) as ``F.pad`` takes them."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size, strict=True)]
+            return (total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2)
+        ph, pw = _pair(self.padding)
+        return (pw, pw, ph, ph)
+
+    def forward(self, x: Tensor) -> Tensor:
+        unbatched = x.dim() == 3
+        if unbatched:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"SparseConv2d expects (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
+        pads = self._pads()
+        if any(pads):
+            x = F.pad(x.detach().to(torch.float32), pads, mode=_PAD_MODES[self.padding_mode])
+        xpad = _as_input(x)
+        (kh, kw), (dh, dw), (sh, sw) = self.kernel_size, self.dilation, self.stride
+        oh = (xpad.shape[2] - dh * (kh - 1) - 1) // sh + 1
+        ow = (xpad.shape[3] - dw * (kw - 1) - 1) // sw + 1
+        if oh <= 0 or ow <= 0:
+            raise ValueError(f"input {tuple(x.shape)} is smaller than the {kh}x{kw} kernel")
+        w = self.weight_layout
+        y = kernels.conv2d_forward(w.indptr, w.indices, w.codes, w.table, w.direct, xpad, self.bias_array,
+                                   self.kernel_size, self.stride, self.dilation, self.groups, (oh, ow))
+        out = torch.from_numpy(y)
+        return out.squeeze(0) if unbatched else out
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, {self._describe()}")
+
+
+def sparse_module_for(module: nn.Module, layout: SparseRows, shape: tuple[int, ...], bias: Tensor | None,
+                      name: str) -> nn.Module:
+    """The runtime module replacing ``module`` (a Linear or Conv2d skeleton) for a weight of ``shape``."""
+    if isinstance(module, nn.Linear):
+        if tuple(shape) != (module.out_features, module.in_features):
+            raise FormatError(f"{name}: weight shape {shape} does not fit {module}")
+        return SparseLinear(layout, bias, name)
+    if isinstance(module, nn.Conv2d):
+        if tuple(shape) != tuple(module.weight.shape):
+            raise FormatError(f"{name}: weight shape {shape} does not fit {module}")
+        return SparseConv2d(layout, module.kernel_size, module.in_channels, stride=module.stride,  # type: ignore[arg-type]
+                            padding=module.padding, dilation=module.dilation, groups=module.groups,
+                            padding_mode=module.padding_mode, bias=bias, name=name)
+    _check_supported(module, name)
+    raise AssertionError("unreachable")
+
+
+def _check_supported(module: nn.Module, name: str) -> None:
+    if not isinstance(module, nn.Linear | nn.Conv2d):
+        raise UnsupportedLayerError(
+            f"{name}: the sparse runtime handles Linear and Conv2d, not {type(module).__name__}; store this weight dense"
+        )
+
+
+@register_layer_builder("codebook")
+@register_layer_builder("sparse")
+def build_sparse(module: nn.Module, exported: dict[str, Any], bias: Tensor | None, name: str) -> nn.Module:
+    """Codebook (Deep Compression) and pruned-only weights: CSR rows, codes or values per non-zero."""
+    _check_supported(module, name)
+    layout, shape = from_export(exported, name)
+    return sparse_module_for(module, layout, shape, bias, name)
+
+
+def _distinct_value_layout(
+    values: np.ndarray, table: np.ndarray, offset: int, name: str
+) -> tuple[SparseRows, tuple[int, ...]]:
+    """Layout for integer-coded weights whose non-zero codes ``values`` map to ``table[values - offset]``."""
+    shape = tuple(int(d) for d in values.shape)
+    flat = values.reshape(shape[0], -1)
+    rows, cols = np.nonzero(flat)
+    codes = flat[rows, cols].astype(np.int64) - offset
+    return from_coo((shape[0], flat.shape[1]), rows, cols, codes, table, name), shape
+
+
+@register_layer_builder("fixedpoint", fallback=True)
+def build_fixedpoint_fallback(module: nn.Module, exported: dict[str, Any], bias: Tensor | None,
+                              name: str) -> nn.Module:
+    """Fixed-point weights through the codebook kernel: the 2^bits representable values are the table.
+
+    Values equal :func:`deepshrink.core.dequantize` bit for bit; activations stay float (the integer
+    data path belongs to ``runtime/fixedpoint.py``).
+    """
+    _check_supported(module, name)
+    ints = np.asarray(exported["int"], dtype=np.int64)
+    step = np.float32(2.0 ** -int(exported["frac_len"]))
+    low, high = (int(ints.min()), int(ints.max())) if ints.size else (0, 0)
+    if high - low >= 1 << 16:
+        raise FormatError(f"{name}: fixed-point values span {high - low + 1} codes; at most 65,536 supported")
+    table = (np.arange(low, high + 1, dtype=np.int64).astype(np.float32) * step).astype(np.float32)
+    layout, shape = _distinct_value_layout(ints, table, low, name)
+    return sparse_module_for(module, layout, shape, bias, name)
+
+
+@register_layer_builder("ternary", fallback=True)
+def build_ternary_fallback(module: nn.Module, exported: dict[str, Any], bias: Tensor | None,
+                           name: str) -> nn.Module:
+    """Ternary weights through the codebook kernel with the two-entry table ``[-Wn, Wp]``."""
+    _check_supported(module, name)
+    code = np.asarray(exported["code"]).astype(np.int8)
+    table = np.array([-np.float32(exported["wn"]), np.float32(exported["wp"])], dtype=np.float32)
+    # codes -1 -> 0, +1 -> 1; zero positions are dropped by the layout
+    remapped = np.where(code > 0, np.int8(2), np.where(code < 0, np.int8(1), np.int8(0)))
+    layout, shape = _distinct_value_layout(remapped, table, 1, name)
+    return sparse_module_for(module, layout, shape, bias, name)

@@ -1,0 +1,132 @@
+"""Whole models: compressed LeNets run from their compressed form and match the dense-quantized model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import deepshrink.runtime as rt
+from deepshrink.core import UnsupportedLayerError, dequantize, set_mask
+from deepshrink.core.errors import FormatError
+from deepshrink.models import build_model
+from deepshrink.share import WeightSharing, share_weights_
+
+
+def compress(model: nn.Module, density: dict[str, float], bits: dict[str, int] | None = None) -> nn.Module:
+    """Magnitude-prune each named layer to ``density`` and share its weights (Deep Compression's state)."""
+    torch.manual_seed(0)
+    for name, keep in density.items():
+        layer = model.get_submodule(name)
+        w = layer.weight.detach().abs().flatten()
+        k = max(round(keep * w.numel()), 1)
+        set_mask(layer, layer.weight.detach().abs() >= w.kthvalue(w.numel() - k + 1).values)
+    share_weights_(model, WeightSharing(bits=bits or {"conv": 8, "fc": 5}))
+    return model.eval()
+
+
+LENET300 = {"fc1": 0.08, "fc2": 0.09, "fc3": 0.26}
+LENET5 = {"conv1": 0.66, "conv2": 0.12, "fc1": 0.08, "fc2": 0.19}
+
+
+@pytest.fixture(scope="module")
+def lenets() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {"lenet300": compress(build_model("lenet300"), LENET300),
+            "lenet5": compress(build_model("lenet5"), LENET5)}
+
+
+def dense_weight_shapes(model: nn.Module) -> set[tuple[int, ...]]:
+    return {tuple(t.shape) for t in (*model.parameters(), *model.buffers()) if t.dim() >= 2}
+
+
+@pytest.mark.parametrize("arch", ["lenet300", "lenet5"])
+@pytest.mark.parametrize("batch", [1, 64])
+def test_runtime_matches_dense_quantized_model(lenets: dict[str, nn.Module], arch: str, batch: int) -> None:
+    model = lenets[arch]
+    fast = rt.from_model(model)
+    assert set(rt.runtime_layers(fast)) == set(LENET300 if arch == "lenet300" else LENET5)
+    assert not dense_weight_shapes(fast), "a dense weight matrix was materialised"
+    x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-5)
+    assert rt.measure.resident_bytes(fast) < sum(p.numel() * 4 for p in build_model(arch).parameters()) / 4
+
+
+def test_from_exports_on_meta_skeleton_with_dense_and_sparse_kinds(lenets: dict[str, nn.Module]) -> None:
+    model = lenets["lenet300"]
+    weights, tensors = rt.exports_from_model(model)
+    assert weights["fc1.weight"]["kind"] == "codebook"
+    # fc2 stored pruned-only (sparse floats), fc3 stored dense: both kinds the file may hold
+    fc2 = model.fc2.weight.detach()
+    weights["fc2.weight"] = {"kind": "sparse", "mask": (fc2 != 0).numpy(), "values": fc2[fc2 != 0].numpy()}
+    weights["fc3.weight"] = {"kind": "dense", "array": model.fc3.weight.detach().numpy().copy()}
+    fast = rt.from_exports(("lenet300", {}), weights, tensors)
+    assert rt.runtime_layers(fast) == {"fc1": "SparseLinear", "fc2": "SparseLinear"}
+    assert isinstance(fast.fc3, nn.Linear) and not fast.fc3.weight.is_meta
+    assert fast.fc2.weight_layout.direct
+    x = torch.randn(3, 784)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fallback_builders_run_fixedpoint_and_ternary_from_codes() -> None:
+    rng = np.random.default_rng(0)
+    skeleton = nn.Sequential(nn.Linear(20, 7), nn.Conv2d(2, 3, 3))
+    ints = rng.integers(-40, 40, (7, 20)) * (rng.random((7, 20)) < 0.3)
+    code = rng.integers(-1, 2, (3, 2, 3, 3)).astype(np.int8)
+    fixed = {"kind": "fixedpoint", "int": ints, "bits": 8, "frac_len": 5}
+    tern = {"kind": "ternary", "code": code, "wp": 0.7, "wn": 0.3}
+    lin = rt.FALLBACK_BUILDERS["fixedpoint"](skeleton[0], fixed, None, "0.weight")
+    conv = rt.FALLBACK_BUILDERS["ternary"](skeleton[1], tern, torch.ones(3), "1.weight")
+    x = torch.randn(2, 20)
+    torch.testing.assert_close(lin(x), x @ torch.from_numpy(dequantize(fixed)).T, rtol=1e-5, atol=1e-5)
+    img = torch.randn(1, 2, 6, 6)
+    want = torch.nn.functional.conv2d(img, torch.from_numpy(dequantize(tern)), torch.ones(3))
+    torch.testing.assert_close(conv(img), want, rtol=1e-5, atol=1e-5)
+
+
+def test_registry_prefers_specialised_builders_and_names_unknown_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def special(module: nn.Module, exported: dict[str, Any], bias: torch.Tensor | None, name: str) -> nn.Module:
+        calls.append(name)
+        return nn.Identity()
+
+    monkeypatch.setitem(rt.FALLBACK_BUILDERS, "toy", lambda *a: nn.ReLU())
+    assert isinstance(rt.builder_for("toy")(nn.Linear(1, 1), {}, None, "w"), nn.ReLU)
+    monkeypatch.setitem(rt.LAYER_BUILDERS, "toy", special)
+    fast = rt.from_exports(nn.Sequential(nn.Linear(2, 2)), {"0.weight": {"kind": "toy"}}, {"0.bias": np.zeros(2)})
+    assert calls == ["0.weight"] and isinstance(fast[0], nn.Identity)
+    with pytest.raises(UnsupportedLayerError, match="nope"):
+        rt.builder_for("nope", "fc9.weight")
+
+
+def test_loader_errors_name_the_tensor(lenets: dict[str, nn.Module]) -> None:
+    weights, tensors = rt.exports_from_model(lenets["lenet300"])
+    with pytest.raises(FormatError, match=r"fc3\.bias"):
+        rt.from_exports(("lenet300", {}), weights, {k: v for k, v in tensors.items() if k != "fc3.bias"})
+    with pytest.raises(FormatError, match=r"fc9\.weight"):
+        rt.from_exports(("lenet300", {}), {**weights, "fc9.weight": weights["fc1.weight"]}, tensors)
+    with pytest.raises(FormatError, match="extra"):
+        rt.from_exports(("lenet300", {}), weights, {**tensors, "extra": torch.zeros(1)})
+    with pytest.raises(UnsupportedLayerError, match="BatchNorm"):
+        rt.from_exports(nn.Sequential(nn.BatchNorm1d(3)), {"0.weight": {"kind": "sparse", "mask": np.ones(3, bool),
+                                                                         "values": np.ones(3, np.float32)}},
+                        {"0.bias": np.zeros(3, np.float32)})
+
+
+def test_load_reads_a_dsz_file(lenets: dict[str, nn.Module], tmp_path: Path) -> None:
+    codec = pytest.importorskip("deepshrink.codec")
+    path = tmp_path / "lenet5.dsz"
+    codec.save_compressed(lenets["lenet5"], path, meta={"dataset": "fashion-mnist"})
+    fast, meta = rt.load_with_meta(path)
+    assert meta["arch"] == "lenet5" and meta["dataset"] == "fashion-mnist"
+    assert set(rt.runtime_layers(fast)) == set(LENET5) and not dense_weight_shapes(fast)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(rt.load(path)(x), lenets["lenet5"](x), rtol=1e-5, atol=1e-5)
