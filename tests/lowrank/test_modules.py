@@ -127,3 +127,16 @@ def test_checkpoint_round_trip_rebuilds_factorised_structure(tmp_path) -> None:
     torch.nn.functional.cross_entropy(loaded(images), torch.zeros(40, dtype=torch.long)).backward()
     pair = next(m for m in loaded.modules() if isinstance(m, nn.Sequential) and isinstance(m[0], nn.Conv2d) and len(m) == 2)
     assert pair[0].weight.grad is not None and pair[1].weight.grad is not None
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_response_pca_linear_recovers_low_rank_outputs(bias: bool) -> None:
+    # full-rank weight, but the inputs span 3 dimensions: weight SVD cannot compress, response PCA is exact
+    model = nn.Sequential(nn.Linear(24, 16, bias=bias), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(200, 3) @ torch.randn(3, 24)
+    ref = model(x)
+    report = svd_linear_(model, SVDLinear(energy=0.9999), select="0", calib=lambda m: m(x[:100]))
+    assert report.ranks["0"] == 3 and report.energy["0"] == pytest.approx(1.0, abs=1e-6)
+    torch.testing.assert_close(model(x), ref, atol=1e-4, rtol=1e-4)
+    weight_only = nn.Sequential(nn.Linear(24, 16, bias=bias))
+    assert svd_linear_(weight_only, SVDLinear(energy=0.9999)).skipped  # full-rank weight: nothing to gain

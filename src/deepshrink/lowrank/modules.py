@@ -92,8 +92,13 @@ def replace_conv_(model: nn.Module, fqn: str, first: Tensor, second: Tensor, bia
 
 
 @torch.no_grad()
-def replace_linear_(model: nn.Module, fqn: str, first: Tensor, second: Tensor) -> nn.Sequential:
-    """Swap the Linear at ``fqn`` for ``Linear(first) -> Linear(second) + bias`` and record the edit."""
+def replace_linear_(
+    model: nn.Module, fqn: str, first: Tensor, second: Tensor, bias: Tensor | None = None
+) -> nn.Sequential:
+    """Swap the Linear at ``fqn`` for ``Linear(first) -> Linear(second) + bias`` and record the edit.
+
+    ``bias`` defaults to the layer's own; a layer without bias stays without one.
+    """
     linear = model.get_submodule(fqn)
     _check_plain(linear, fqn, nn.Linear)
     assert isinstance(linear, nn.Linear)
@@ -102,7 +107,7 @@ def replace_linear_(model: nn.Module, fqn: str, first: Tensor, second: Tensor) -
     reduce.weight.copy_(first)
     expand.weight.copy_(second)
     if linear.bias is not None and expand.bias is not None:
-        expand.bias.copy_(linear.bias)
+        expand.bias.copy_(linear.bias if bias is None else bias)
     pair.train(linear.training)
     set_submodule(model, fqn, pair)
     record_edit(model, "lowrank_linear", layer=fqn, rank=int(first.shape[0]))

@@ -7,7 +7,9 @@ comes from an energy threshold (fraction of ``sum sigma^2`` kept), a fixed rank,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -86,23 +88,87 @@ def _choose_rank(config: SVDLinear, s: Tensor, rows: int, cols: int) -> int:
     return max(1, min(full, int(config.param_ratio * rows * cols // (rows + cols))))
 
 
+class _Moments:
+    """Running sums of a layer's outputs (rows of the last dimension): exact covariance at constant memory."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total: Tensor | None = None
+        self.outer: Tensor | None = None
+
+    def __call__(self, module: nn.Module, inputs: Any, output: Tensor) -> None:
+        rows = output.detach().reshape(-1, output.shape[-1]).double()
+        if self.total is None or self.outer is None:
+            self.total, self.outer = rows.sum(0), rows.T @ rows
+        else:
+            self.total += rows.sum(0)
+            self.outer += rows.T @ rows
+        self.count += rows.shape[0]
+
+
+def _response_moments(model: nn.Module, names: list[str], calib: Callable[[nn.Module], Any]) -> dict[str, _Moments]:
+    moments = {n: _Moments() for n in names}
+    hooks = [model.get_submodule(n).register_forward_hook(moments[n]) for n in names]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            calib(model)
+    finally:
+        model.train(was_training)
+        for handle in hooks:
+            handle.remove()
+    return moments
+
+
 @torch.no_grad()
-def svd_linear_(model: nn.Module, config: SVDLinear, select: Selector = nn.Linear) -> SVDReport:
-    """Replace each selected ``nn.Linear`` by two Linears from its truncated SVD, in place."""
+def svd_linear_(
+    model: nn.Module, config: SVDLinear, select: Selector = nn.Linear, calib: Callable[[nn.Module], Any] | None = None
+) -> SVDReport:
+    """Replace each selected ``nn.Linear`` by two Linears of rank ``r``, in place.
+
+    Without ``calib``: the truncated SVD of the weight (data-free). With ``calib`` (a function that runs the
+    model on calibration data): Zhang et al.'s linear response reconstruction applied to the Linear layer — PCA
+    of its outputs ``y = W x + b`` gives ``U`` (``out x r``), and the layer becomes ``U (U^T W) x + b'`` with
+    ``b' = mean(y) - U U^T (mean(y) - b)``; the rank rule then reads the response eigenvalues instead of ``sigma^2``.
+    """
     report = SVDReport()
-    for fqn, layer in select_layers(model, select, supported=(nn.Linear,)).layers:
+    layers = select_layers(model, select, supported=(nn.Linear,)).layers
+    moments = _response_moments(model, [n for n, _ in layers], calib) if calib is not None else {}
+    for fqn, layer in layers:
         assert isinstance(layer, nn.Linear)
         weight = layer.weight.detach()
         rows, cols = weight.shape
         report.params_before += weight.numel()
-        s = torch.linalg.svdvals(weight.double())
+        stats = moments.get(fqn)
+        if stats is not None and stats.count == 0:
+            report.skipped[fqn] = "not run by the calibration function"
+            report.params_after += weight.numel()
+            continue
+        if stats is not None:
+            assert stats.total is not None and stats.outer is not None
+            mean = stats.total / stats.count if layer.bias is not None else torch.zeros_like(stats.total)
+            cov = stats.outer / stats.count - torch.outer(mean, mean)
+            evals, evecs = torch.linalg.eigh(cov)
+            evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+            s = evals.sqrt()
+        else:
+            s = torch.linalg.svdvals(weight.double())
         rank = _choose_rank(config, s, rows, cols)
         if rank * (rows + cols) >= rows * cols and not config.force:
             report.skipped[fqn] = f"rank {rank} would not reduce the {rows}x{cols} weights"
             report.params_after += weight.numel()
             continue
-        first, second = truncated_svd(weight, rank)
-        replace_linear_(model, fqn, first, second)
+        if stats is not None:
+            u = evecs[:, :rank]
+            first, second = (u.T @ weight.double()).to(weight.dtype), u.to(weight.dtype)
+            bias = None
+            if layer.bias is not None:
+                bias = (mean - u @ (u.T @ (mean - layer.bias.detach().double()))).to(weight.dtype)
+            replace_linear_(model, fqn, first, second, bias)
+        else:
+            first, second = truncated_svd(weight, rank)
+            replace_linear_(model, fqn, first, second)
         report.ranks[fqn] = rank
         report.energy[fqn] = float((s[:rank] ** 2).sum() / (s**2).sum().clamp_min(1e-300))
         report.params_after += rank * (rows + cols)

@@ -1,0 +1,150 @@
+"""Zhang et al. low-rank conv factorisation on the VGG-style CNN (Fashion-MNIST) at 2x / 3x / 4x conv FLOP reduction.
+
+For every speedup the BN-folded baseline is factorised by each method (plain weight SVD, linear, nonlinear,
+asymmetric, and the linear-asymmetric ablation) with the same greedy ranks (response PCA energy of the original
+network, 3,000 val images x 10 positions), evaluated on the test split without fine-tuning; the asymmetric model is
+then fine-tuned briefly. The conv stack's CPU latency (factorised vs. original, interleaved, median of repeats)
+is measured beside the MAC ratio. Results merge into the JSON by speedup, so speedups can run separately:
+
+    nice -n 10 .venv/bin/python benchmarks/bench_lowrank.py --speedups 2 3 4   # writes benchmarks/results/lowrank.json
+    .venv/bin/python benchmarks/bench_lowrank.py --table                        # prints the markdown table
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepshrink.core import atomic_write_text, fold_batchnorm_
+from deepshrink.data import load_dataset
+from deepshrink.lowrank import ZhangLowRank, conv_macs, lowrank_conv_
+from deepshrink.train import TrainConfig, evaluate, fit, load_checkpoint
+
+ROOT = Path(__file__).resolve().parent
+METHODS = ["svd", "linear", "nonlinear", "asymmetric", "linear-asymmetric"]
+
+
+@torch.no_grad()
+def latency(stacks: dict[str, nn.Module], batch: int, repeats: int) -> dict[str, float]:
+    """Median seconds per forward of each conv stack on one batch, runs interleaved so load hits all equally."""
+    x = torch.randn(batch, 1, 28, 28)
+    times: dict[str, list[float]] = {k: [] for k in stacks}
+    for stack in stacks.values():
+        stack.eval()
+        for _ in range(3):
+            stack(x)
+    for _ in range(repeats):
+        for name, stack in stacks.items():
+            start = time.perf_counter()
+            stack(x)
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_speedup(base: nn.Module, speedup: float, args: argparse.Namespace, test: Any, val: Any, train: Any) -> dict:
+    example = val.tensors[0][:1]
+    row: dict[str, Any] = {"speedup_target": speedup, "methods": {}}
+    fitted: dict[str, nn.Module] = {}
+    for method in args.methods:
+        model = copy.deepcopy(base)
+        start = time.perf_counter()
+        report = lowrank_conv_(model, ZhangLowRank(speedup=speedup, method=method, images=args.images, seed=args.seed), val)
+        seconds = time.perf_counter() - start
+        acc = evaluate(model, test)["accuracy"]
+        row["methods"][method] = {"top1": acc, "fit_seconds": round(seconds, 1), "errors": report.errors}
+        row.update(ranks=report.ranks, energy=report.energy, macs_before=report.macs_before, macs_after=report.macs_after)
+        print(f"  {speedup}x {method:<18} top-1 {acc:.4f}  (fit {seconds:.0f}s)  ranks {list(report.ranks.values())}", flush=True)
+        fitted[method] = model
+    if args.finetune_epochs > 0:
+        for method in args.finetune:
+            if method not in fitted:
+                continue
+            model = fitted[method]
+            start = time.perf_counter()
+            train_set = torch.utils.data.Subset(train, range(args.finetune_limit)) if args.finetune_limit else train
+            fit(model, train_set, TrainConfig(epochs=args.finetune_epochs, lr=args.lr, seed=args.seed), quiet=True)
+            acc = evaluate(model, test)["accuracy"]
+            row["methods"][method]["top1_finetuned"] = acc
+            row["methods"][method]["finetune_seconds"] = round(time.perf_counter() - start, 1)
+            print(f"  {speedup}x {method:<18} fine-tuned top-1 {acc:.4f}", flush=True)
+    factorised = next(iter(fitted.values()))
+    assert conv_macs(factorised, example) == row["macs_after"]
+    lat = latency({"original": base.features, "factorised": factorised.features}, args.batch, args.repeats)
+    row["latency"] = {"batch": args.batch, "repeats": args.repeats, "original_ms": lat["original"] * 1e3,
+                      "factorised_ms": lat["factorised"] * 1e3, "speedup": lat["original"] / lat["factorised"]}
+    print(f"  {speedup}x conv MACs {row['macs_before']:,} -> {row['macs_after']:,} "
+          f"({row['macs_before'] / row['macs_after']:.2f}x); conv-stack latency {lat['original'] * 1e3:.1f} -> "
+          f"{lat['factorised'] * 1e3:.1f} ms ({lat['original'] / lat['factorised']:.2f}x, batch {args.batch}, 1 thread)",
+          flush=True)
+    return row
+
+
+def table(results: dict) -> str:
+    methods = METHODS
+    head = "| conv MACs | ranks | " + " | ".join(methods) + " | asymmetric + fine-tune | latency speedup |"
+    lines = [f"baseline (BN folded) top-1: {results['baseline_top1']:.4f}", "", head,
+             "|---|---|" + "---:|" * (len(methods) + 2)]
+    for key in sorted(results["speedups"], key=float):
+        row = results["speedups"][key]
+        cells = [f"{row['methods'][m]['top1']:.4f}" if m in row["methods"] else "-" for m in methods]
+        ft = row["methods"].get("asymmetric", {}).get("top1_finetuned")
+        ratio = row["macs_before"] / row["macs_after"]
+        ranks = "/".join("-" if r is None else str(r) for r in row["ranks"].values())
+        lat = row["latency"]
+        cells.append(f"{ft:.4f}" if ft is not None else "-")
+        cells.append(f"{lat['speedup']:.2f}x ({lat['original_ms']:.1f} -> {lat['factorised_ms']:.1f} ms)")
+        lines.append(f"| {ratio:.2f}x (target {float(key):g}x) | {ranks} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", type=Path, default=ROOT / "baselines/vgg-fmnist.pt")
+    parser.add_argument("--speedups", type=float, nargs="+", default=[2.0, 3.0, 4.0])
+    parser.add_argument("--methods", nargs="+", default=METHODS, choices=METHODS)
+    parser.add_argument("--images", type=int, default=3000, help="calibration images (val split)")
+    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--finetune", nargs="+", default=["asymmetric"], help="methods to fine-tune")
+    parser.add_argument("--finetune-limit", type=int, default=None, help="fine-tune on the first N train images")
+    parser.add_argument("--lr", type=float, default=0.005)
+    parser.add_argument("--batch", type=int, default=32, help="latency batch size")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=ROOT / "results/lowrank.json")
+    parser.add_argument("--table", action="store_true", help="only print the markdown table from --out")
+    args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    print(f"seed {args.seed}, threads {args.threads}, torch {torch.__version__}, python {platform.python_version()}")
+    base, meta = load_checkpoint(args.ckpt)
+    base.eval()
+    fold_batchnorm_(base)
+    test, val, train = (load_dataset("fashion-mnist", s) for s in ("test", "val", "train"))
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {"speedups": {}}
+    results.update(checkpoint=str(args.ckpt.relative_to(ROOT.parent)) if args.ckpt.is_relative_to(ROOT.parent) else str(args.ckpt),
+                   threads=args.threads, seed=args.seed, torch=torch.__version__, calib_images=args.images,
+                   finetune={"epochs": args.finetune_epochs, "lr": args.lr, "limit": args.finetune_limit},
+                   baseline_top1=evaluate(base, test)["accuracy"], baseline_recorded=meta.get("test_accuracy"))
+    print(f"baseline (BN folded) top-1 {results['baseline_top1']:.4f}")
+    for speedup in args.speedups:
+        results["speedups"][str(speedup)] = run_speedup(base, speedup, args, test, val, train)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.out, json.dumps(results, indent=1))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
