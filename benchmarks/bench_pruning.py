@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2, help="retraining epochs per round")
     parser.add_argument("--last-epochs", type=int, default=None, help="retraining epochs of the last round")
+    parser.add_argument("--power", type=float, default=1.0,
+                        help="schedule shape: sparsity_r = final * (1 - (1 - r/R)^power); 3 = big steps first")
     parser.add_argument("--lr-factor", type=float, default=0.1, help="retraining lr / baseline lr (paper: 1/10)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -68,7 +71,7 @@ def main() -> None:
         print(f"  {layer:<6} " + " ".join(f"{int(100 * s)}%:{100 * a:.1f}" for s, a in curve.items()))
 
     retrain = TrainConfig(epochs=args.epochs, lr=base_lr * args.lr_factor, schedule="cosine", seed=args.seed)
-    schedule = rising_schedule(TARGETS[name], args.rounds)
+    schedule = rising_schedule(TARGETS[name], args.rounds, power=args.power)
     rounds = []
     started = time.perf_counter()
     for r, config in enumerate(schedule):
@@ -95,6 +98,8 @@ def main() -> None:
         "top1_loss_pp": round(100 * (base_test - final_test), 3),
         "kept_pct": round(100 * total_k / total_w, 3), "fewer_x": round(total_w / total_k, 2),
         "layers": table, "paper_kept_pct": PAPER_KEPT[name], "retrain": retrain.__dict__,
+        "schedule": {"rounds": args.rounds, "power": args.power, "epochs": args.epochs, "last_epochs": args.last_epochs},
+        "command": "benchmarks/bench_pruning.py " + " ".join(sys.argv[1:]),
         "rounds": [{k: v for k, v in r.items() if k != "prune"} | {"sparsity": r["prune"]["sparsity"]} for r in rounds],
         "sensitivity": sens.to_dict(), "sensitivity_seconds": round(sens_seconds, 1),
         "prune_retrain_seconds": round(prune_seconds, 1), "checkpoint": str(ckpt.relative_to(ROOT.parent)),

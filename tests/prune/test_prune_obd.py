@@ -104,3 +104,27 @@ def test_obd_config_validation() -> None:
         OBDPrune(sparsity=1.5)
     with pytest.raises(ConfigError, match="hessian method"):
         hessian_diagonal(nn.Linear(2, 2), [], "bfgs")
+
+
+def test_fast_linear_gauss_newton_equals_vmap_path(tiny_mlp: TinyMLP, tiny_data: TensorDataset) -> None:
+    from deepshrink.prune.obd import _gauss_newton_vmap, _weights
+
+    set_mask(tiny_mlp.fc1, torch.rand(5, 6) > 0.4)
+    fast = hessian_diagonal(tiny_mlp, tiny_data, "gauss-newton", batch_size=16)
+    tiny_mlp.eval()
+    batches = [(x, y) for x, y in torch.utils.data.DataLoader(tiny_data, batch_size=16)]
+    slow = _gauss_newton_vmap(tiny_mlp, _weights(tiny_mlp, None), batches)
+    for layer in ("fc1", "fc2"):
+        torch.testing.assert_close(fast[layer], slow[layer], rtol=1e-4, atol=1e-7)
+
+
+def test_gauss_newton_is_the_exact_diagonal_for_relu_nets() -> None:
+    # with ReLU and max-pool the output is piecewise linear in each single weight: d2f/dw2 = 0, so the
+    # diagonal of the Hessian has no term beyond Gauss-Newton (here via the vmap path for the conv layer)
+    torch.manual_seed(0)
+    model = TinyCNN()
+    data = TensorDataset(torch.randn(10, 1, 8, 8), torch.randint(0, 10, (10,)))
+    gn = hessian_diagonal(model, data, "gauss-newton")
+    exact = hessian_diagonal(model, data, "exact")
+    for layer in ("conv", "fc"):
+        torch.testing.assert_close(gn[layer], exact[layer], rtol=1e-4, atol=1e-7)
