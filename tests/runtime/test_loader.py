@@ -130,3 +130,42 @@ def test_load_reads_a_dsz_file(lenets: dict[str, nn.Module], tmp_path: Path) -> 
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(rt.load(path)(x), lenets["lenet5"](x), rtol=1e-5, atol=1e-5)
+
+
+def test_compact_reader_never_builds_weight_shaped_arrays(lenets: dict[str, nn.Module], tmp_path: Path) -> None:
+    codec = pytest.importorskip("deepshrink.codec")
+    from deepshrink.runtime.reader import read_compact
+
+    model = lenets["lenet300"]
+    path = tmp_path / "lenet300.dsz"
+    codec.save_compressed(model, path)
+    compact = read_compact(path)
+    full = codec.read_compressed(path)
+    for name, entry in compact.weights.items():
+        assert entry["kind"] == "codebook" and "index" not in entry
+        arrays = [v for v in entry.values() if isinstance(v, np.ndarray)]
+        assert max(a.size for a in arrays) == int((full.weights[name]["index"] >= 0).sum())
+        layout, shape = rt.from_export(entry, name)
+        reference, _ = rt.from_export(full.weights[name], name)
+        assert shape == full.weights[name]["index"].shape
+        assert np.array_equal(layout.to_dense(), reference.to_dense())
+        assert np.array_equal(layout.to_dense().reshape(shape), dequantize(full.weights[name]))
+
+
+def test_bench_cli_reports_speedup(lenets: dict[str, nn.Module], tmp_path: Path) -> None:
+    codec = pytest.importorskip("deepshrink.codec")
+    import json
+
+    from typer.testing import CliRunner
+
+    from deepshrink.cli import app
+
+    path = tmp_path / "lenet5.dsz"
+    codec.save_compressed(lenets["lenet5"], path, meta={"dataset": "fashion-mnist"})
+    result = CliRunner().invoke(app, ["bench", str(path), "--batch", "2", "--repeats", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["speedup"] > 0 and report["batch"] == 2 and report["input_shape"] == [1, 28, 28]
+    assert set(report["timings_ms"]) == {"runtime", "dense_fp32", "dynamic_int8"}
+    assert report["max_abs_diff_vs_dense"] < 1e-4
+    assert report["resident_bytes"]["runtime"] < report["resident_bytes"]["dense_fp32"]

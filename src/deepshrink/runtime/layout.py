@@ -131,11 +131,23 @@ def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
 def from_export(exported: dict[str, Any], name: str = "weight") -> tuple[SparseRows, tuple[int, ...]]:
     """``(layout, original shape)`` from a ``codebook`` or ``sparse`` export dict.
 
-    ``codebook``: ``index`` (dense-shaped, -1 = zero) and ``centroids``. ``sparse`` (pruned, unquantized):
+    Compact entries (:mod:`deepshrink.runtime.reader`) carry ``shape`` and flat, increasing ``positions`` of
+    the kept weights with ``codes`` + ``centroids`` or ``values``; export dicts proper are weight-shaped:
+
+    ``codebook``: ``index`` (weight-shaped, -1 = zero) and ``centroids``. ``sparse`` (pruned, unquantized):
     ``mask`` (bool) with ``values`` either one per non-zero in C order or dense-shaped. Only positions and
     codes are gathered; no float matrix of the weight's shape is created.
     """
     kind = exported.get("kind")
+    if "positions" in exported and kind in ("codebook", "sparse"):
+        shape = tuple(int(d) for d in exported["shape"])
+        n_rows, n_cols = _matrix_shape(shape)
+        positions = np.asarray(exported["positions"], dtype=np.int64)
+        rows, cols = np.divmod(positions, max(n_cols, 1))
+        if kind == "codebook":
+            return from_coo((n_rows, n_cols), rows, cols, np.asarray(exported["codes"]),
+                            np.asarray(exported["centroids"]), name), shape
+        return from_coo((n_rows, n_cols), rows, cols, None, np.asarray(exported["values"]), name), shape
     if kind == "codebook":
         index = np.asarray(exported["index"])
         shape = tuple(int(d) for d in index.shape)

@@ -158,9 +158,9 @@ def from_model(model: nn.Module) -> nn.Module:
 
 def load_with_meta(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """``(runtime model, meta)`` from a ``.dsz`` file written by :mod:`deepshrink.codec`."""
-    from .. import codec
+    from .reader import read_compact
 
-    compressed = codec.read_compressed(path)
+    compressed = read_compact(path)
     header = dict(compressed.header)
     arch = header.get("arch")
     if not arch:
