@@ -8,6 +8,7 @@ is measured beside the MAC ratio. Results merge into the JSON by speedup, so spe
 
     nice -n 10 .venv/bin/python benchmarks/bench_lowrank.py --speedups 2 3 4   # writes benchmarks/results/lowrank.json
     .venv/bin/python benchmarks/bench_lowrank.py --table                        # prints the markdown table
+    (speedups in parallel: --speedups 2 --out results/lowrank_2.json ..., then --merge results/lowrank_*.json)
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from deepshrink.train import TrainConfig, evaluate, fit, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent
 METHODS = ["svd", "linear", "nonlinear", "asymmetric", "linear-asymmetric"]
+CACHE: dict[str, Any] = {}
+"""The original network's calibration responses, shared by every method and speedup of one run."""
 
 
 @torch.no_grad()
@@ -57,7 +60,8 @@ def run_speedup(base: nn.Module, speedup: float, args: argparse.Namespace, test:
     for method in args.methods:
         model = copy.deepcopy(base)
         start = time.perf_counter()
-        report = lowrank_conv_(model, ZhangLowRank(speedup=speedup, method=method, images=args.images, seed=args.seed), val)
+        config = ZhangLowRank(speedup=speedup, method=method, images=args.images, seed=args.seed)
+        report = lowrank_conv_(model, config, val, cache=CACHE)
         seconds = time.perf_counter() - start
         acc = evaluate(model, test)["accuracy"]
         row["methods"][method] = {"top1": acc, "fit_seconds": round(seconds, 1), "errors": report.errors}
@@ -122,8 +126,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "results/lowrank.json")
     parser.add_argument("--table", action="store_true", help="only print the markdown table from --out")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="combine the speedups of these result files into --out and print the table")
     args = parser.parse_args()
-    if args.table:
+    if args.merge:
+        merged = json.loads(args.merge[0].read_text())
+        for extra in args.merge[1:]:
+            merged["speedups"].update(json.loads(extra.read_text())["speedups"])
+        atomic_write_text(args.out, json.dumps(merged, indent=1))
+    if args.table or args.merge:
         print(table(json.loads(args.out.read_text())))
         return
     torch.set_num_threads(args.threads)

@@ -224,9 +224,14 @@ def _to_conv(conv: nn.Conv2d, fac: Factors) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def lowrank_conv_(
-    model: nn.Module, config: ZhangLowRank, calib: Dataset | Tensor, select: Selector = nn.Conv2d
+    model: nn.Module, config: ZhangLowRank, calib: Dataset | Tensor, select: Selector = nn.Conv2d,
+    *, cache: dict[str, Any] | None = None,
 ) -> LowRankReport:
-    """Factorise the selected convs of ``model`` in place, in network order; returns a :class:`LowRankReport`."""
+    """Factorise the selected convs of ``model`` in place, in network order; returns a :class:`LowRankReport`.
+
+    ``cache``: a dict that keeps the original network's sampled responses between calls, for comparing methods
+    or speedups on copies of the *same* model with the same calibration settings (the key checks the settings).
+    """
     report = LowRankReport(config.method)
     images = calibration_images(calib, config.images, config.seed)
     probe = probe_convs(model, images)
@@ -252,9 +257,14 @@ def lowrank_conv_(
     gen = torch.Generator().manual_seed(config.seed + 1)
     positions = {n: torch.randint(0, probe[n][0][1] * probe[n][0][2], (images.shape[0], config.positions),
                                   generator=gen) for n in order}
-    original = copy.deepcopy(model)
-    targets = collect_responses(original, order, images, positions, config.batch_size)
-    eigen = {n: response_eigenvalues(targets[n]) for n in order}
+    key = (tuple(order), config.images, config.positions, config.seed, tuple(images.shape))
+    if cache is not None and cache.get("key") == key:
+        targets, eigen = cache["targets"], cache["eigen"]
+    else:
+        targets = collect_responses(copy.deepcopy(model), order, images, positions, config.batch_size)
+        eigen = {n: response_eigenvalues(targets[n]) for n in order}
+        if cache is not None:
+            cache.update(key=key, targets=targets, eigen=eigen)
     costs = {}
     for n in order:
         conv = model.get_submodule(n)
