@@ -2,9 +2,9 @@
 
 For every model and setting (16, 8, 6, 4 bits for weights and activations, and conv 8 / fc 4 weights with
 8-bit activations) the float model is quantized once with one global fractional length (static) and once
-per layer (dynamic), calibrated on the first N images of the validation split, and evaluated on the test
-split. The integer engine (int64 weights/activations) runs the whole test set as well; its logits must
-equal the simulation's bit for bit, and the script fails if they do not.
+per layer (dynamic), calibrated on the first N images of the validation split. Top-1 is that of the
+integer engine (int64 weights/activations/accumulators) on the whole test split; on the first
+``--check`` test images its logits must equal the simulated model's bit for bit (the script fails if not).
 
     nice -n 10 .venv/bin/python benchmarks/bench_fixedpoint.py   # writes benchmarks/results/fixedpoint.json
 """
@@ -32,14 +32,15 @@ SETTINGS: list[tuple[str, int | dict[str, int], int]] = [
 
 
 @torch.no_grad()
-def integer_check(model: torch.nn.Module, test: torch.utils.data.Dataset) -> tuple[float, bool]:
-    """Top-1 of the integer engine and whether its logits equal the simulation's on every test image."""
+def integer_top1(model: torch.nn.Module, test: torch.utils.data.Dataset, check: int) -> tuple[float, bool]:
+    """Top-1 of the integer engine, and whether its logits equal the simulation's on the first ``check`` images."""
     engine = IntegerModel(model)
     correct = total = 0
     exact = True
     for inputs, labels in make_loader(test, 1000):
-        sim, ints = model(inputs), engine(inputs)
-        exact &= torch.equal(sim, ints)
+        ints = engine(inputs)
+        if total < check:
+            exact &= torch.equal(model(inputs), ints)
         correct += int((ints.argmax(1) == labels).sum())
         total += labels.numel()
     return correct / total, exact
@@ -47,7 +48,8 @@ def integer_check(model: torch.nn.Module, test: torch.utils.data.Dataset) -> tup
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calib", type=int, default=1024, help="calibration images (validation split)")
+    parser.add_argument("--calib", type=int, default=512, help="calibration images (validation split)")
+    parser.add_argument("--check", type=int, default=2000, help="test images on which integer == simulation")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "results/fixedpoint.json")
     args = parser.parse_args()
@@ -57,7 +59,7 @@ def main() -> None:
     test = load_dataset("fashion-mnist", "test")
     val = load_dataset("fashion-mnist", "val")
     calib = [x for x, _ in make_loader(torch.utils.data.Subset(val, range(args.calib)), 256)]
-    results: dict = {"calib_images": args.calib, "threads": args.threads, "torch": torch.__version__, "models": {}}
+    results: dict = {"calib_images": args.calib, "check_images": args.check, "threads": args.threads, "torch": torch.__version__, "models": {}}
     for model_name, path in MODELS.items():
         base, _ = load_checkpoint(path)
         fp32 = evaluate(base, test)["accuracy"]
@@ -70,15 +72,14 @@ def main() -> None:
                 report = quantize_(model, DynamicFixedPoint(bits=bits, act_bits=act_bits, static=scheme == "static"),
                                    calib=calib)
                 seconds = time.perf_counter() - started
-                top1 = evaluate(model, test)["accuracy"]
-                int_top1, exact = integer_check(model, test)
-                if not exact or int_top1 != top1:
+                top1, exact = integer_top1(model, test, args.check)
+                if not exact:
                     raise SystemExit(f"integer engine differs from the simulation: {model_name} {label} {scheme}")
                 rows["settings"].setdefault(label, {})[scheme] = {
-                    "top1": top1, "integer_top1": int_top1, "bit_exact": exact, "search_seconds": round(seconds, 2),
+                    "top1": top1, "bit_exact_checked": args.check, "search_seconds": round(seconds, 2),
                     "act_bits": act_bits, "layers": report.to_dict()["layers"]}
-                print(f"  {label:>14} {scheme:>8}: top-1 {top1:.4f} (integer engine {int_top1:.4f}, bit-exact {exact}) "
-                      f"[{seconds:.1f}s]")
+                print(f"  {label:>14} {scheme:>8}: top-1 {top1:.4f} (integer engine; bit-exact with the simulation "
+                      f"on {args.check} images) [search {seconds:.1f}s]")
                 if label == "8" and scheme == "dynamic":
                     print(report)
         results["models"][model_name] = rows

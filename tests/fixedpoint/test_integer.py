@@ -59,10 +59,22 @@ def test_integer_layer_keeps_integers_between_layers() -> None:
     model = randomize_(TinyCNN(), 0, 1.0)
     quantize_(model, DynamicFixedPoint(bits=8), calib=torch.randn(8, 1, 8, 8))
     layer = IntegerModel(model).layers["conv1"]
-    assert isinstance(layer, IntegerLayer) and layer.weight_int.dtype == torch.int64
+    assert isinstance(layer, IntegerLayer) and layer.weight_int.dtype == torch.int32  # 8-bit sums fit int32
     out = layer(torch.randn(2, 1, 8, 8))
     assert isinstance(out, QTensor) and out.data.dtype == torch.int64
     assert int(out.data.abs().max()) <= 128
+
+
+def test_wide_formats_accumulate_in_int64() -> None:
+    """16-bit inputs times 16-bit weights over 300 terms can pass 2**31: the engine must switch to int64."""
+    model = nn.Sequential(nn.Linear(300, 4))
+    with torch.no_grad():
+        model[0].weight.fill_(0.9)
+    x = torch.full((3, 300), 0.9)
+    quantize_(model, DynamicFixedPoint(bits=16), calib=x)
+    engine = IntegerModel(model)
+    assert engine.layers["0"].weight_int.dtype == torch.int64
+    assert torch.equal(engine(x), model(x))
 
 
 def test_saturation_in_both_paths() -> None:

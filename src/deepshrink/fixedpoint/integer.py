@@ -1,7 +1,8 @@
-"""Integer-only inference: int64 weights and activations, int64 accumulation, rounding shifts, saturation.
+"""Integer-only inference: integer weights and activations, int32/int64 accumulation, rounding shifts, saturation.
 
 * :class:`IntegerLayer` — one quantized Linear/Conv as integers: requantize the incoming integers (or round a
-  float input at a float boundary) to the input format, accumulate ``x*w`` and the bias in int64, then shift
+  float input at a float boundary) to the input format, accumulate ``x*w`` and the bias in int32 (int64 when
+  the worst-case partial sum could reach 2**31), then shift
   (round half up) and saturate to the output format.
 * :class:`IntegerModel` — the whole network on integers: the model is traced with ``torch.fx`` and run by an
   interpreter in which activations are :class:`QTensor` (int64 data + fractional length). Order-preserving
@@ -26,6 +27,7 @@ from torch import Tensor, fx, nn
 
 from ..core.edits import set_submodule
 from ..core.errors import UnsupportedLayerError
+from ..core.select import layer_type_name
 from .formats import FixedPointFormat, from_int, requantize, rounding_shift, saturate, to_int
 from .simulate import accumulate, bias_int, fixed_point_of, layer_bias, layer_weight
 
@@ -60,19 +62,24 @@ class IntegerLayer(nn.Module):
         self.float_io = float_io
         with torch.no_grad():
             weight = layer_weight(module).detach()
-            self.register_buffer("weight_int", torch.round(weight.double() * math.ldexp(1.0, self.w_fmt.frac_len)).to(torch.int64))
+            w_int = torch.round(weight.double() * math.ldexp(1.0, self.w_fmt.frac_len)).to(torch.int64)
             b = bias_int(layer_bias(module), self.acc_frac_len)
-            self.register_buffer("bias_int", None if b is None else b.to(torch.int64))
-        self.kind = type(module)
+            # int32 accumulation when no partial sum can reach 2**31, else int64
+            row_sum = int(w_int.abs().reshape(w_int.shape[0], -1).sum(1).max()) if w_int.numel() else 0
+            bound = (1 << (self.act_in.bits - 1)) * row_sum + (int(b.abs().max()) if b is not None and b.numel() else 0)
+            self.acc_dtype = torch.int32 if bound < 2**31 else torch.int64
+            self.register_buffer("weight_int", w_int.to(self.acc_dtype))
+            self.register_buffer("bias_int", None if b is None else b.to(self.acc_dtype))
+        self.kind = layer_type_name(module)
         self._template = _geometry_of(module)
 
     def forward(self, x: Tensor | QTensor) -> Tensor | QTensor:
         fmt = self.act_in
         if isinstance(x, QTensor):
-            x_int = requantize(x.data, x.frac_len, fmt.bits, fmt.frac_len)
+            x_int = requantize(x.data.to(torch.int64), x.frac_len, fmt.bits, fmt.frac_len)
         else:
-            x_int = to_int(x, fmt.bits, fmt.frac_len).to(torch.int64)
-        acc = accumulate(self._template, x_int, self.weight_int, self.bias_int)
+            x_int = to_int(x, fmt.bits, fmt.frac_len)
+        acc = accumulate(self._template, x_int.to(self.acc_dtype), self.weight_int, self.bias_int).to(torch.int64)
         if self.act_out is None:
             return from_int(acc, self.acc_frac_len, torch.float32)
         out = QTensor(saturate(rounding_shift(acc, self.acc_frac_len - self.act_out.frac_len), self.act_out.bits),
@@ -81,7 +88,7 @@ class IntegerLayer(nn.Module):
 
     def extra_repr(self) -> str:
         out = self.act_out or "float"
-        return f"{self.kind.__name__}, w={self.w_fmt}, in={self.act_in}, out={out}, acc=int64"
+        return f"{self.kind}, w={self.w_fmt}, in={self.act_in}, out={out}, acc={self.acc_dtype}"
 
 
 def _geometry_of(module: nn.Module) -> nn.Module:

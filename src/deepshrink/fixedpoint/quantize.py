@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ..core.errors import ConfigError, UnsupportedLayerError
 from ..core.fold import fold_batchnorm_
@@ -38,6 +39,8 @@ class DynamicFixedPoint:
     ``act_bits``: activation width (default: the widest weight width). ``static``: one global fractional
     length for all weights and one for all activations (the paper's static baseline). ``quantize_outputs``:
     also put each layer's output in fixed point (off for layers followed by float ops, e.g. transformers).
+    ``quantize_last_output``: also round the last layer's output (the logits); off by default, the logits
+    are then the last layer's integer accumulator, so argmax sees no ties made by a coarse output format.
     ``span``: how many finer fractional lengths than the overflow-free one each search tries.
     """
 
@@ -45,6 +48,7 @@ class DynamicFixedPoint:
     act_bits: int | None = None
     static: bool = False
     quantize_outputs: bool = True
+    quantize_last_output: bool = False
     span: int = 3
 
     def __post_init__(self) -> None:
@@ -190,11 +194,14 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
 
     # data stage
     act_bits = config.activation_bits
-    if config.static:
-        static_data_stage(model, order, modules, ref_in, ref_out, final, batches, act_bits,
-                          config.quantize_outputs, config.span)
-    else:
-        greedy_data_stage(model, order, modules, ref_out, batches, act_bits, config.quantize_outputs, config.span)
+    outputs = set(order) if config.quantize_outputs else set()
+    if order and not config.quantize_last_output:
+        outputs.discard(order[-1])
+    with parametrize.cached():  # weights are fixed now: quantize each once, not on every forward
+        if config.static:
+            static_data_stage(model, order, modules, ref_in, ref_out, final, batches, act_bits, outputs, config.span)
+        else:
+            greedy_data_stage(model, order, modules, ref_out, batches, act_bits, outputs, config.span)
     model.train(was_training)
 
     report = FixedPointReport(static=config.static, skipped=list(selection.skipped))

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -85,6 +86,29 @@ def capture(model: nn.Module, modules: dict[str, nn.Module], batches: Sequence[B
     return seen_in, seen_out
 
 
+class _Stop(Exception):
+    """Raised by a capture hook to end a forward pass early (the rest of the network is not needed)."""
+
+
+@torch.no_grad()
+def capture_first_input(model: nn.Module, module: nn.Module, batches: Sequence[Batch]) -> list[Tensor]:
+    """The input of ``module``'s first call per batch; the forward pass stops right there."""
+    seen: list[Tensor] = []
+
+    def hook(mod: nn.Module, args: tuple) -> None:
+        seen.append(args[0].detach())
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(hook, prepend=True)
+    try:
+        for batch in batches:
+            with contextlib.suppress(_Stop):
+                run_model(model, batch)
+    finally:
+        handle.remove()
+    return seen
+
+
 @torch.no_grad()
 def execution_order(model: nn.Module, modules: dict[str, nn.Module], batch: Batch) -> list[str]:
     """Names of ``modules`` in the order the forward pass first calls them (uncalled ones left out)."""
@@ -124,16 +148,18 @@ def _argmin(candidates: Iterable[int], cost: Callable[[int], float]) -> int:
 @torch.no_grad()
 def greedy_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str, nn.Module],
                       reference_out: dict[str, list[Tensor]], batches: Sequence[Batch], act_bits: int,
-                      quantize_outputs: bool, span: int) -> None:
-    """Choose every layer's input (and output) fractional length greedily in ``order`` (see module doc)."""
+                      quantize_outputs: set[str], span: int) -> None:
+    """Choose every layer's input (and, for layers in ``quantize_outputs``, output) fractional length
+    greedily in ``order`` (see module doc)."""
     for name in order:
         module = modules[name]
         fp = fixed_point_of(module)
         assert fp is not None
         fp.set_act_in(None)
         fp.set_act_out(None)
-        xs, _ = capture(model, {name: module}, batches, outputs=False)
-        _choose_layer_formats(module, xs[name], reference_out[name], act_bits, quantize_outputs, span)
+        xs = capture_first_input(model, module, batches)
+        refs = reference_out[name][:: max(1, len(reference_out[name]) // max(1, len(xs)))][: len(xs)]
+        _choose_layer_formats(module, xs, refs, act_bits, name in quantize_outputs, span)
 
 
 def _choose_layer_formats(module: nn.Module, xs: list[Tensor], y_ref: list[Tensor], act_bits: int,
@@ -162,11 +188,10 @@ def _choose_layer_formats(module: nn.Module, xs: list[Tensor], y_ref: list[Tenso
 def static_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str, nn.Module],
                       reference_in: dict[str, list[Tensor]], reference_out: dict[str, list[Tensor]],
                       reference_final: list[list[Tensor]], batches: Sequence[Batch], act_bits: int,
-                      quantize_outputs: bool, span: int) -> None:
+                      quantize_outputs: set[str], span: int) -> None:
     """One fractional length for every activation, chosen by the network output's error against float."""
     starts = [overflow_free_frac_len(_max_abs(reference_in[n]), act_bits) for n in order]
-    if quantize_outputs:
-        starts += [overflow_free_frac_len(_max_abs(reference_out[n]), act_bits) for n in order]
+    starts += [overflow_free_frac_len(_max_abs(reference_out[n]), act_bits) for n in order if n in quantize_outputs]
 
     def set_all(fl: int) -> None:
         fmt = FixedPointFormat(act_bits, fl)
@@ -174,7 +199,7 @@ def static_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str,
             fp = fixed_point_of(modules[n])
             assert fp is not None
             fp.set_act_in(fmt)
-            fp.set_act_out(fmt if quantize_outputs else None)
+            fp.set_act_out(fmt if n in quantize_outputs else None)
 
     def cost(fl: int) -> float:
         set_all(fl)

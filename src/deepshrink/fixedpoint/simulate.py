@@ -66,13 +66,31 @@ def exact_output(module: nn.Module, x: Tensor, fp: FixedPoint, out_dtype: torch.
     x_int = torch.round(x.detach().double() * math.ldexp(1.0, act_in.frac_len))
     w_int = torch.round(layer_weight(module).detach().double() * math.ldexp(1.0, w_fmt.frac_len))
     acc_fl = act_in.frac_len + w_fmt.frac_len
-    acc = accumulate(module, x_int, w_int, bias_int(layer_bias(module), acc_fl))
+    b_int = bias_int(layer_bias(module), acc_fl)
+    if _float32_exact(x_int, w_int, b_int):
+        acc = accumulate(module, x_int.float(), w_int.float(), None).double()
+        if b_int is not None:
+            acc = acc + (b_int if isinstance(module, nn.Linear) else b_int.reshape((-1,) + (1,) * (acc.dim() - 2)))
+    else:
+        acc = accumulate(module, x_int, w_int, b_int)
     act_out = fp.act_out
     if act_out is None:
         return (acc * math.ldexp(1.0, -acc_fl)).to(out_dtype)
     qmin, qmax = int_range(act_out.bits)
     y = torch.floor(acc * math.ldexp(1.0, act_out.frac_len - acc_fl) + 0.5).clamp_(qmin, qmax)
     return (y * math.ldexp(1.0, -act_out.frac_len)).to(out_dtype)
+
+
+FLOAT32_EXACT = float(2**24)
+
+
+def _float32_exact(x_int: Tensor, w_int: Tensor, b_int: Tensor | None) -> bool:
+    """Whether every partial sum of ``x*w`` is an integer below 2**24, so float32 accumulation is exact in
+    any summation order (the bias is added afterwards in float64)."""
+    if x_int.numel() == 0 or w_int.numel() == 0:
+        return False
+    row_sum = float(w_int.abs().reshape(w_int.shape[0], -1).sum(1).max())
+    return float(x_int.abs().max()) * row_sum < FLOAT32_EXACT
 
 
 def _pre_hook(module: nn.Module, args: tuple) -> tuple | None:
