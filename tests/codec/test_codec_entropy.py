@@ -44,7 +44,7 @@ def symbol_streams(draw: st.DrawFn) -> tuple[np.ndarray, int]:
 def test_stream_round_trip_exact(stream: tuple[np.ndarray, int], coding: str) -> None:
     symbols, alphabet = stream
     coded = encode_stream(symbols, alphabet, width_for(alphabet), coding)
-    assert coded.coding in ("raw", coding)
+    assert coded.coding in ("raw", coding) or (coding == "ans" and coded.coding == "huffman")
     assert coded.nbytes <= (symbols.size * width_for(alphabet) + 7) // 8  # never worse than fixed width
     back = decode_stream(coded.coding, coded.count, coded.alphabet, coded.raw_bits, coded.table, coded.data)
     np.testing.assert_array_equal(back, symbols)

@@ -3,7 +3,8 @@
 ANS spends fractional bits per symbol, so it gets within a fraction of a percent of the empirical entropy
 where Huffman loses up to one bit per symbol on skewed distributions (e.g. a dominant index difference).
 The model is fully determined by the stored counts, so encoder and decoder build the identical model.
-Counts are scaled so the largest is at most :data:`COUNT_LIMIT` (smaller table, negligible cost).
+Counts are scaled so the largest is at most a limit (at most :data:`COUNT_LIMIT`): coarser counts make a
+smaller table at a small cost in the data, so the encoder tries :data:`COUNT_LIMITS` and keeps the smallest.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .bits import read_varints, varint_bytes
 __all__ = ["COUNT_LIMIT", "AnsTable", "ans_decode", "ans_encode"]
 
 COUNT_LIMIT = 4095
+COUNT_LIMITS = (15, 127, 4095)
 MAX_ALPHABET = 1 << 16
 
 
@@ -29,11 +31,13 @@ class AnsTable:
     counts: np.ndarray
 
     @classmethod
-    def from_counts(cls, counts: np.ndarray) -> AnsTable:
+    def from_counts(cls, counts: np.ndarray, limit: int = COUNT_LIMIT) -> AnsTable:
+        if not 1 <= limit <= COUNT_LIMIT:
+            raise ValueError(f"count limit must be 1..{COUNT_LIMIT}")
         counts = np.asarray(counts, dtype=np.int64)
         top = int(counts.max()) if counts.size else 0
-        if top > COUNT_LIMIT:
-            scaled = np.rint(counts * (COUNT_LIMIT / top)).astype(np.int64)
+        if top > limit:
+            scaled = np.rint(counts * (limit / top)).astype(np.int64)
             counts = np.where(counts > 0, np.maximum(scaled, 1), 0)
         return cls(counts)
 

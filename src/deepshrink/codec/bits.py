@@ -1,11 +1,12 @@
 """Small byte-level helpers shared by the codecs: fixed-width bit packing and LEB128 varints.
 
-Fixed-width packing is the "P+Q" storage of the paper (every symbol in ``bits`` bits); it is vectorised with
-numpy (no per-symbol Python loop) and is also the fallback when an entropy code would not be smaller.
+Fixed-width packing is the "P+Q" storage of the paper (every symbol in ``bits`` bits): numba loops over a
+64-bit buffer (no per-symbol Python loop); it is also the fallback when an entropy code would not be smaller.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ..core.errors import FormatError
@@ -18,16 +19,48 @@ def width_for(alphabet: int) -> int:
     return max(1, int(alphabet - 1).bit_length())
 
 
+@numba.njit(cache=True, nogil=True)
+def _pack_kernel(values, bits, out):
+    acc = np.uint64(0)
+    nbits = 0
+    pos = 0
+    width = np.uint64(bits)
+    for i in range(values.size):
+        acc = (acc << width) | values[i]
+        nbits += bits
+        while nbits >= 8:
+            nbits -= 8
+            out[pos] = np.uint8((acc >> np.uint64(nbits)) & np.uint64(0xFF))
+            pos += 1
+        acc &= (np.uint64(1) << np.uint64(nbits)) - np.uint64(1)
+    if nbits > 0:
+        out[pos] = np.uint8((acc << np.uint64(8 - nbits)) & np.uint64(0xFF))
+
+
+@numba.njit(cache=True, nogil=True)
+def _unpack_kernel(data, bits, out):
+    acc = np.uint64(0)
+    nbits = 0
+    pos = 0
+    mask = (np.uint64(1) << np.uint64(bits)) - np.uint64(1)
+    for i in range(out.size):
+        while nbits < bits:
+            acc = ((acc << np.uint64(8)) | np.uint64(data[pos])) & np.uint64(0xFFFFFFFFFFFF)
+            pos += 1
+            nbits += 8
+        nbits -= bits
+        out[i] = np.int64((acc >> np.uint64(nbits)) & mask)
+
+
 def pack_fixed(symbols: np.ndarray, bits: int) -> bytes:
     """Pack non-negative integers ``< 2**bits`` MSB-first into ``ceil(n * bits / 8)`` bytes."""
     if not 1 <= bits <= 32:
         raise ValueError(f"fixed width must be 1..32 bits, got {bits}")
-    values = np.asarray(symbols, dtype=np.uint64).reshape(-1)
-    if values.size == 0:
-        return b""
-    shifts = np.arange(bits - 1, -1, -1, dtype=np.uint64)
-    bitmat = ((values[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
-    return np.packbits(bitmat.reshape(-1)).tobytes()
+    values = np.ascontiguousarray(symbols, dtype=np.uint64).reshape(-1)
+    out = np.zeros((values.size * bits + 7) // 8, dtype=np.uint8)
+    if values.size:
+        _pack_kernel(values, bits, out)
+    return out.tobytes()
 
 
 def unpack_fixed(data: bytes, count: int, bits: int) -> np.ndarray:
@@ -37,11 +70,10 @@ def unpack_fixed(data: bytes, count: int, bits: int) -> np.ndarray:
     need = (count * bits + 7) // 8
     if len(data) != need:
         raise FormatError(f"fixed-width stream holds {len(data)} bytes, {count} x {bits} bits needs {need}")
-    if count == 0:
-        return np.zeros(0, dtype=np.int64)
-    flat = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits)
-    weights = (np.uint64(1) << np.arange(bits - 1, -1, -1, dtype=np.uint64)).astype(np.uint64)
-    return (flat.reshape(count, bits).astype(np.uint64) @ weights).astype(np.int64)
+    out = np.zeros(count, dtype=np.int64)
+    if count:
+        _unpack_kernel(np.frombuffer(data, dtype=np.uint8), bits, out)
+    return out
 
 
 def varint_bytes(values: np.ndarray | list[int]) -> bytes:

@@ -161,8 +161,8 @@ class HuffmanTable:
         spans = (1 << (max_len - self.lengths[present])).astype(np.int64)
         starts = codes[present].astype(np.int64) << (max_len - self.lengths[present])
         size = 1 << max_len
-        lut_sym = np.zeros(size, dtype=np.int64)
-        lut_len = np.zeros(size, dtype=np.int64)
+        lut_sym = np.zeros(size, dtype=np.uint16)  # small tables stay in cache
+        lut_len = np.zeros(size, dtype=np.uint8)
         idx = np.repeat(starts, spans) + (np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans))
         lut_sym[idx] = np.repeat(present, spans)
         lut_len[idx] = np.repeat(self.lengths[present], spans)
@@ -186,6 +186,7 @@ def _unnibble(data: bytes, count: int) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _encode_kernel(symbols, codes, lengths, out):
+    """Append each code to a 64-bit buffer, flushing 32 bits at a time; returns the bytes written."""
     acc = np.uint64(0)
     nbits = 0
     pos = 0
@@ -194,11 +195,19 @@ def _encode_kernel(symbols, codes, lengths, out):
         length = lengths[s]
         acc = (acc << np.uint64(length)) | codes[s]
         nbits += length
-        while nbits >= 8:
-            nbits -= 8
-            out[pos] = np.uint8((acc >> np.uint64(nbits)) & np.uint64(0xFF))
-            pos += 1
-        acc &= (np.uint64(1) << np.uint64(nbits)) - np.uint64(1)
+        if nbits >= 32:
+            nbits -= 32
+            word = acc >> np.uint64(nbits)
+            out[pos] = np.uint8((word >> np.uint64(24)) & np.uint64(0xFF))
+            out[pos + 1] = np.uint8((word >> np.uint64(16)) & np.uint64(0xFF))
+            out[pos + 2] = np.uint8((word >> np.uint64(8)) & np.uint64(0xFF))
+            out[pos + 3] = np.uint8(word & np.uint64(0xFF))
+            pos += 4
+            acc &= (np.uint64(1) << np.uint64(nbits)) - np.uint64(1)
+    while nbits >= 8:
+        nbits -= 8
+        out[pos] = np.uint8((acc >> np.uint64(nbits)) & np.uint64(0xFF))
+        pos += 1
     if nbits > 0:
         out[pos] = np.uint8((acc << np.uint64(8 - nbits)) & np.uint64(0xFF))
         pos += 1
@@ -214,11 +223,12 @@ def _decode_kernel(data, count, max_len, lut_sym, lut_len, out):
     nbytes = data.size
     mask = (np.uint64(1) << np.uint64(max_len)) - np.uint64(1)
     for i in range(count):
-        while nbits < max_len:
-            byte = np.uint64(data[pos]) if pos < nbytes else np.uint64(0)
-            pos += 1
-            acc = ((acc << np.uint64(8)) | byte) & np.uint64(0xFFFFFFFFFFFF)
-            nbits += 8
+        if nbits < max_len:
+            while nbits <= 56:  # refill up to 64 bits at once
+                byte = np.uint64(data[pos]) if pos < nbytes else np.uint64(0)
+                pos += 1
+                acc = (acc << np.uint64(8)) | byte
+                nbits += 8
         idx = (acc >> np.uint64(nbits - max_len)) & mask
         length = lut_len[idx]
         if length == 0:
@@ -228,17 +238,29 @@ def _decode_kernel(data, count, max_len, lut_sym, lut_len, out):
     return pos * 8 - nbits
 
 
+@numba.njit(cache=True, nogil=True)
+def _total_bits(symbols, lengths):
+    """Sum of code lengths, or -1 when a symbol is outside the table or has no code."""
+    total = 0
+    for i in range(symbols.size):
+        s = symbols[i]
+        if s < 0 or s >= lengths.size or lengths[s] == 0:
+            return -1
+        total += lengths[s]
+    return total
+
+
 def huffman_encode(symbols: np.ndarray, table: HuffmanTable) -> bytes:
     """Bit stream of ``symbols`` (ints in ``[0, alphabet)`` with a code each), MSB-first, zero-padded."""
     symbols = np.ascontiguousarray(symbols, dtype=np.int64).reshape(-1)
     if symbols.size == 0:
         return b""
-    if symbols.min() < 0 or symbols.max() >= table.alphabet or not np.all(table.lengths[symbols] > 0):
-        raise ValueError("symbol without a Huffman code")
     lengths = table.lengths.astype(np.int64)
+    total_bits = int(_total_bits(symbols, lengths))
+    if total_bits < 0:
+        raise ValueError("symbol without a Huffman code")
     codes = canonical_codes(table.lengths)
-    total_bits = int(lengths[symbols].sum())
-    out = np.zeros((total_bits + 7) // 8, dtype=np.uint8)
+    out = np.zeros((total_bits + 7) // 8 + 8, dtype=np.uint8)
     written = _encode_kernel(symbols, codes, lengths, out)
     return out[:written].tobytes()
 

@@ -1,7 +1,8 @@
 """One integer symbol stream coded three ways: fixed width ("raw", the paper's P+Q), Huffman or ANS.
 
 ``encode_stream`` falls back to fixed width when the entropy code (table included) would not be smaller,
-or when the alphabet is too large for a compact table; the choice is recorded per stream in the header.
+or when the alphabet is too large for a compact table; asked for ANS, it keeps Huffman where that is
+smaller (short streams, where ANS's 8-byte final state dominates). The choice is recorded per stream.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.errors import FormatError
+from .ans import COUNT_LIMITS, AnsTable, ans_decode, ans_encode
 from .ans import MAX_ALPHABET as ANS_MAX_ALPHABET
-from .ans import AnsTable, ans_decode, ans_encode
 from .bits import pack_fixed, unpack_fixed
 from .huffman import MAX_ALPHABET as HUFFMAN_MAX_ALPHABET
 from .huffman import MAX_CODE_LEN, HuffmanTable, huffman_decode, huffman_encode
@@ -62,10 +63,16 @@ def encode_stream(symbols: np.ndarray, alphabet: int, raw_bits: int, entropy: st
         coded = EncodedStream("huffman", symbols.size, alphabet, raw_bits, htable.to_bytes(),
                               huffman_encode(symbols, htable))
     else:
-        atable = AnsTable.from_counts(counts)
-        coded = EncodedStream("ans", symbols.size, alphabet, raw_bits, atable.to_bytes(), ans_encode(symbols, atable))
-        if symbols.size > ANS_MAX_SYMBOLS_PER_BYTE * len(coded.data):
-            return encode_stream(symbols, alphabet, raw_bits, "huffman")
+        candidates = []
+        for limit in COUNT_LIMITS:  # coarser counts: smaller table, slightly longer data; keep the best
+            atable = AnsTable.from_counts(counts, limit)
+            candidates.append(EncodedStream("ans", symbols.size, alphabet, raw_bits, atable.to_bytes(),
+                                            ans_encode(symbols, atable)))
+        coded = min(candidates, key=lambda c: c.nbytes)
+        huffman = encode_stream(symbols, alphabet, raw_bits, "huffman")
+        # Short streams: ANS's final state (8 bytes) can outweigh its fractional bits; keep what is smaller.
+        if symbols.size > ANS_MAX_SYMBOLS_PER_BYTE * len(coded.data) or huffman.nbytes <= coded.nbytes:
+            return huffman
     return coded if coded.nbytes < raw.nbytes else raw
 
 
