@@ -129,7 +129,7 @@ def throughput(symbols: np.ndarray, alphabet: int, bits: int, repeats: int) -> d
     htable, atable = HuffmanTable.from_counts(counts), AnsTable.from_counts(counts)
     as_bytes = symbols.astype(np.uint8).tobytes()
     codecs = {
-        "raw (fixed width, numpy)": (lambda: pack_fixed(symbols, bits), lambda d: unpack_fixed(d, symbols.size, bits)),
+        "raw (fixed width, numba)": (lambda: pack_fixed(symbols, bits), lambda d: unpack_fixed(d, symbols.size, bits)),
         "huffman (numba)": (lambda: huffman_encode(symbols, htable),
                             lambda d: huffman_decode(d, symbols.size, htable)),
         "ans (constriction)": (lambda: ans_encode(symbols, atable), lambda d: ans_decode(d, symbols.size, atable)),
@@ -173,6 +173,9 @@ def main() -> None:
                 files[coding] = Path(tmp) / f"{arch}-{coding}.dsz"
                 save_compressed(model, files[coding], entropy=coding, index_bits=index_bits,
                                 meta={"dataset": "fashion-mnist"})
+            auto = Path(tmp) / f"{arch}-ans-auto.dsz"
+            save_compressed(model, auto, entropy="ans", index_bits="auto", meta={"dataset": "fashion-mnist"})
+            auto_stats = file_stats(auto)
             acc = evaluate(model, test)["accuracy"]
             loaded = load_compressed(files["huffman"])
             acc_loaded = evaluate(loaded, test)["accuracy"]
@@ -185,6 +188,8 @@ def main() -> None:
                 "file_bytes": {c: s["total"]["file_bytes"] for c, s in stats.items()},
                 "ratio": {c: s["total"]["ratio"] for c, s in stats.items()},
                 "fp32_bytes": stats["raw"]["total"]["fp32_bytes"],
+                "ans_auto_index": {"file_bytes": auto_stats["total"]["file_bytes"], "ratio": auto_stats["total"]["ratio"],
+                                   "index_bits": {r["name"]: r.get("index_bits_fixed") for r in auto_stats["layers"]}},
                 "load_ms": round(1e3 * load_s, 2), "read_ms": round(1e3 * read_s, 2),
                 "streams": rows, "layers_huffman": stats["huffman"]["layers"], "total_huffman": stats["huffman"]["total"],
                 "paper_bits": PAPER_BITS[arch],
@@ -192,6 +197,7 @@ def main() -> None:
             print(f"\n{arch}: {source}; test acc {acc:.4f} (after load {acc_loaded:.4f})")
             print("  files: " + ", ".join(f"{c} {b:,} B ({stats[c]['total']['ratio']}x)"
                                             for c, b in results["models"][arch]["file_bytes"].items()))
+            print(f"  ans + index_bits='auto': {auto_stats['total']['file_bytes']:,} B ({auto_stats['total']['ratio']}x)")
             print(f"  {'layer':<14}{'stream':<9}{'count':>8}{'H':>7}{'fixed':>7}{'huff':>7}{'ans':>7}")
             for r in rows:
                 print(f"  {r['layer']:<14}{r['stream']:<9}{r['count']:>8}{r['entropy']:>7.3f}{r['fixed']:>7}"

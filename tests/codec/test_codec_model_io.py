@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from deepshrink.codec import (
@@ -222,3 +224,55 @@ def test_header_is_json_with_arch_and_encodings(tmp_path: Path, make_model: Call
     assert header["arch"] == "lenet300" and header["format"] == "deepshrink-dsz" and header["version"] == 1
     assert header["weights"]["fc1.weight"]["kind"] == "sparse"
     assert 28 + stored + sum(length for _, length, _ in header["sections"]) == len(data)
+
+
+def test_auto_index_width_is_never_larger(tmp_path: Path, make_model: Callable, transforms: dict) -> None:
+    model = make_model("lenet300")
+    prune_(model.fc1, 0.03)
+    quantize_(model.fc1, "codebook")
+    prune_(model.fc2, 0.4)
+    before = effective_weights(model)
+    fixed = save_compressed(model, tmp_path / "fixed.dsz")
+    auto = save_compressed(model, tmp_path / "auto.dsz", index_bits="auto")
+    assert auto.tensors["fc1.weight"] <= fixed.tensors["fc1.weight"]
+    assert auto.tensors["fc2.weight"] <= fixed.tensors["fc2.weight"]
+    assert_same_bits(before, effective_weights(load_compressed(tmp_path / "auto.dsz")))
+    with pytest.raises(ConfigError, match="index_bits"):
+        save_compressed(model, tmp_path / "bad.dsz", index_bits="fast")
+
+
+class OneLayer(nn.Module):
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        if len(shape) == 2:
+            self.layer: nn.Module = nn.Linear(shape[1], shape[0], bias=False)
+        else:
+            self.layer = nn.Conv2d(shape[1], shape[0], shape[2:], bias=False)  # type: ignore[arg-type]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shape=st.one_of(st.tuples(st.integers(1, 40), st.integers(1, 70)),
+                    st.tuples(st.integers(1, 6), st.integers(1, 5), st.integers(1, 4), st.integers(1, 4))),
+    density=st.floats(0.0, 1.0),
+    kind=st.sampled_from(["sparse", "codebook", "fixedpoint", "ternary"]),
+    entropy=st.sampled_from(["raw", "huffman", "ans"]),
+    bits=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+)
+def test_random_sparse_tensors_round_trip(tmp_path: Path, transforms: dict, shape: tuple[int, ...], density: float,
+                                          kind: str, entropy: str, bits: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    model = OneLayer(shape)
+    mask = torch.rand(shape) < density  # low densities with few index bits force long runs of fillers
+    from deepshrink.core import set_mask
+
+    set_mask(model.layer, mask)
+    if kind != "sparse":
+        quantize_(model.layer, kind, levels=1 + seed % 40)
+    before = effective_weights(model)
+    path = tmp_path / f"r{seed}.dsz"
+    save_compressed(model, path, entropy=entropy, index_bits={"conv": bits, "fc": bits})
+    loaded = load_compressed(path, model=OneLayer(shape))
+    assert_same_bits(before, effective_weights(loaded))
+    assert torch.equal(get_mask(loaded.layer), mask)

@@ -52,7 +52,8 @@ __all__ = [
     "save_compressed",
 ]
 
-DEFAULT_INDEX_BITS = {"conv": 8, "fc": 5}
+DEFAULT_INDEX_BITS: dict[str, int | str] = {"conv": 8, "fc": 5}
+AUTO_INDEX_BITS = tuple(range(2, 13))
 SYMBOL_KEY = {"codebook": "index", "fixedpoint": "int", "ternary": "code"}
 """The export key holding each kind's integer array (the entropy-coded symbols)."""
 TECHNIQUE_PACKAGES = {"codebook": "deepshrink.share", "fixedpoint": "deepshrink.fixedpoint", "ternary": "deepshrink.ternary"}
@@ -140,7 +141,7 @@ def _stream(writer: SectionWriter, coded: EncodedStream, **extra: Any) -> dict[s
 
 
 def _encode_weight(writer: SectionWriter, module: nn.Module, tname: str, fqn: str, entropy: str,
-                   index_bits: dict[str, int], dense_dtype: str) -> dict[str, Any]:
+                   index_bits: dict[str, int | str], dense_dtype: str) -> dict[str, Any]:
     effective = getattr(module, tname).detach().cpu().to(torch.float32).numpy()
     mask_t = get_mask(module, tname)
     transform = get_value_transform(module, tname)
@@ -148,9 +149,15 @@ def _encode_weight(writer: SectionWriter, module: nn.Module, tname: str, fqn: st
     entry: dict[str, Any] = {"shape": list(effective.shape), "layer": family}
     mask = None if mask_t is None else mask_t.detach().cpu().numpy().astype(bool)
     if mask is not None:
-        bits = index_bits[family]
-        codes = encode_positions(mask, bits)
-        entry["index"] = _stream(writer, encode_stream(codes, 1 << bits, bits, entropy), bits=bits)
+        width = index_bits[family]
+        widths = AUTO_INDEX_BITS if width == "auto" else (int(width),)
+        best: tuple[EncodedStream, int] | None = None
+        for bits in widths:  # "auto": the width whose coded index is smallest
+            coded_index = encode_stream(encode_positions(mask, bits), 1 << bits, bits, entropy)
+            if best is None or coded_index.nbytes < best[0].nbytes:
+                best = (coded_index, bits)
+        assert best is not None
+        entry["index"] = _stream(writer, best[0], bits=best[1])
     if transform is None:
         if mask is None:
             dtype = np.float16 if dense_dtype == "fp16" else np.float32
@@ -189,21 +196,28 @@ def _encode_weight(writer: SectionWriter, module: nn.Module, tname: str, fqn: st
 
 
 def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, entropy: str = "huffman",
-                    index_bits: dict[str, int] | None = None, dense_dtype: str = "fp32",
+                    index_bits: dict[str, int | str] | str | None = None, dense_dtype: str = "fp32",
                     meta: dict[str, Any] | None = None) -> CompressionReport:
     """Write ``model`` with its compression state to ``path`` (a ``.dsz`` file), atomically.
 
     ``entropy`` codes the integer streams ("huffman", "ans" or "raw" fixed width; a stream falls back to
-    fixed width when that is smaller). ``index_bits`` sets the relative-index width per layer family.
+    fixed width when that is smaller). ``index_bits`` sets the relative-index width per layer family
+    (``{"conv": 8, "fc": 5}`` by default, as in the paper); ``"auto"`` (for all, or as a family's value) picks
+    per layer the width in 2..12 whose coded index is smallest.
     """
     if entropy not in CODINGS:
         raise ConfigError(f"entropy={entropy!r} is not one of {', '.join(CODINGS)}")
     if dense_dtype not in ("fp32", "fp16"):
         raise ConfigError(f"dense_dtype={dense_dtype!r} is not one of fp32, fp16")
-    bits = dict(DEFAULT_INDEX_BITS)
-    for key, value in (index_bits or {}).items():
-        if key not in bits or not isinstance(value, int) or not 1 <= value <= MAX_INDEX_BITS:
-            raise ConfigError(f"index_bits[{key!r}]={value!r}: keys are conv/fc, values 1..{MAX_INDEX_BITS}")
+    bits: dict[str, int | str] = dict(DEFAULT_INDEX_BITS)
+    given = {"conv": "auto", "fc": "auto"} if index_bits == "auto" else index_bits or {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"index_bits={index_bits!r}: give a dict like {{'conv': 8, 'fc': 5}} or 'auto'")
+    for key, value in given.items():
+        valid = value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                                    and 1 <= value <= MAX_INDEX_BITS)
+        if key not in bits or not valid:
+            raise ConfigError(f"index_bits[{key!r}]={value!r}: keys are conv/fc, values 1..{MAX_INDEX_BITS} or 'auto'")
         bits[key] = value
     module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     from ..models.registry import arch_of
