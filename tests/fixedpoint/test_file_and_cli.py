@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,12 +21,12 @@ from .conftest import TinyCNN, randomize_
 runner = CliRunner()
 
 
-def _save(model: torch.nn.Module, path: Path) -> None:
+def _save(model: torch.nn.Module, path: Path, fresh: Callable[[], torch.nn.Module] = TinyCNN) -> None:
     """save_compressed, padding the meta if the codec's header-size fixed point misses (a known codec issue)."""
     for attempt in range(4):
         save_compressed(model, path, meta={"pad": "_" * attempt})
         try:
-            load_compressed(path, randomize_(TinyCNN(), 0, 1.0))
+            load_compressed(path, fresh())
             return
         except FormatError as exc:
             if "truncated or padded" not in str(exc) or attempt == 3:
@@ -45,6 +46,23 @@ def test_formats_round_trip_through_dsz(tmp_path: Path) -> None:
     x = torch.randn(20, 1, 8, 8) * 2
     assert torch.equal(loaded(x), model(x))
     assert torch.equal(IntegerModel(loaded)(x), model(x))
+
+
+def test_runtime_loads_integer_kernels(tmp_path: Path) -> None:
+    from deepshrink import runtime
+    from deepshrink.fixedpoint import IntegerLayer
+    from deepshrink.models import build_model
+
+    model = build_model("lenet300", in_features=64, num_classes=10)
+    quantize_(model, DynamicFixedPoint(bits=6, act_bits=8), calib=torch.randn(32, 1, 8, 8))
+    path = tmp_path / "mlp.dsz"
+    _save(model, path, lambda: build_model("lenet300", in_features=64, num_classes=10))
+    fast = runtime.load(path)
+    assert set(runtime.runtime_layers(fast)) == {"fc1", "fc2", "fc3"}
+    assert all(isinstance(fast.get_submodule(n), IntegerLayer) for n in ("fc1", "fc2", "fc3"))
+    x = torch.randn(25, 1, 8, 8) * 2
+    with torch.no_grad():
+        assert torch.equal(fast(x), model(x))
 
 
 def test_quantize_command_on_digits(tmp_path: Path) -> None:

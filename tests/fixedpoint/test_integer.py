@@ -90,10 +90,10 @@ def test_saturation_in_both_paths() -> None:
     expected = torch.tensor([[7.0, -7.0], [1.0, -0.0]])
     sim = layer(x)
     assert torch.equal(sim, expected)
-    assert torch.equal(IntegerLayer(layer, float_io=True)(x), expected)
+    assert torch.equal(IntegerLayer.from_module(layer, float_io=True)(x), expected)
     x = torch.tensor([[-100.0, -100.0]])
     assert layer(x).tolist() == [[-8.0, 7.0]]
-    assert IntegerLayer(layer, float_io=True)(x).tolist() == [[-8.0, 7.0]]
+    assert IntegerLayer.from_module(layer, float_io=True)(x).tolist() == [[-8.0, 7.0]]
 
 
 def test_unquantized_model_is_refused() -> None:

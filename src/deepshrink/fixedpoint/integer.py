@@ -21,6 +21,7 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
@@ -30,6 +31,7 @@ from ..core.errors import UnsupportedLayerError
 from ..core.select import layer_type_name
 from .formats import FixedPointFormat, from_int, requantize, rounding_shift, saturate, to_int
 from .simulate import accumulate, bias_int, fixed_point_of, layer_bias, layer_weight
+from .transform import FixedPoint
 
 
 @dataclass
@@ -49,29 +51,48 @@ class IntegerLayer(nn.Module):
     weight_int: Tensor
     bias_int: Tensor | None
 
-    def __init__(self, module: nn.Module, float_io: bool = False) -> None:
+    is_runtime_layer = True  # listed by deepshrink.runtime.runtime_layers
+
+    def __init__(self, module: nn.Module, w_int: Tensor, bias: Tensor | None, w_fmt: FixedPointFormat,
+                 act_in: FixedPointFormat, act_out: FixedPointFormat | None, float_io: bool = False) -> None:
+        """``module`` gives the layer type and geometry only (it may live on the meta device)."""
         super().__init__()
-        fp = fixed_point_of(module)
-        if fp is None or fp.act_in is None:
-            raise UnsupportedLayerError(f"{type(module).__name__} has no fixed-point weight with an input format; "
-                                        "run quantize_(model, DynamicFixedPoint(...), calib=...) first")
-        self.w_fmt: FixedPointFormat = fp.weight_format
-        self.act_in: FixedPointFormat = fp.act_in
-        self.act_out: FixedPointFormat | None = fp.act_out
-        self.acc_frac_len = self.act_in.frac_len + self.w_fmt.frac_len
+        self.w_fmt, self.act_in, self.act_out = w_fmt, act_in, act_out
+        self.acc_frac_len = act_in.frac_len + w_fmt.frac_len
         self.float_io = float_io
         with torch.no_grad():
-            weight = layer_weight(module).detach()
-            w_int = torch.round(weight.double() * math.ldexp(1.0, self.w_fmt.frac_len)).to(torch.int64)
-            b = bias_int(layer_bias(module), self.acc_frac_len)
+            w_int = w_int.detach().to("cpu", torch.int64)
+            b = bias_int(None if bias is None else bias.detach().cpu(), self.acc_frac_len)
             # int32 accumulation when no partial sum can reach 2**31, else int64
             row_sum = int(w_int.abs().reshape(w_int.shape[0], -1).sum(1).max()) if w_int.numel() else 0
-            bound = (1 << (self.act_in.bits - 1)) * row_sum + (int(b.abs().max()) if b is not None and b.numel() else 0)
+            bound = (1 << (act_in.bits - 1)) * row_sum + (int(b.abs().max()) if b is not None and b.numel() else 0)
             self.acc_dtype = torch.int32 if bound < 2**31 else torch.int64
             self.register_buffer("weight_int", w_int.to(self.acc_dtype))
             self.register_buffer("bias_int", None if b is None else b.to(self.acc_dtype))
         self.kind = layer_type_name(module)
         self._template = _geometry_of(module)
+
+    @classmethod
+    def from_module(cls, module: nn.Module, float_io: bool = False) -> IntegerLayer:
+        """The integer form of a layer carrying a ``FixedPoint`` weight with an input format."""
+        fp = fixed_point_of(module)
+        if fp is None or fp.act_in is None:
+            raise UnsupportedLayerError(f"{type(module).__name__} has no fixed-point weight with an input format; "
+                                        "run quantize_(model, DynamicFixedPoint(...), calib=...) first")
+        w_fmt = fp.weight_format
+        w_int = torch.round(layer_weight(module).detach().double() * math.ldexp(1.0, w_fmt.frac_len))
+        return cls(module, w_int, layer_bias(module), w_fmt, fp.act_in, fp.act_out, float_io)
+
+    @classmethod
+    def from_export(cls, module: nn.Module, exported: dict[str, Any], bias: Tensor | None,
+                    float_io: bool = True) -> IntegerLayer:
+        """The integer form of a layer from its ``fixedpoint`` export (as read from a ``.dsz`` file)."""
+        fp = FixedPoint.from_export(exported)
+        if fp.act_in is None:
+            raise UnsupportedLayerError("this fixedpoint weight has no activation format (quantized without "
+                                        "calibration data); the integer kernel needs one")
+        w_int = torch.as_tensor(np.asarray(exported["int"], dtype=np.int64))
+        return cls(module, w_int, bias, fp.weight_format, fp.act_in, fp.act_out, float_io)
 
     def forward(self, x: Tensor | QTensor) -> Tensor | QTensor:
         fmt = self.act_in
@@ -171,7 +192,7 @@ class IntegerModel(nn.Module):
         for fqn, module in model.named_modules():
             if fixed_point_of(module) is not None:
                 safe = fqn.replace(".", "__")
-                self.layers[safe] = IntegerLayer(module)
+                self.layers[safe] = IntegerLayer.from_module(module)
                 self.layer_names[fqn] = safe
         if not self.layer_names:
             raise UnsupportedLayerError("the model has no fixed-point layers; quantize it first")
@@ -185,5 +206,5 @@ def swap_integer_layers_(model: nn.Module) -> nn.Module:
     """Replace every fixed-point layer of ``model`` in place by its integer form with float input/output."""
     targets = [(fqn, m) for fqn, m in model.named_modules() if fixed_point_of(m) is not None]
     for fqn, module in targets:
-        set_submodule(model, fqn, IntegerLayer(module, float_io=True))
+        set_submodule(model, fqn, IntegerLayer.from_module(module, float_io=True))
     return model
