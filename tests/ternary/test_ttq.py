@@ -121,7 +121,7 @@ def test_initial_scales_fit_the_weights_and_paper_init_is_one() -> None:
     assert float(transform.wp.detach()) == pytest.approx(float(before[pos].mean()) / unit)  # normalised units
     assert transform.scales()[0] == pytest.approx(float(before[pos].mean()))  # the layer's units
     assert transform.scales()[1] == pytest.approx(float(-before[neg].mean()))
-    assert float(latent_weight(layer).abs().max()) == pytest.approx(1.0)  # latent normalised to [-1, 1]
+    assert float(latent_weight(layer).detach().abs().max()) == pytest.approx(1.0)  # latent normalised to [-1, 1]
     other = nn.Linear(20, 10)
     ternarize_(nn.Sequential(other), TTQ(init="paper", keep_first_last=False))
     paper = get_value_transform(other)

@@ -1,10 +1,12 @@
 """Add/subtract runtime for ternary layers: ``y = Wp * sum_{+} x - Wn * sum_{-} x + b``.
 
-Each output row keeps two index lists (CSR): where its code is +1 and where it is -1. Inside a layer the
-inner loops only add and subtract inputs; the two scale multiplications happen once per output. Conv2d
-runs on im2col columns (``torch.nn.functional.unfold``), where one add accumulates a whole row of output
-positions at a time (SIMD-friendly). Scales may be per output row, which lets a following BatchNorm fold in
-without leaving the ternary codes (``fold_scale``).
+A layer keeps its int8 codes (out, in) -- a quarter of the fp32 bytes -- and per-row scales. Inside a
+layer the only arithmetic on inputs is addition: each code selects whether an input joins the positive
+sum, the negative sum or neither (a SIMD blend, no multiply), and the two scale multiplications happen once
+per output. Four output rows are accumulated per pass over the input so each loaded input serves eight
+sums. Conv2d runs as the same kernel over im2col columns (one "batch" row per output position). Scales may
+be per output row, which lets a following BatchNorm fold in without leaving the ternary codes
+(``fold_scale``).
 """
 
 from __future__ import annotations
@@ -22,60 +24,58 @@ from ..core.errors import UnsupportedLayerError
 __all__ = ["TernaryConv2d", "TernaryLinear", "TernaryRows", "ternary_matmul"]
 
 
-@numba.njit(cache=True, nogil=True)
-def _rows_times_vectors(x, pos_ptr, pos_idx, neg_ptr, neg_idx, wp, wn, bias, out):
-    """out[b, o] = wp[o] * sum_{k in P_o} x[b, k] - wn[o] * sum_{k in N_o} x[b, k] + bias[o]."""
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _ternary_rows(x, code, wp, wn, bias, out):
+    """out[b, o] = wp[o] * sum_{code[o,k] = 1} x[b, k] - wn[o] * sum_{code[o,k] = -1} x[b, k] + bias[o]."""
+    rows, width = code.shape
+    zero = np.float32(0.0)
     for b in range(x.shape[0]):
-        for o in range(pos_ptr.shape[0] - 1):
-            sp = np.float32(0.0)
-            for j in range(pos_ptr[o], pos_ptr[o + 1]):
-                sp += x[b, pos_idx[j]]
-            sn = np.float32(0.0)
-            for j in range(neg_ptr[o], neg_ptr[o + 1]):
-                sn += x[b, neg_idx[j]]
+        xb = x[b]
+        o = 0
+        while o + 4 <= rows:
+            r0, r1, r2, r3 = code[o], code[o + 1], code[o + 2], code[o + 3]
+            p0 = p1 = p2 = p3 = n0 = n1 = n2 = n3 = zero
+            for k in range(width):
+                v = xb[k]
+                p0 += v if r0[k] > 0 else zero
+                n0 += v if r0[k] < 0 else zero
+                p1 += v if r1[k] > 0 else zero
+                n1 += v if r1[k] < 0 else zero
+                p2 += v if r2[k] > 0 else zero
+                n2 += v if r2[k] < 0 else zero
+                p3 += v if r3[k] > 0 else zero
+                n3 += v if r3[k] < 0 else zero
+            out[b, o] = wp[o] * p0 - wn[o] * n0 + bias[o]
+            out[b, o + 1] = wp[o + 1] * p1 - wn[o + 1] * n1 + bias[o + 1]
+            out[b, o + 2] = wp[o + 2] * p2 - wn[o + 2] * n2 + bias[o + 2]
+            out[b, o + 3] = wp[o + 3] * p3 - wn[o + 3] * n3 + bias[o + 3]
+            o += 4
+        while o < rows:
+            r = code[o]
+            sp = sn = zero
+            for k in range(width):
+                v = xb[k]
+                sp += v if r[k] > 0 else zero
+                sn += v if r[k] < 0 else zero
             out[b, o] = wp[o] * sp - wn[o] * sn + bias[o]
-
-
-@numba.njit(cache=True, nogil=True)
-def _rows_times_columns(cols, pos_ptr, pos_idx, neg_ptr, neg_idx, wp, wn, bias, out):
-    """out[o, p] = wp[o] * sum_{k in P_o} cols[k, p] - wn[o] * sum_{k in N_o} cols[k, p] + bias[o]."""
-    positions = cols.shape[1]
-    acc_p = np.empty(positions, dtype=np.float32)
-    acc_n = np.empty(positions, dtype=np.float32)
-    for o in range(pos_ptr.shape[0] - 1):
-        acc_p[:] = 0.0
-        acc_n[:] = 0.0
-        for j in range(pos_ptr[o], pos_ptr[o + 1]):
-            row = cols[pos_idx[j]]
-            for p in range(positions):
-                acc_p[p] += row[p]
-        for j in range(neg_ptr[o], neg_ptr[o + 1]):
-            row = cols[neg_idx[j]]
-            for p in range(positions):
-                acc_n[p] += row[p]
-        for p in range(positions):
-            out[o, p] = wp[o] * acc_p[p] - wn[o] * acc_n[p] + bias[o]
-
-
-def _csr(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    counts = mask.sum(axis=1)
-    ptr = np.zeros(mask.shape[0] + 1, dtype=np.int64)
-    np.cumsum(counts, out=ptr[1:])
-    return ptr, np.nonzero(mask)[1].astype(np.int32)
+            o += 1
 
 
 class TernaryRows:
-    """A 2-D ternary matrix ``(out, in)`` as +1/-1 index lists per row, with per-row scales and bias."""
+    """A 2-D ternary matrix ``(out, in)``: int8 codes in {-1, 0, 1}, per-row scales ``wp``, ``wn`` and bias."""
 
     def __init__(self, code: np.ndarray, wp: Any, wn: Any, bias: np.ndarray | None = None) -> None:
-        code = np.asarray(code).reshape(code.shape[0], -1)
-        rows = code.shape[0]
-        self.shape = code.shape
-        self.pos_ptr, self.pos_idx = _csr(code > 0)
-        self.neg_ptr, self.neg_idx = _csr(code < 0)
+        code = np.asarray(code)
+        self.code = np.ascontiguousarray(code.reshape(code.shape[0], -1), dtype=np.int8)
+        rows = self.code.shape[0]
+        self.shape = self.code.shape
         self.wp = np.broadcast_to(np.asarray(wp, dtype=np.float32), (rows,)).copy()
         self.wn = np.broadcast_to(np.asarray(wn, dtype=np.float32), (rows,)).copy()
         self.bias = np.zeros(rows, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(rows).copy()
+
+    @property
+    def nonzeros(self) -> int:
+        return int(np.count_nonzero(self.code))
 
     def fold_scale(self, scale: np.ndarray, shift: np.ndarray) -> None:
         """Absorb ``y -> scale * y + shift`` (a BatchNorm in eval mode) into the row scales and bias."""
@@ -83,21 +83,11 @@ class TernaryRows:
         self.wp, self.wn = self.wp * scale, self.wn * scale
         self.bias = self.bias * scale + np.asarray(shift, np.float32)
 
-    def _args(self) -> tuple[np.ndarray, ...]:
-        return (self.pos_ptr, self.pos_idx, self.neg_ptr, self.neg_idx, self.wp, self.wn, self.bias)
-
     def matvec(self, x: np.ndarray) -> np.ndarray:
         """``x (batch, in) -> (batch, out)``."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         out = np.empty((x.shape[0], self.shape[0]), dtype=np.float32)
-        _rows_times_vectors(x, *self._args(), out)  # type: ignore[call-arg]
-        return out
-
-    def matcols(self, cols: np.ndarray) -> np.ndarray:
-        """``cols (in, positions) -> (out, positions)``."""
-        cols = np.ascontiguousarray(cols, dtype=np.float32)
-        out = np.empty((self.shape[0], cols.shape[1]), dtype=np.float32)
-        _rows_times_columns(cols, *self._args(), out)  # type: ignore[call-arg]
+        _ternary_rows(x, self.code, self.wp, self.wn, self.bias, out)
         return out
 
 
@@ -124,7 +114,7 @@ class TernaryLinear(nn.Module):
         return torch.from_numpy(self.rows.matvec(flat)).reshape(*lead, self.rows.shape[0])
 
     def extra_repr(self) -> str:
-        return f"in={self.rows.shape[1]}, out={self.rows.shape[0]}, nonzeros={len(self.rows.pos_idx) + len(self.rows.neg_idx)}"
+        return f"in={self.rows.shape[1]}, out={self.rows.shape[0]}, nonzeros={self.rows.nonzeros}"
 
 
 class TernaryConv2d(nn.Module):
@@ -152,8 +142,9 @@ class TernaryConv2d(nn.Module):
         cols = F.unfold(x.detach(), self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
         out_h = (height + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
         out_w = (width + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
-        outs = [torch.from_numpy(self.rows.matcols(cols[b].numpy())) for b in range(batch)]
-        return torch.stack(outs).reshape(batch, self.rows.shape[0], out_h, out_w)
+        positions = cols.transpose(1, 2).reshape(-1, cols.shape[1]).numpy()  # (batch * positions, in)
+        out = torch.from_numpy(self.rows.matvec(positions)).reshape(batch, out_h * out_w, self.rows.shape[0])
+        return out.transpose(1, 2).reshape(batch, self.rows.shape[0], out_h, out_w)
 
     def extra_repr(self) -> str:
         return f"out={self.rows.shape[0]}, kernel={self.kernel_size}, stride={self.stride}, padding={self.padding}"
