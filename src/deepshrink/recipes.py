@@ -19,6 +19,7 @@ API only.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import os
@@ -288,15 +289,15 @@ def _build_retrain(options: Mapping[str, Any]) -> StageFn:
     return run
 
 
-@register_stage("share", {"bits", "init", "max_iter", "select"})
+@register_stage("share", {"bits", "init", "max_iter", "bias_bits", "select"})
 def _build_share(options: Mapping[str, Any]) -> StageFn:
     """Weight sharing: per-layer k-means into 2^bits shared values (defaults conv 8, fc 5; linear init)."""
     from .share import WeightSharing, share_weights_
 
-    config = WeightSharing(**{k: options[k] for k in ("bits", "init", "max_iter") if k in options})
+    config = WeightSharing(**{k: options[k] for k in ("bits", "init", "max_iter", "bias_bits") if k in options})
 
     def run(ctx: RecipeContext) -> dict[str, Any]:
-        sharing = WeightSharing(bits=config.bits, init=config.init, max_iter=config.max_iter, seed=ctx.seed)
+        sharing = dataclasses.replace(config, seed=ctx.seed)
         report = share_weights_(ctx.model, sharing, select=options.get("select"))
         return {"layers": report.to_dict()}
 

@@ -145,3 +145,16 @@ def test_finetune_centroids_on_digits_keeps_codebook_and_masks() -> None:
         mask = layer.parametrizations.weight[0].mask
         assert torch.all(layer.weight[~mask] == 0)
         assert len(torch.unique(layer.weight[mask])) <= 4
+
+
+def test_bias_sharing_and_small_codebooks() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 80), nn.ReLU(), nn.Linear(80, 10))
+    report = share_weights_(model, WeightSharing(bits=4, bias_bits=2))
+    assert "1.bias" in report.layers and "3.bias" not in report.layers  # 10 <= 4 * 2^2: left in fp32
+    step = get_value_transform(model[1], "bias")
+    assert isinstance(step, SharedWeights) and step.centroids.numel() == 4
+    assert len(torch.unique(model[1].bias)) <= 4
+    tiny = nn.Sequential(nn.Linear(2, 2))
+    set_mask(tiny[0], torch.tensor([[True, False], [False, True]]))
+    share_weights_(tiny, WeightSharing(bits=5))
+    assert get_value_transform(tiny[0]).centroids.numel() == 2  # type: ignore[union-attr]

@@ -116,12 +116,15 @@ class WeightSharing:
     ``bits``: one int for every layer, or a dict keyed by layer family (``"conv"``, ``"fc"``) and/or layer name
     (exact fqn or glob; names win over families); families missing from the dict keep the paper's defaults
     (conv 8, fc 5). ``init``: linear (paper's best) | density | random | optimal (exact 1-D k-means).
+    ``bias_bits``: also share each selected layer's bias with that many bits (off by default, as in the paper);
+    a bias with at most ``4 * 2^bias_bits`` elements stays float32, where a codebook would not pay for itself.
     """
 
     bits: BitsSpec = field(default_factory=lambda: {"conv": 8, "fc": 5})
     init: str = "linear"
     max_iter: int = 100
     seed: int = 0
+    bias_bits: int | None = None
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
@@ -129,6 +132,9 @@ class WeightSharing:
         if self.max_iter < 0:
             raise ConfigError(f"max_iter must be >= 0, got {self.max_iter}")
         values = [self.bits] if isinstance(self.bits, int) else list(self.bits.values())
+        if self.bias_bits is not None and (isinstance(self.bias_bits, bool) or not isinstance(self.bias_bits, int)
+                                           or not 1 <= self.bias_bits <= MAX_BITS):
+            raise ConfigError(f"bias_bits must be None or an integer in 1..{MAX_BITS}, got {self.bias_bits!r}")
         if not isinstance(self.bits, int | Mapping):
             raise ConfigError(f"bits must be an int or a dict of layer family/name -> int, got {self.bits!r}")
         for b in values:
@@ -174,7 +180,8 @@ def share_layer_(module: nn.Module, bits: int, config: WeightSharing, name: str 
     mask = get_mask(module, name)
     live = mask.to(torch.bool) if mask is not None else torch.ones_like(weight, dtype=torch.bool)
     values = weight[live].cpu().double().numpy()
-    k = 2**bits
+    # never more shared values than distinct weights: a bigger codebook would only cost bytes
+    k = min(2**bits, max(1, int(np.unique(values).size)))
     index = torch.full(weight.shape, -1, dtype=torch.int64)
     if values.size == 0:
         centroids = torch.zeros(k)
@@ -186,7 +193,7 @@ def share_layer_(module: nn.Module, bits: int, config: WeightSharing, name: str 
         mse = result.inertia / values.size
     transform = SharedWeights(centroids, index).to(weight.device)
     set_value_transform(module, transform, name)
-    return {"bits": bits, "clusters": k, "shared": int(values.size), "mse": mse}
+    return {"bits": transform.bits, "clusters": k, "shared": int(values.size), "mse": mse}
 
 
 def share_weights_(model: nn.Module, config: WeightSharing | None = None, select: Selector = None) -> SharingReport:
@@ -202,6 +209,9 @@ def share_weights_(model: nn.Module, config: WeightSharing | None = None, select
         raise ConfigError(f"no layer to share: the selector {select!r} matched no Linear/Conv layer")
     for fqn, module in selection:
         report.layers[fqn] = share_layer_(module, bits_for(config, fqn, module), config)
+        bias = getattr(module, "bias", None)
+        if config.bias_bits is not None and isinstance(bias, Tensor) and bias.numel() > 4 * 2**config.bias_bits:
+            report.layers[f"{fqn}.bias"] = share_layer_(module, config.bias_bits, config, name="bias")
     return report
 
 
