@@ -33,6 +33,12 @@ TARGETS = {
     "lenet300": {"fc1": 0.93, "fc2": 0.91, "fc3": 0.74},
     "lenet5": {"conv1": 0.34, "conv2": 0.88, "fc1": 0.93, "fc2": 0.81},
 }
+# rounds of rising sparsity (power 3: big steps first, small ones near the end), retraining epochs per round
+# and in the last round; chosen to fit the shared 2-core machine (LeNet-5 epochs cost ~10x LeNet-300's)
+SCHEDULES = {
+    "lenet300": {"rounds": 6, "power": 3.0, "epochs": 3, "last_epochs": 10},
+    "lenet5": {"rounds": 4, "power": 3.0, "epochs": 2, "last_epochs": 4},
+}
 PAPER_KEPT = {
     "lenet300": {"fc1": 8, "fc2": 9, "fc3": 26, "total": 8},
     "lenet5": {"conv1": 66, "conv2": 12, "fc1": 8, "fc2": 19, "total": 8},
@@ -42,16 +48,19 @@ PAPER_KEPT = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(BASELINES), default="lenet300")
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=2, help="retraining epochs per round")
+    parser.add_argument("--rounds", type=int, default=None, help="default: see SCHEDULES")
+    parser.add_argument("--epochs", type=int, default=None, help="retraining epochs per round")
     parser.add_argument("--last-epochs", type=int, default=None, help="retraining epochs of the last round")
-    parser.add_argument("--power", type=float, default=1.0,
+    parser.add_argument("--power", type=float, default=None,
                         help="schedule shape: sparsity_r = final * (1 - (1 - r/R)^power); 3 = big steps first")
     parser.add_argument("--lr-factor", type=float, default=0.1, help="retraining lr / baseline lr (paper: 1/10)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    for key, value in SCHEDULES[args.model].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     name = args.model
