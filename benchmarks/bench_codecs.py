@@ -165,12 +165,15 @@ def main() -> None:
     results: dict[str, Any] = {"env": env, "models": {}}
     test = load_dataset("fashion-mnist", "test")
     index_bits = {"conv": 8, "fc": 5}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         for arch in ("lenet300", "lenet5"):
             model, source = build(arch)
             files = {}
             for coding in ("raw", "huffman", "ans"):
-                files[coding] = Path(tmp) / f"{arch}-{coding}.dsz"
+                # the Huffman file is kept: `deepshrink inspect benchmarks/results/codecs-<arch>.dsz`
+                files[coding] = (args.out.parent / f"codecs-{arch}.dsz" if coding == "huffman"
+                                 else Path(tmp) / f"{arch}-{coding}.dsz")
                 save_compressed(model, files[coding], entropy=coding, index_bits=index_bits,
                                 meta={"dataset": "fashion-mnist"})
             auto = Path(tmp) / f"{arch}-ans-auto.dsz"
