@@ -202,45 +202,52 @@ class Thresholds:
                 "budget": self.budget, "met": self.met}
 
 
-def _max_sparsity(curve: dict[float, float], floor: float) -> float:
-    """Largest swept sparsity whose accuracy, and that of every smaller sparsity, stays >= ``floor``."""
-    best = 0.0
+def _step_drops(curve: dict[float, float], baseline: float) -> list[tuple[float, float]]:
+    """``(sparsity, drop)`` along the sweep, the drop made monotone (worst drop at or below each sparsity)."""
+    steps, worst = [], 0.0
     for s in sorted(curve):
-        if curve[s] < floor:
-            break
-        best = s
-    return best
+        worst = max(worst, baseline - curve[s])
+        steps.append((s, worst))
+    return steps
 
 
 def choose_thresholds(result: Sensitivity, max_drop: float, target_sparsity: float | None = None,
                       model: nn.Module | None = None) -> Thresholds:
-    """Per-layer sparsities whose one-layer accuracy drop stays within a budget, reaching ``target_sparsity``.
+    """Per-layer sparsities whose one-layer accuracy drop stays within ``max_drop``, reaching ``target_sparsity``.
 
-    The budget is the smallest accuracy drop ``b <= max_drop`` (absolute, e.g. 0.01 = 1 point) at which
-    giving every layer its largest sparsity with drop <= b reaches the target overall sparsity; without a
-    target (or if even ``max_drop`` falls short, ``met=False``) the full ``max_drop`` is used. With ``model``
-    the equivalent Han quality parameter (threshold / layer std) is reported per layer too.
+    Greedy over the swept points: repeatedly move the layer whose next sparsity costs the least accuracy
+    (a drop of at most ``max_drop``, absolute: 0.01 = 1 point) until the overall sparsity (weighted by
+    weights per layer) reaches the target; the last move is interpolated to land on the target exactly.
+    Without a target every layer goes as far as the budget allows; ``met=False`` when the target is out of
+    reach. With ``model`` the equivalent Han quality parameter (threshold / std of live weights) is
+    reported per layer too.
     """
     if max_drop < 0:
         raise ConfigError(f"max_drop must be >= 0, got {max_drop}")
-    total = sum(result.params.values())
+    if target_sparsity is not None and not 0 <= target_sparsity < 1:
+        raise ConfigError(f"target_sparsity must be in [0, 1), got {target_sparsity}")
+    total = max(sum(result.params.values()), 1)
+    steps = {n: _step_drops(c, result.baseline) for n, c in result.curves.items()}
+    position = dict.fromkeys(steps, -1)
+    chosen = dict.fromkeys(steps, 0.0)
+    used = 0.0
 
-    def choose(budget: float) -> tuple[dict[str, float], float]:
-        chosen = {n: _max_sparsity(c, result.baseline - budget - 1e-12) for n, c in result.curves.items()}
-        overall = sum(chosen[n] * result.params[n] for n in chosen) / max(total, 1)
-        return chosen, overall
+    def overall() -> float:
+        return sum(chosen[n] * result.params[n] for n in chosen) / total
 
-    budgets = sorted({max(0.0, result.baseline - a) for c in result.curves.values() for a in c.values()} | {0.0})
-    budgets = [b for b in budgets if b <= max_drop] + [max_drop]
-    chosen: dict[str, float] = {}
-    overall, used = 0.0, max_drop
-    for budget in budgets:
-        chosen, overall = choose(budget)
-        used = budget
-        if target_sparsity is not None and overall >= target_sparsity:
+    while target_sparsity is None or overall() < target_sparsity:
+        moves = [(steps[n][position[n] + 1][1], -result.params[n], n) for n in steps
+                 if position[n] + 1 < len(steps[n]) and steps[n][position[n] + 1][1] <= max_drop + 1e-12]
+        if not moves:
             break
-    met = target_sparsity is None or overall >= target_sparsity
-    thresholds = Thresholds(chosen, overall, used, met)
+        drop, _, name = min(moves)
+        position[name] += 1
+        previous, chosen[name] = chosen[name], max(chosen[name], steps[name][position[name]][0])
+        used = max(used, drop)
+        if target_sparsity is not None and overall() > target_sparsity:  # land on the target
+            chosen[name] = previous + (target_sparsity - overall() + (chosen[name] - previous)
+                                       * result.params[name] / total) * total / result.params[name]
+    thresholds = Thresholds(dict(chosen), overall(), used, True)
     if model is not None:
         modules = dict(model.named_modules())
         for name, s in chosen.items():
@@ -252,4 +259,5 @@ def choose_thresholds(result: Sensitivity, max_drop: float, target_sparsity: flo
                 continue
             cut = torch.quantile(alive.abs(), min(cut_fraction, 1.0)).item()
             thresholds.quality[name] = cut / float(alive.std())  # MagnitudePrune's std is over alive weights
+    thresholds.met = target_sparsity is None or thresholds.overall >= target_sparsity - 1e-9
     return thresholds
