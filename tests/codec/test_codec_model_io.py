@@ -276,3 +276,20 @@ def test_random_sparse_tensors_round_trip(tmp_path: Path, transforms: dict, shap
     loaded = load_compressed(path, model=OneLayer(shape))
     assert_same_bits(before, effective_weights(loaded))
     assert torch.equal(get_mask(loaded.layer), mask)
+
+
+def test_structural_edits_are_replayed(tmp_path: Path, make_model: Callable, transforms: dict) -> None:
+    from deepshrink.core import fold_batchnorm_, recorded_edits
+
+    model = make_model("vgg").eval()
+    fold_batchnorm_(model)
+    assert recorded_edits(model)
+    prune_(model.features[0], 0.5)
+    quantize_(model.features[0], "fixedpoint")
+    before = effective_weights(model)
+    save_compressed(model, tmp_path / "folded.dsz")
+    loaded = load_compressed(tmp_path / "folded.dsz").eval()
+    assert recorded_edits(loaded) == recorded_edits(model)
+    assert_same_bits(before, effective_weights(loaded))
+    x = torch.randn(2, 1, 8, 8)
+    assert torch.equal(model(x), loaded(x))
