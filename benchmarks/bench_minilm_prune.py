@@ -1,7 +1,8 @@
 """Pruning the Linear layers of the real all-MiniLM-L6-v2 (no retraining): embedding cosine similarity.
 
-Every Linear layer of the sentence-transformer (attention q/k/v/output, feed-forward; 36 layers, ~21M of
-its ~22.7M weights... the rest are embeddings and LayerNorm, left alone) is pruned one-shot to 30/50/70%
+Every Linear layer of the sentence-transformer (attention q/k/v/output and feed-forward of the 6 blocks, plus
+the unused BERT pooler: 37 layers, 10.8M of its 22.7M parameters; the 11.7M word embeddings and the LayerNorms
+are left alone) is pruned one-shot to 30/50/70%
 by magnitude (per layer, Han et al.), by magnitude with one global threshold, and at random (control).
 Reports the cosine similarity of each sentence's embedding to the unpruned model's, over generated sentences.
 
