@@ -293,3 +293,20 @@ def test_structural_edits_are_replayed(tmp_path: Path, make_model: Callable, tra
     assert_same_bits(before, effective_weights(loaded))
     x = torch.randn(2, 1, 8, 8)
     assert torch.equal(model(x), loaded(x))
+
+
+def test_arch_kwargs_that_disagree_with_the_tensors_are_refused_before_building(tmp_path: Path,
+                                                                              make_model: Callable) -> None:
+    from .test_codec_format import _join, _split
+
+    model = make_model("lenet300")
+    save_compressed(model, tmp_path / "m.dsz")
+    header, sections = _split((tmp_path / "m.dsz").read_bytes())
+    header["kwargs"]["hidden"] = [1_000_000, 1_000_000]  # would be a 4 TB model if it were built
+    (tmp_path / "evil.dsz").write_bytes(_join(header, sections))
+    with pytest.raises(DeepShrinkError, match="does not match the stored tensors"):
+        load_compressed(tmp_path / "evil.dsz")
+    header["kwargs"]["hidden"] = "wide"
+    (tmp_path / "evil.dsz").write_bytes(_join(header, sections))
+    with pytest.raises(DeepShrinkError, match="cannot rebuild"):
+        load_compressed(tmp_path / "evil.dsz")

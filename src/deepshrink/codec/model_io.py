@@ -129,7 +129,7 @@ def _json_field(value: Any, where: str) -> Any:
 
 
 def _raw_array(writer: SectionWriter, array: np.ndarray, where: str) -> dict[str, Any]:
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")  # (np.ascontiguousarray would turn a 0-d array into shape (1,))
     if array.dtype.name not in DTYPES:
         raise ConfigError(f"{where}: dtype {array.dtype} cannot be stored (supported: {', '.join(DTYPES)})")
     return {"dtype": array.dtype.name, "shape": list(array.shape), "section": writer.add(array.tobytes())}
@@ -439,6 +439,40 @@ def _transform_class(kind: str) -> type | None:
     return cls
 
 
+def _stated_shapes(cf: CompressedFile) -> dict[str, tuple[int, ...]]:
+    shapes = {name: tuple(cf.header["weights"][name]["shape"]) for name in cf.weights}
+    shapes.update({name: tuple(array.shape) for name, array in cf.tensors.items()})
+    return shapes
+
+
+def _rebuild(cf: CompressedFile, path: str) -> nn.Module:
+    """Build ``arch(**kwargs)`` and replay the edits, after a dry run on the meta device has shown that the
+    model's tensors have exactly the file's shapes (so a crafted header cannot make us allocate a huge model)."""
+    from ..models.registry import build_model
+
+    arch, kwargs, edits = cf.header["arch"], cf.header.get("kwargs", {}), cf.header["edits"]
+    try:
+        with torch.device("meta"):
+            probe = build_model(arch, **kwargs)
+            replay_edits(probe, edits)
+    except (ConfigError, FormatError, TypeError, ValueError) as exc:
+        raise FormatError(f"{path}: cannot rebuild {arch!r} with {kwargs}: {exc}") from exc
+    except Exception:  # a constructor that cannot run on the meta device: load_state_dict checks shapes later
+        probe = None
+    if probe is not None:
+        expected = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+        stated = _stated_shapes(cf)
+        if expected != stated:
+            wrong = sorted(k for k in expected.keys() | stated.keys() if expected.get(k) != stated.get(k))
+            raise FormatError(f"{path}: {arch}({kwargs}) does not match the stored tensors (differs at {wrong[:5]})")
+    try:
+        model = build_model(arch, **kwargs)
+    except (ConfigError, TypeError, ValueError, RuntimeError) as exc:
+        raise FormatError(f"{path}: cannot rebuild {arch!r} with {kwargs}: {exc}") from exc
+    replay_edits(model, edits)
+    return model
+
+
 def load_compressed_with_meta(path: str | os.PathLike[str], model: nn.Module | None = None
                               ) -> tuple[nn.Module, dict[str, Any]]:
     """``(model, meta)`` from a ``.dsz`` file; the model is rebuilt from the recorded arch unless one is given.
@@ -451,13 +485,9 @@ def load_compressed_with_meta(path: str | os.PathLike[str], model: nn.Module | N
     if model is None:
         if not header.get("arch"):
             raise ConfigError(f"{path}: the file records no arch; pass the model to load into")
-        from ..models.registry import build_model
-
-        try:
-            model = build_model(header["arch"], **header.get("kwargs", {}))
-        except (ConfigError, TypeError, ValueError) as exc:
-            raise FormatError(f"{path}: cannot rebuild {header['arch']!r}: {exc}") from exc
-    replay_edits(model, header["edits"])
+        model = _rebuild(cf, str(path))
+    else:
+        replay_edits(model, header["edits"])
     if any(True for _ in iter_states(model)):
         raise FormatError(f"{path}: the model already carries compression state; load into a fresh model")
     effective = {fqn: effective_weight(entry) for fqn, entry in cf.weights.items()}
