@@ -63,21 +63,33 @@ def _spmv(indptr, indices, codes, table, direct, x, bias, y):
         y[r] = ((a0 + a1) + (a2 + a3)) + bias[r]
 
 
-def _spmm(indptr, indices, codes, table, direct, xt, bias, yt):
-    """yt[r, :] = bias[r] + sum_j value_j * xt[indices[j], :]; ``xt`` is the input transposed, (in, batch).
+COLUMN_TILE = 512
+"""Columns per tile in the matrix-matrix kernel: a tile's output row (2 KiB) stays in L1 and its input rows
+in L2 while all non-zeros of a row pass over it, instead of streaming whole rows from memory per non-zero."""
 
-    Row-wise over the batch so the innermost loop is a contiguous axpy the compiler vectorizes.
+
+def _spmm(indptr, indices, codes, table, direct, xt, bias, yt):
+    """yt[r, :] = bias[r] + sum_j value_j * xt[indices[j], :]; ``xt`` is (in, columns), C-contiguous.
+
+    Tasks are (column tile, row) pairs so the innermost loop is a contiguous axpy the compiler vectorizes,
+    and a tile stays cache-resident across the non-zeros of a row.
     """
-    batch = xt.shape[1]
-    for r in prange(indptr.shape[0] - 1):
-        out = yt[r]
+    n_rows = indptr.shape[0] - 1
+    n_cols = xt.shape[1]
+    n_tiles = (n_cols + COLUMN_TILE - 1) // COLUMN_TILE
+    for task in prange(n_tiles * n_rows):
+        r = task % n_rows
+        c0 = (task // n_rows) * COLUMN_TILE
+        c1 = min(c0 + COLUMN_TILE, n_cols)
+        out = yt[r, c0:c1]
+        width = c1 - c0
         b0 = bias[r]
-        for b in range(batch):
+        for b in range(width):
             out[b] = b0
         for j in range(indptr[r], indptr[r + 1]):
             v = table[j] if direct else table[codes[j]]
-            src = xt[indices[j]]
-            for b in range(batch):
+            src = xt[indices[j], c0:c1]
+            for b in range(width):
                 out[b] += v * src[b]
 
 
@@ -121,12 +133,33 @@ def _conv2d(indptr, indices, codes, table, direct, xpad, bias, y, kh, kw, sh, sw
 
 
 _SCALAR = {**_OPTS, "fastmath": False}
+def _im2col(xpad, kh, kw, sh, sw, dh, dw, oh, ow, out):
+    """Patches of a padded (N, C, Hp, Wp) input as ``out`` (C*kh*kw, N*oh*ow): row (c, ki, kj), column
+    (n, i, j), the layout the matrix-matrix kernel wants (no permute copy afterwards)."""
+    n_batch = xpad.shape[0]
+    plane = oh * ow
+    for k in prange(out.shape[0]):
+        c = k // (kh * kw)
+        ki = (k // kw) % kh
+        kj = k % kw
+        dst = out[k]
+        for n in range(n_batch):
+            src = xpad[n, c]
+            for i in range(oh):
+                row = src[i * sh + ki * dh]
+                base = n * plane + i * ow
+                for j in range(ow):
+                    dst[base + j] = row[kj * dw + j * sw]
+
+
 spmv_parallel = numba.njit(parallel=True, **_SCALAR)(_spmv)
 spmv_serial = numba.njit(**_SCALAR)(_spmv)
 spmm_parallel = numba.njit(parallel=True, **_OPTS)(_spmm)
 spmm_serial = numba.njit(**_OPTS)(_spmm)
 conv2d_parallel = numba.njit(parallel=True, **_OPTS)(_conv2d)
 conv2d_serial = numba.njit(**_OPTS)(_conv2d)
+im2col_parallel = numba.njit(parallel=True, **_OPTS)(_im2col)
+im2col_serial = numba.njit(**_OPTS)(_im2col)
 
 
 def pick(parallel: Callable[..., Any], serial: Callable[..., Any], work: int) -> Callable[..., Any]:
@@ -152,11 +185,23 @@ def linear_forward(
         kernel = spmv_serial if work < PARALLEL_MIN_WORK else pick(spmv_parallel, spmv_serial, work)
         kernel(indptr, indices, codes, table, direct, x[0], bias, y[0])
         return y
-    xt = np.ascontiguousarray(x.T)
-    yt = np.empty((n_out, batch), dtype=np.float32)
+    return columns_forward(indptr, indices, codes, table, direct, np.ascontiguousarray(x.T), bias).T
+
+
+def columns_forward(
+    indptr: np.ndarray, indices: np.ndarray, codes: np.ndarray, table: np.ndarray, direct: bool,
+    xt: np.ndarray, bias: np.ndarray,
+) -> np.ndarray:
+    """``W @ xt + bias[:, None]`` for a CSR ``W`` (out, in) and a C-contiguous float32 ``xt`` (in, columns).
+
+    The matrix-matrix product behind batched Linear (columns = samples) and im2col Conv2d (columns = output
+    positions of all samples): one contiguous axpy per non-zero.
+    """
+    yt = np.empty((indptr.shape[0] - 1, xt.shape[1]), dtype=np.float32)
+    work = indices.shape[0] * xt.shape[1]
     kernel = spmm_serial if work < PARALLEL_MIN_WORK else pick(spmm_parallel, spmm_serial, work)
     kernel(indptr, indices, codes, table, direct, xt, bias, yt)
-    return yt.T
+    return yt
 
 
 def conv2d_forward(
@@ -164,7 +209,7 @@ def conv2d_forward(
     xpad: np.ndarray, bias: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int],
     dilation: tuple[int, int], groups: int, out_hw: tuple[int, int],
 ) -> np.ndarray:
-    """Sparse Conv2d on an already padded float32 input (N, C, Hp, Wp); returns (N, O, OH, OW)."""
+    """Direct sparse Conv2d on an already padded float32 input (N, C, Hp, Wp); returns (N, O, OH, OW)."""
     n_out = indptr.shape[0] - 1
     y = np.empty((xpad.shape[0], n_out, out_hw[0], out_hw[1]), dtype=np.float32)
     work = int(indices.shape[0]) * xpad.shape[0] * out_hw[0] * out_hw[1]
@@ -172,3 +217,13 @@ def conv2d_forward(
     kernel_fn(indptr, indices, codes, table, direct, xpad, bias, y, kernel[0], kernel[1], stride[0], stride[1],
               dilation[0], dilation[1], groups)
     return y
+
+
+def im2col(xpad: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+           out_hw: tuple[int, int]) -> np.ndarray:
+    """(C*kh*kw, N*OH*OW) float32 patches of a padded, C-contiguous float32 input (N, C, Hp, Wp)."""
+    rows = xpad.shape[1] * kernel[0] * kernel[1]
+    out = np.empty((rows, xpad.shape[0] * out_hw[0] * out_hw[1]), dtype=np.float32)
+    fn = pick(im2col_parallel, im2col_serial, out.size)
+    fn(xpad, kernel[0], kernel[1], stride[0], stride[1], dilation[0], dilation[1], out_hw[0], out_hw[1], out)
+    return out

@@ -148,3 +148,37 @@ def load_memory(path: str | os.PathLike[str], *, runtime: bool, input_shape: tup
     if done.returncode != 0:
         raise RuntimeError(f"memory probe of {path} failed:\n{done.stderr[-2000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+_COLD = r"""
+import json, time
+t0 = time.perf_counter()
+import torch
+torch.set_num_threads({threads})
+import deepshrink.runtime as rt
+t1 = time.perf_counter()
+model = rt.load({path!r})
+t2 = time.perf_counter()
+with torch.inference_mode():
+    model(torch.zeros({shape}))
+    t3 = time.perf_counter()
+    model(torch.zeros({shape}))
+    t4 = time.perf_counter()
+print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "first_forward_s": t3 - t2, "second_forward_s": t4 - t3}}))
+"""
+
+
+def kernel_start_cost(path: str | os.PathLike[str], *, input_shape: tuple[int, ...], threads: int = 1,
+                      cache_dir: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
+    """Numba compile cost apart from steady-state latency: a fresh process with an empty kernel cache
+    (``cold``: compiles every kernel the model uses on its first forward), then a second fresh process
+    reusing that cache (``cached``: loads the compiled code). ``cache_dir`` must be an empty folder."""
+    script = _COLD.format(threads=threads, path=str(path), shape=(1, *input_shape))
+    out: dict[str, dict[str, float]] = {}
+    for label in ("cold", "cached"):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                              env={**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), "PYTHONWARNINGS": "ignore"})
+        if done.returncode != 0:
+            raise RuntimeError(f"start-up probe of {path} failed:\n{done.stderr[-2000:]}")
+        out[label] = dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return out

@@ -94,10 +94,11 @@ def _pair(value: Any) -> tuple[int, int]:
 
 
 class SparseConv2d(_SparseLayer):
-    """``nn.Conv2d`` (stride, padding incl. 'same'/modes, dilation, groups) as a direct sparse convolution.
+    """``nn.Conv2d`` (stride, padding incl. 'same'/modes, dilation, groups) computed from the sparse filter.
 
-    Each non-zero of an output channel's filter adds a scaled, shifted input plane to that channel's output
-    plane, so neither a dense filter nor an im2col buffer is formed; the padded input is the only copy.
+    groups=1: im2col (a numba kernel writing the product's layout) and one sparse x dense product whose inner loop runs over all output
+    positions of the batch (long, contiguous, vectorized). Grouped/depthwise: a direct kernel in which each
+    non-zero adds a scaled, shifted input plane to its output plane (no patch buffer, no per-group loop).
     """
 
     def __init__(
@@ -137,19 +138,31 @@ class SparseConv2d(_SparseLayer):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"SparseConv2d expects (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         pads = self._pads()
+        if x.dtype != torch.float32:
+            x = x.to(torch.float32)
         if any(pads):
-            x = F.pad(x.detach().to(torch.float32), pads, mode=_PAD_MODES[self.padding_mode])
-        xpad = _as_input(x)
+            x = F.pad(x.detach(), pads, mode=_PAD_MODES[self.padding_mode])
         (kh, kw), (dh, dw), (sh, sw) = self.kernel_size, self.dilation, self.stride
-        oh = (xpad.shape[2] - dh * (kh - 1) - 1) // sh + 1
-        ow = (xpad.shape[3] - dw * (kw - 1) - 1) // sw + 1
+        oh = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
+        ow = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
         if oh <= 0 or ow <= 0:
             raise ValueError(f"input {tuple(x.shape)} is smaller than the {kh}x{kw} kernel")
         w = self.weight_layout
-        y = kernels.conv2d_forward(w.indptr, w.indices, w.codes, w.table, w.direct, xpad, self.bias_array,
-                                   self.kernel_size, self.stride, self.dilation, self.groups, (oh, ow))
-        out = torch.from_numpy(y)
+        if self.groups == 1:
+            out = self._im2col(x.detach(), oh, ow)
+        else:
+            out = torch.from_numpy(kernels.conv2d_forward(
+                w.indptr, w.indices, w.codes, w.table, w.direct, _as_input(x), self.bias_array,
+                self.kernel_size, self.stride, self.dilation, self.groups, (oh, ow)))
         return out.squeeze(0) if unbatched else out
+
+    def _im2col(self, xpad: Tensor, oh: int, ow: int) -> Tensor:
+        """groups=1: patches (C*kh*kw, N*OH*OW), then one sparse matrix-matrix product."""
+        n = xpad.shape[0]
+        patches = kernels.im2col(_as_input(xpad), self.kernel_size, self.stride, self.dilation, (oh, ow))
+        w = self.weight_layout
+        yt = kernels.columns_forward(w.indptr, w.indices, w.codes, w.table, w.direct, patches, self.bias_array)
+        return torch.from_numpy(yt).view(self.out_channels, n, oh, ow).permute(1, 0, 2, 3)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
