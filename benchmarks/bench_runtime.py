@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import tempfile
 from pathlib import Path
@@ -97,13 +98,17 @@ def run_model(name: str, args: argparse.Namespace, work: Path, test: Any) -> dic
             timings = compare({"runtime": lambda x=x: fast(x), "dense_fp32": lambda x=x: dense(x),
                                "dynamic_int8": lambda x=x: int8(x)}, repeats=args.repeats, budget_s=args.budget)
             med = {k: v["median_ms"] for k, v in timings.items()}
+            cpu = {k: v["cpu_median_ms"] for k, v in timings.items()}
             row["latency"][f"threads{threads}_batch{batch}"] = {
                 "threads": threads, "batch": batch, "timings": timings,
                 "speedup_vs_dense": med["dense_fp32"] / med["runtime"],
-                "speedup_vs_int8": med["dynamic_int8"] / med["runtime"]}
+                "speedup_vs_int8": med["dynamic_int8"] / med["runtime"],
+                "cpu_speedup_vs_dense": cpu["dense_fp32"] / cpu["runtime"],
+                "cpu_speedup_vs_int8": cpu["dynamic_int8"] / cpu["runtime"]}
             print(f"{name} threads {threads} batch {batch:>2}: runtime {med['runtime']:.4f} ms | dense fp32 "
                   f"{med['dense_fp32']:.4f} ms | dynamic int8 {med['dynamic_int8']:.4f} ms -> "
-                  f"{med['dense_fp32'] / med['runtime']:.2f}x vs dense, {med['dynamic_int8'] / med['runtime']:.2f}x vs int8",
+                  f"{med['dense_fp32'] / med['runtime']:.2f}x vs dense, {med['dynamic_int8'] / med['runtime']:.2f}x vs int8"
+                  f"; thread CPU time {cpu['runtime']:.4f} | {cpu['dense_fp32']:.4f} | {cpu['dynamic_int8']:.4f} ms",
                   flush=True)
     row["load_memory"] = {"runtime": load_memory(dsz, runtime=True, input_shape=shape),
                           "dense_fp32": load_memory(dense_file, runtime=False, input_shape=shape)}
@@ -131,13 +136,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "runtime-lenets.json")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    env = {"threads": args.threads, "seed": args.seed, "torch": torch.__version__, "numba": numba.__version__,
+    env = {"threads": args.threads, "loadavg_start": os.getloadavg(), "seed": args.seed, "torch": torch.__version__, "numba": numba.__version__,
            "numpy": np.__version__, "python": platform.python_version()}
     print(f"seed {args.seed}, threads {args.threads} (torch and numba alike), torch {torch.__version__}, "
           f"numba {numba.__version__}", flush=True)
     test = load_dataset("fashion-mnist", "test")
     with tempfile.TemporaryDirectory() as tmp:
         models = {name: run_model(name, args, Path(tmp), test) for name in args.models}
+    env["loadavg_end"] = os.getloadavg()
     result = {"benchmark": "runtime-lenets", "env": env, "models": models}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=1))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 import warnings
@@ -88,17 +89,22 @@ def bench_layer(name: str, args: argparse.Namespace) -> dict[str, Any]:
         timings = compare(contenders, repeats=args.repeats if batch == 1 else max(args.repeats // 3, 5),
                           budget_s=args.budget)
         med = {k: v["median_ms"] for k, v in timings.items()}
+        cpu = {k: v["cpu_median_ms"] for k, v in timings.items()}
         row["batches"][str(batch)] = {
             "timings": timings, "first_call_ms": first_ms,
             "max_abs_diff": float((got - want).abs().max()),
             "speedup_vs_dense": med["dense_fp32"] / med["runtime"],
             "speedup_vs_csr": med["torch_csr"] / med["runtime"],
             "speedup_vs_int8": med["dynamic_int8"] / med["runtime"],
+            "cpu_speedup_vs_dense": cpu["dense_fp32"] / cpu["runtime"],
+            "cpu_speedup_vs_csr": cpu["torch_csr"] / cpu["runtime"],
+            "cpu_speedup_vs_int8": cpu["dynamic_int8"] / cpu["runtime"],
         }
         print(f"{name} {n_out}x{n_in} @{100 * density:.0f}% batch {batch:>3}: "
               + " | ".join(f"{k} {v:.3f} ms" for k, v in med.items())
               + f" -> {med['dense_fp32'] / med['runtime']:.2f}x vs dense, {med['torch_csr'] / med['runtime']:.2f}x vs CSR,"
-              f" {med['dynamic_int8'] / med['runtime']:.2f}x vs int8", flush=True)
+              f" {med['dynamic_int8'] / med['runtime']:.2f}x vs int8; thread CPU time: "
+              + " | ".join(f"{k} {v:.3f}" for k, v in cpu.items()), flush=True)
     return row
 
 
@@ -114,18 +120,21 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "runtime-layers.json")
     args = parser.parse_args()
     set_threads(args.threads)
-    env = {"threads": args.threads, "seed": args.seed, "torch": torch.__version__, "numba": numba.__version__,
+    env = {"threads": args.threads, "loadavg_start": os.getloadavg(), "seed": args.seed, "torch": torch.__version__, "numba": numba.__version__,
            "numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine(),
            "numba_threading_layer": None}
     print(f"threads {args.threads} (torch and numba), seed {args.seed}, torch {torch.__version__}, "
           f"numba {numba.__version__}; {PAPER}", flush=True)
     layers = {name: bench_layer(name, args) for name in args.layers}
     env["numba_threading_layer"] = numba.threading_layer() if args.threads > 1 else "serial"
+    env["loadavg_end"] = os.getloadavg()
     total: dict[str, Any] = {}
     for batch in map(str, args.batches):
-        sums = {k: sum(layers[n]["batches"][batch]["timings"][k]["median_ms"] for n in layers)
-                for k in ("runtime", "dense_fp32", "torch_csr", "dynamic_int8")}
-        total[batch] = {"sum_of_medians_ms": sums, "speedup_vs_dense": sums["dense_fp32"] / sums["runtime"],
+        names = ("runtime", "dense_fp32", "torch_csr", "dynamic_int8")
+        sums = {k: sum(layers[n]["batches"][batch]["timings"][k]["median_ms"] for n in layers) for k in names}
+        cpu_sums = {k: sum(layers[n]["batches"][batch]["timings"][k]["cpu_median_ms"] for n in layers) for k in names}
+        total[batch] = {"sum_of_medians_ms": sums, "sum_of_cpu_medians_ms": cpu_sums,
+                        "speedup_vs_dense": sums["dense_fp32"] / sums["runtime"],
                         "speedup_vs_csr": sums["torch_csr"] / sums["runtime"],
                         "speedup_vs_int8": sums["dynamic_int8"] / sums["runtime"]}
         print(f"FC6+7+8 batch {batch}: runtime {sums['runtime']:.2f} ms vs dense {sums['dense_fp32']:.2f} ms "

@@ -66,7 +66,7 @@ def test_from_exports_on_meta_skeleton_with_dense_and_sparse_kinds(lenets: dict[
     weights["fc2.weight"] = {"kind": "sparse", "mask": (fc2 != 0).numpy(), "values": fc2[fc2 != 0].numpy()}
     weights["fc3.weight"] = {"kind": "dense", "array": model.fc3.weight.detach().numpy().copy()}
     fast = rt.from_exports(("lenet300", {}), weights, tensors)
-    assert rt.runtime_layers(fast) == {"fc1": "SparseLinear", "fc2": "SparseLinear"}
+    assert rt.runtime_layers(fast) == {"fc1": "SparseLinear (codebook)", "fc2": "SparseLinear (sparse)"}
     assert isinstance(fast.fc3, nn.Linear) and not fast.fc3.weight.is_meta
     assert fast.fc2.weight_layout.direct
     x = torch.randn(3, 784)

@@ -72,6 +72,7 @@ def bench(
         "file": str(path), "file_bytes": path.stat().st_size, "batch": batch, "threads": threads,
         "input_shape": list(shape), "runtime_layers": runtime_layers(fast),
         "timings_ms": {k: round(v["median_ms"], 4) for k, v in timings.items()},
+        "cpu_timings_ms": {k: round(v["cpu_median_ms"], 4) for k, v in timings.items()},
         "speedup": timings["dense_fp32"]["median_ms"] / timings["runtime"]["median_ms"],
         "speedup_vs_int8": timings["dynamic_int8"]["median_ms"] / timings["runtime"]["median_ms"],
         "max_abs_diff_vs_dense": float((got - want).abs().max()),

@@ -48,14 +48,9 @@ def _skeleton(model: Skeleton, edits: list[dict[str, Any]] | None) -> nn.Module:
 
 
 def runtime_layers(model: nn.Module) -> dict[str, str]:
-    """``{module fqn: runtime class name}`` for every layer that computes from a compressed form."""
-    from .sparse import _SparseLayer
-
-    found: dict[str, str] = {}
-    for fqn, module in model.named_modules():
-        if isinstance(module, _SparseLayer) or getattr(module, "is_runtime_layer", False):
-            found[fqn] = type(module).__name__
-    return found
+    """``{module fqn: "RuntimeClass (export kind)"}`` for every layer a builder made from a compressed weight."""
+    return {fqn: f"{type(module).__name__} ({module.deepshrink_runtime_kind})"
+            for fqn, module in model.named_modules() if hasattr(module, "deepshrink_runtime_kind")}
 
 
 def from_exports(
@@ -94,6 +89,7 @@ def from_exports(
             missing = "lacks" if wants_bias else "has a stray"
             raise FormatError(f"the file {missing} tensor {bias_name!r} for layer {module_fqn!r}")
         replacement = builder_for(str(kind), tensor_name)(module, exported, bias, tensor_name)
+        replacement.deepshrink_runtime_kind = str(kind)  # type: ignore[assignment]
         if module_fqn:
             set_submodule(skeleton, module_fqn, replacement)
         else:

@@ -35,9 +35,11 @@ def set_threads(threads: int) -> None:
 def compare(
     contenders: Mapping[str, Callable[[], Any]], *, repeats: int = 30, warmup: int = 3, budget_s: float | None = None
 ) -> dict[str, dict[str, float]]:
-    """``{name: {median_ms, p10_ms, p90_ms, rounds}}`` over interleaved rounds (rotating order).
+    """``{name: {median_ms, p10_ms, p90_ms, cpu_median_ms, rounds}}`` over interleaved rounds (rotating order).
 
-    ``budget_s`` caps the total time: rounds stop early (at least 5) when it runs out.
+    ``cpu_median_ms`` is the calling thread's CPU time (``time.thread_time``): with one thread it is the
+    figure that stays put when other processes share the cores, because time spent descheduled is not
+    counted. ``budget_s`` caps the total time: rounds stop early (at least 5) when it runs out.
     """
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
@@ -46,23 +48,27 @@ def compare(
         for _ in range(warmup):
             for name in names:
                 contenders[name]()
-        times: dict[str, list[float]] = {name: [] for name in names}
+        wall: dict[str, list[float]] = {name: [] for name in names}
+        cpu: dict[str, list[float]] = {name: [] for name in names}
         started = time.perf_counter()
         for round_ in range(repeats):
             order = names[round_ % len(names):] + names[: round_ % len(names)]
             for name in order:
+                c0 = time.thread_time()
                 t0 = time.perf_counter()
                 contenders[name]()
-                times[name].append(time.perf_counter() - t0)
+                wall[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.thread_time() - c0)
             if budget_s is not None and round_ >= 4 and time.perf_counter() - started > budget_s:
                 break
     out: dict[str, dict[str, float]] = {}
-    for name, values in times.items():
+    for name, values in wall.items():
         ordered = sorted(values)
         out[name] = {
             "median_ms": 1e3 * statistics.median(ordered),
             "p10_ms": 1e3 * ordered[int(0.1 * (len(ordered) - 1))],
             "p90_ms": 1e3 * ordered[int(0.9 * (len(ordered) - 1))],
+            "cpu_median_ms": 1e3 * statistics.median(cpu[name]),
             "rounds": float(len(ordered)),
         }
     return out
