@@ -94,7 +94,9 @@ def main() -> None:
     parser.add_argument("--model", choices=sorted(BASELINES), default="lenet5")
     parser.add_argument("--method", choices=["ttq", "twn"], default="ttq")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--optimizer", choices=["sgd", "adam"], default="adam")
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--t", type=float, default=0.05)
     parser.add_argument("--init", choices=["mean", "paper"], default="mean")
     parser.add_argument("--limit", type=int, default=None, help="train on the first N training samples")
@@ -120,7 +122,8 @@ def main() -> None:
     before = evaluate(model, test)["accuracy"]
     start = time.perf_counter()
     history = fit(model, load_dataset(dataset, "train", limit=args.limit),
-                  TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed),
+                  TrainConfig(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay,
+                              batch_size=args.batch_size, seed=args.seed),
                   params=ternary_param_groups(model), quiet=True)
     train_s = time.perf_counter() - start
     after = evaluate(model, test)["accuracy"]
@@ -164,9 +167,10 @@ def main() -> None:
 
     result = {
         "command": f"nice -n 10 .venv/bin/python benchmarks/bench_ternary.py --model {args.model} --method {args.method} "
-                   f"--epochs {args.epochs} --lr {args.lr}" + (f" --limit {args.limit}" if args.limit else ""),
+                   f"--epochs {args.epochs} --lr {args.lr} --optimizer {args.optimizer}"
+                   + (f" --limit {args.limit}" if args.limit else "") + (" --init paper" if args.init == "paper" else ""),
         "seed": args.seed, "threads": args.threads, "torch": torch.__version__, "dataset": dataset,
-        "epochs": args.epochs, "lr": args.lr, "t": args.t, "init": args.init, "limit": args.limit,
+        "epochs": args.epochs, "lr": args.lr, "optimizer": args.optimizer, "weight_decay": args.weight_decay, "t": args.t, "init": args.init, "limit": args.limit,
         "fp32_accuracy": fp32_acc, "untrained_accuracy": before, "accuracy": after,
         "delta_pp": round(100 * (after - fp32_acc), 2), "runtime_accuracy": runtime_acc,
         "train_seconds": round(train_s, 1), "history": history.epochs, "layers": rows, "sizes": sizes,

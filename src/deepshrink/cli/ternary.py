@@ -28,9 +28,10 @@ def ternary(
     init: Annotated[str, typer.Option("--init", help="TTQ start scales: mean (least squares) | paper (1.0).")] = "mean",
     keep_first_last: Annotated[bool, typer.Option("--keep-first-last/--all-layers",
                                                   help="First and last layers full precision (the paper).")] = True,
-    lr: Annotated[float, typer.Option("--lr")] = 0.01,
+    lr: Annotated[float, typer.Option("--lr")] = 1e-4,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 128,
-    optimizer: Annotated[str, typer.Option("--optimizer")] = "sgd",
+    optimizer: Annotated[str, typer.Option("--optimizer", help="adam (default: per-parameter steps keep the "
+                                                           "Wp/Wn updates stable without BN) | sgd.")] = "adam",
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 5e-4,
     entropy: Annotated[str, typer.Option("--entropy", help="Coding of the codes in .dsz: ans | huffman | raw.")] = "ans",
     limit: Annotated[int | None, typer.Option("--limit", help="Train on the first N samples only.")] = None,

@@ -4,7 +4,8 @@ A layer keeps its int8 codes (out, in) -- a quarter of the fp32 bytes -- and per
 layer the only arithmetic on inputs is addition: each code selects whether an input joins the positive
 sum, the negative sum or neither (a SIMD blend, no multiply), and the two scale multiplications happen once
 per output. Four output rows are accumulated per pass over the input so each loaded input serves eight
-sums. Conv2d runs as the same kernel over im2col columns (one "batch" row per output position). Scales may
+sums. Conv2d runs as the same kernel over im2col rows (one "batch" row per output position, built by a
+fused numba loop: ``F.unfold`` plus a transpose cost as much as the kernel itself). Scales may
 be per output row, which lets a following BatchNorm fold in without leaving the ternary codes
 (``fold_scale``).
 """
@@ -16,7 +17,6 @@ from typing import Any
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.errors import UnsupportedLayerError
@@ -59,6 +59,27 @@ def _ternary_rows(x, code, wp, wn, bias, out):
                 sn += v if r[k] < 0 else zero
             out[b, o] = wp[o] * sp - wn[o] * sn + bias[o]
             o += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _im2row(x, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, out):
+    """out[b * out_h * out_w + p, (c, i, j)] = zero-padded x[b, c, ...] under the kernel at position p."""
+    batch, channels, height, width = x.shape
+    for b in range(batch):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                row = out[(b * out_h + oy) * out_w + ox]
+                k = 0
+                for c in range(channels):
+                    for i in range(kh):
+                        y = oy * sh - ph + i * dh
+                        for j in range(kw):
+                            xx = ox * sw - pw + j * dw
+                            if 0 <= y < height and 0 <= xx < width:
+                                row[k] = x[b, c, y, xx]
+                            else:
+                                row[k] = 0.0
+                            k += 1
 
 
 class TernaryRows:
@@ -123,7 +144,10 @@ class TernaryConv2d(nn.Module):
     def __init__(self, rows: TernaryRows, kernel_size: tuple[int, int], stride: Any, padding: Any, dilation: Any) -> None:
         super().__init__()
         self.rows = rows
-        self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
+        self.kernel_size = kernel_size
+        self.stride = (int(stride[0]), int(stride[1]))
+        self.padding = (int(padding[0]), int(padding[1]))
+        self.dilation = (int(dilation[0]), int(dilation[1]))
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, exported: dict[str, Any], bias: Tensor | str | None = "conv") -> TernaryConv2d:
@@ -138,11 +162,13 @@ class TernaryConv2d(nn.Module):
         return cls(rows, (int(conv.kernel_size[0]), int(conv.kernel_size[1])), conv.stride, conv.padding, conv.dilation)
 
     def forward(self, x: Tensor) -> Tensor:
-        batch, _, height, width = x.shape
-        cols = F.unfold(x.detach(), self.kernel_size, dilation=self.dilation, padding=self.padding, stride=self.stride)
-        out_h = (height + 2 * self.padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
-        out_w = (width + 2 * self.padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
-        positions = cols.transpose(1, 2).reshape(-1, cols.shape[1]).numpy()  # (batch * positions, in)
+        batch, channels, height, width = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        image = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        positions = np.empty((batch * out_h * out_w, channels * kh * kw), dtype=np.float32)
+        _im2row(image, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, positions)
         out = torch.from_numpy(self.rows.matvec(positions)).reshape(batch, out_h * out_w, self.rows.shape[0])
         return out.transpose(1, 2).reshape(batch, self.rows.shape[0], out_h, out_w)
 

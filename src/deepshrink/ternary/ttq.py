@@ -26,6 +26,11 @@ a BatchNorm (scale-free), but for a layer without BN (LeNet-5's conv2/fc1) the s
 up to 10^5 weights, then moves Wp by more than its own size in one SGD step (the loss diverged to NaN at
 lr 0.01 in our first LeNet-5 run). In normalised units that step shrinks by ``unit**2``.
 
+Optimiser. The scale gradient is a sum over every weight of a region (up to 4 * 10^5 in LeNet-5's fc1),
+so without BN the loss is stiff in Wp, Wn: fine-tuning LeNet-5 with SGD (momentum 0.9, one learning rate
+for all parameters as in the paper) diverged to NaN at lr 0.01 and 0.002 even in normalised units, while
+Adam at lr 1e-4 (per-parameter step sizes) trains stably; the CLI and benchmarks default to it.
+
 Initial scales: ``init="mean"`` (default) starts from the least-squares fit (the mean normalised magnitude
 in each region, so the first forward is the best ternary fit of the fp32 layer); ``init="paper"`` from the
 paper's ``Wp = Wn = 1.0``.
