@@ -62,24 +62,22 @@ def _ternary_rows(x, code, wp, wn, bias, out):
 
 
 @numba.njit(cache=True, nogil=True)
-def _im2row(x, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, out):
-    """out[b * out_h * out_w + p, (c, i, j)] = zero-padded x[b, c, ...] under the kernel at position p."""
-    batch, channels, height, width = x.shape
+def _im2row(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, out):
+    """out[b * out_h * out_w + p, (c, i, j)] = xpad[b, c, ...] under the kernel at position p (input pre-padded)."""
+    batch, channels = xpad.shape[0], xpad.shape[1]
     for b in range(batch):
         for oy in range(out_h):
             for ox in range(out_w):
                 row = out[(b * out_h + oy) * out_w + ox]
                 k = 0
                 for c in range(channels):
+                    plane = xpad[b, c]
                     for i in range(kh):
-                        y = oy * sh - ph + i * dh
+                        line = plane[oy * sh + i * dh]
+                        left = ox * sw
                         for j in range(kw):
-                            xx = ox * sw - pw + j * dw
-                            if 0 <= y < height and 0 <= xx < width:
-                                row[k] = x[b, c, y, xx]
-                            else:
-                                row[k] = 0.0
-                            k += 1
+                            row[k + j] = line[left + j * dw]
+                        k += kw
 
 
 class TernaryRows:
@@ -167,8 +165,10 @@ class TernaryConv2d(nn.Module):
         out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
         out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
         image = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        if ph or pw:
+            image = np.pad(image, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
         positions = np.empty((batch * out_h * out_w, channels * kh * kw), dtype=np.float32)
-        _im2row(image, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w, positions)
+        _im2row(image, kh, kw, sh, sw, dh, dw, out_h, out_w, positions)
         out = torch.from_numpy(self.rows.matvec(positions)).reshape(batch, out_h * out_w, self.rows.shape[0])
         return out.transpose(1, 2).reshape(batch, self.rows.shape[0], out_h, out_w)
 
