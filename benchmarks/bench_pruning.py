@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from deepshrink.data import load_dataset
-from deepshrink.prune import iterative_prune_, rising_schedule, sensitivity_sweep
+from deepshrink.prune import Sensitivity, iterative_prune_, rising_schedule, sensitivity_sweep
 from deepshrink.train import TrainConfig, evaluate, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parent
@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--power", type=float, default=None,
                         help="schedule shape: sparsity_r = final * (1 - (1 - r/R)^power); 3 = big steps first")
     parser.add_argument("--lr-factor", type=float, default=0.1, help="retraining lr / baseline lr (paper: 1/10)")
+    parser.add_argument("--reuse-sensitivity", action="store_true",
+                        help="read the sweep already in results/ instead of recomputing it")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
@@ -73,7 +75,10 @@ def main() -> None:
     started = time.perf_counter()
     base_test = evaluate(model, test)["accuracy"]
     sens_dir = ROOT / f"results/pruning-sensitivity-{name}"
-    sens = sensitivity_sweep(model, val, out_dir=sens_dir, quiet=True)
+    if args.reuse_sensitivity:
+        sens = Sensitivity.load(sens_dir)
+    else:
+        sens = sensitivity_sweep(model, val, out_dir=sens_dir, quiet=True)
     sens_seconds = time.perf_counter() - started
     print(f"baseline test top-1 {base_test:.4f}; sensitivity sweep -> {sens_dir} ({sens_seconds:.0f}s)")
     for layer, curve in sens.curves.items():
