@@ -3,7 +3,8 @@
 For each layer alone the smallest-magnitude weights are zeroed (temporarily, in the latent tensor) and the
 model is evaluated on the validation split. The result has Distiller's shape ``{layer: {sparsity: acc}}``
 and is written as CSV, JSON and a matplotlib plot. Layers are independent, so ``workers > 1`` sweeps them
-in parallel processes (forked: the model is shared copy-on-write, one torch thread per worker).
+in parallel processes (forked: the model is shared copy-on-write, one torch thread per worker; CPU models
+only, a model on a GPU is swept in-process).
 """
 
 from __future__ import annotations
@@ -124,7 +125,8 @@ def sensitivity_sweep(
 
         progress = tqdm(total=len(names), desc="sensitivity", leave=False)
     try:
-        if workers > 1 and len(names) > 1:
+        on_gpu = next(model.parameters()).device.type != "cpu"  # forked workers cannot share a GPU context
+        if workers > 1 and len(names) > 1 and not on_gpu:
             _SWEEP["worker"] = True
             context = multiprocessing.get_context("fork")
             with ProcessPoolExecutor(min(workers, len(names)), mp_context=context) as pool:
