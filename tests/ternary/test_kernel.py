@@ -36,15 +36,16 @@ def test_matvec_equals_dense(rows: int, cols: int, batch: int, seed: int) -> Non
     np.testing.assert_allclose(ternary_matmul(code, wp, wn, x), x @ dense.T, rtol=1e-5, atol=1e-5)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(st.integers(1, 4), st.integers(1, 6), st.sampled_from([1, 3]), st.integers(1, 2), st.integers(0, 1),
-       st.integers(0, 999))
-def test_conv_equals_dense(cin: int, cout: int, k: int, stride: int, pad: int, seed: int) -> None:
+       st.sampled_from([(7, 6), (18, 17)]), st.integers(0, 999))
+def test_conv_equals_dense(cin: int, cout: int, k: int, stride: int, pad: int, size: tuple[int, int], seed: int) -> None:
+    """Both conv paths: im2row + row kernel (small outputs) and im2col + position-vectorised kernel (>= 256)."""
     rng = np.random.default_rng(seed)
     conv = nn.Conv2d(cin, cout, k, stride=stride, padding=pad, bias=True)
     code = rng.integers(-1, 2, size=tuple(conv.weight.shape)).astype(np.int8)
     exported = {"kind": "ternary", "code": code, "wp": 0.3, "wn": 0.7}
-    x = torch.from_numpy(rng.standard_normal((2, cin, 7, 6)).astype(np.float32))
+    x = torch.from_numpy(rng.standard_normal((2, cin, *size)).astype(np.float32))
     dense = F.conv2d(x, torch.from_numpy(dequantize(exported)), conv.bias, stride=stride, padding=pad)
     out = TernaryConv2d.from_conv(conv, exported)(x)
     torch.testing.assert_close(out, dense.detach(), rtol=1e-5, atol=1e-5)
