@@ -17,6 +17,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -59,6 +60,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="resumable per-round checkpoint")
     args = parser.parse_args()
     for key, value in SCHEDULES[args.model].items():
         if getattr(args, key) is None:
@@ -85,16 +87,11 @@ def main() -> None:
         print(f"  {layer:<6} " + " ".join(f"{int(100 * s)}%:{100 * a:.1f}" for s, a in curve.items()))
 
     retrain = TrainConfig(epochs=args.epochs, lr=base_lr * args.lr_factor, schedule="cosine", seed=args.seed)
+    final = replace(retrain, epochs=args.last_epochs) if args.last_epochs is not None else None
     schedule = rising_schedule(TARGETS[name], args.rounds, power=args.power)
-    rounds = []
     started = time.perf_counter()
-    for r, config in enumerate(schedule):
-        epochs = args.last_epochs if (r == len(schedule) - 1 and args.last_epochs is not None) else args.epochs
-        rounds += iterative_prune_(model, train, val, [config], TrainConfig(**{**retrain.__dict__, "epochs": epochs,
-                                                                              "seed": args.seed + r}), quiet=True)
-        rounds[-1]["round"] = r + 1
-        print(f"round {r + 1}: sparsity {rounds[-1]['prune']['sparsity']:.3f} val {rounds[-1]['val_accuracy_pruned']:.4f}"
-              f" -> {rounds[-1]['val_accuracy_retrained']:.4f} ({rounds[-1]['seconds']}s)", flush=True)
+    rounds = iterative_prune_(model, train, val, schedule, retrain, args.checkpoint, final_retrain=final,
+                              meta={"dataset": "fashion-mnist"})
     prune_seconds = time.perf_counter() - started
     final_test = evaluate(model, test)["accuracy"]
     layers = rounds[-1]["prune"]["layers"]

@@ -48,6 +48,8 @@ def prune_cmd(
     scope: Annotated[str, typer.Option("--scope", help="layer | global")] = "layer",
     rounds: Annotated[int, typer.Option("--rounds", help="Prune->retrain rounds of rising sparsity.")] = 1,
     retrain_epochs: Annotated[int, typer.Option("--retrain-epochs", help="Retraining epochs per round (0: none).")] = 0,
+    final_epochs: Annotated[int | None, typer.Option("--final-epochs", help="Retraining epochs of the last round.")] = None,
+    power: Annotated[float, typer.Option("--power", help="Schedule shape: s_r = s (1 - (1 - r/R)^power); 3 = big steps first.")] = 1.0,
     lr: Annotated[float | None, typer.Option("--lr", help="Retraining lr (default: 1/10 of the file's training lr).")] = None,
     hessian: Annotated[str, typer.Option("--hessian", help="OBD: exact | gauss-newton | hutchinson")] = "gauss-newton",
     hessian_samples: Annotated[int, typer.Option("--hessian-samples", help="OBD: training samples for the Hessian.")] = 2048,
@@ -62,6 +64,8 @@ def prune_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Prune a checkpoint (Han et al. magnitude, Optimal Brain Damage or random), optionally retraining."""
+    from dataclasses import replace
+
     import torch
 
     from ..core.errors import ConfigError
@@ -110,7 +114,7 @@ def prune_cmd(
         schedule = [MagnitudePrune(quality=_scale(q, r / rounds), scope=scope) for r in range(1, rounds + 1)]
     else:
         assert final_sparsity is not None
-        for s in rising_sparsities(final_sparsity, rounds):
+        for s in rising_sparsities(final_sparsity, rounds, power):
             if method == "magnitude":
                 schedule.append(MagnitudePrune(sparsity=s, scope=scope))
             elif method == "obd":
@@ -121,23 +125,25 @@ def prune_cmd(
     retrain = TrainConfig(epochs=retrain_epochs, lr=lr if lr is not None else base_lr / 10, seed=seed)
     partial = out.with_name(out.name + ".partial")
     new_meta = {"dataset": name, "source": str(path), "method": method, "retrain": retrain.__dict__}
+    final = replace(retrain, epochs=final_epochs) if final_epochs is not None else None
     history = iterative_prune_(model, train, val, schedule, retrain, partial, select=select or None,
-                               dropout_adjust=dropout_adjust, meta=new_meta, quiet=quiet or json_out)
+                               dropout_adjust=dropout_adjust, final_retrain=final, meta=new_meta,
+                               quiet=quiet or json_out)
     after = evaluate(model, test)["accuracy"]
-    final = history[-1]["prune"]
+    last = history[-1]["prune"]
     save_checkpoint(out, model, meta={**new_meta, "test_accuracy": after, "test_accuracy_before": before,
                                       "prune_rounds": history, "thresholds": chosen})
     for leftover in [partial, *out.parent.glob(f"{partial.name}.round*.partial")]:
         leftover.unlink(missing_ok=True)
     report = {"file": str(path), "out": str(out), "dataset": name, "method": method, "top1_before": before,
-              "top1_after": after, "sparsity": final["sparsity"], "layers": final["layers"], "thresholds": chosen}
+              "top1_after": after, "sparsity": last["sparsity"], "layers": last["layers"], "thresholds": chosen}
     if json_out:
         emit_json(report)
         return
     typer.echo(f"{'layer':<24} {'weights':>10} {'kept':>10} {'% kept':>7}")
-    for row in final["layers"]:
+    for row in last["layers"]:
         typer.echo(f"{row['name']:<24} {row['params']:>10,} {row['kept_after']:>10,} {100 * row['kept_fraction']:>6.1f}%")
-    typer.echo(f"{path} -> {out}: sparsity {final['sparsity']:.3f} ({1 / max(1 - final['sparsity'], 1e-9):.1f}x fewer "
+    typer.echo(f"{path} -> {out}: sparsity {last['sparsity']:.3f} ({1 / max(1 - last['sparsity'], 1e-9):.1f}x fewer "
                f"weights), test top-1 {before:.4f} -> {after:.4f}")
 
 

@@ -109,12 +109,14 @@ def iterative_prune_(
     select: Selector = None,
     prune_data: Dataset | None = None,
     dropout_adjust: bool = False,
+    final_retrain: TrainConfig | None = None,
     meta: dict[str, Any] | None = None,
     quiet: bool = False,
 ) -> list[dict[str, Any]]:
     """Run ``prune_(model, schedule[r])`` then ``fit`` with ``retrain``, for every round ``r``; in place.
 
-    ``prune_data`` feeds criteria that need the loss (OBD; default ``train_data``). Returns one record per
+    ``prune_data`` feeds criteria that need the loss (OBD; default ``train_data``); ``final_retrain``
+    (default ``retrain``) is used for the last round, which often deserves longer. Returns one record per
     round (pruning report, validation accuracy after pruning and after retraining, seconds). With
     ``checkpoint``, writes it after every round (``meta`` plus the rounds so far) and resumes from it.
     """
@@ -141,7 +143,8 @@ def iterative_prune_(
         if adjuster is not None:
             adjuster.update()
         partial = Path(f"{checkpoint}.round{r + 1}.partial") if checkpoint is not None else None
-        config = replace(retrain, seed=retrain.seed + r)
+        base = final_retrain if (final_retrain is not None and r == len(schedule) - 1) else retrain
+        config = replace(base, seed=base.seed + r)
         history = fit(model, train_data, config, val_data=val_data, checkpoint=partial,
                       checkpoint_meta=meta, quiet=quiet) if config.epochs > 0 else None
         if val_data is not None:
