@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepshrink.core import ConfigError, get_mask
+from deepshrink.core import ConfigError, get_mask, latent_weight
 from deepshrink.models import build_model
 from deepshrink.prune import (
     DropoutAdjuster,
@@ -61,6 +61,8 @@ def test_iterative_prune_retrains_and_resumes(digits, tmp_path: Path) -> None:
     assert rounds[0] == meta["prune_rounds"][0]
     assert float(get_mask(fresh.fc1).float().mean()) == pytest.approx(0.2, abs=1e-3)  # type: ignore[union-attr]
     assert model_sparsity(fresh, "fc1") == pytest.approx(0.8, abs=1e-3)
+    mask = get_mask(fresh.fc1)
+    assert mask is not None and torch.all(latent_weight(fresh.fc1)[~mask] == 0)  # retraining revived nothing
     assert not list(tmp_path.glob("*.partial"))
 
 
