@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from torch import nn
 
 from deepshrink.codec import read_compressed, read_compressed_bytes, save_compressed
-from deepshrink.core import FormatError
+from deepshrink.core import FormatError, set_mask
 from deepshrink.models import build_model
 
 from .codec_helpers import prune_, quantize_
@@ -27,7 +28,7 @@ from .codec_helpers import prune_, quantize_
 PREFIX = struct.Struct("<8sIIIII")
 
 
-def _sample(tmp_path: Path, entropy: str, transforms: dict) -> bytes:
+def _sample(tmp_path: Path, entropy: str, transforms: dict, index_coding: str = "relative") -> bytes:
     model = build_model("lenet300", in_features=16, hidden=(12, 6), num_classes=4)
     prune_(model.fc1, 0.2)
     quantize_(model.fc1, "codebook")
@@ -37,7 +38,13 @@ def _sample(tmp_path: Path, entropy: str, transforms: dict) -> bytes:
     model.extra = nn.Linear(3, 3)  # dense and pruned-only forms too
     prune_(model.extra, 0.3)
     path = tmp_path / f"{entropy}.dsz"
-    save_compressed(model, path, entropy=entropy, index_bits={"fc": 3})
+    model.wide = nn.Linear(64, 24, bias=False)  # empty rows and columns: the context-coded mask wins
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(24, 64, generator=gen) < 0.5
+    mask[torch.rand(24, generator=gen) < 0.5] = False
+    mask[:, torch.rand(64, generator=gen) < 0.5] = False
+    set_mask(model.wide, mask)
+    save_compressed(model, path, entropy=entropy, index_bits={"fc": 3}, index_coding=index_coding)
     return path.read_bytes()
 
 
@@ -199,8 +206,9 @@ def _stated_elements(data: bytes) -> int:
 
 @pytest.mark.timeout(120)
 def test_fuzz_only_format_errors(tmp_path: Path, transforms: dict) -> None:
-    seeds = [_sample(tmp_path, "huffman", transforms), _sample(tmp_path, "ans", transforms),
+    seeds = [_sample(tmp_path, "huffman", transforms), _sample(tmp_path, "ans", transforms, "auto"),
              _sample(tmp_path, "raw", transforms)]
+    assert "mask" in json.dumps(_split(seeds[1])[0]["weights"]["wide.weight"])  # the context coder is fuzzed too
     rng = np.random.default_rng(1234)
     outcomes = {"format_error": 0, "read": 0}
     tracemalloc.start()

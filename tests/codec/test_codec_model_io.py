@@ -258,10 +258,11 @@ class OneLayer(nn.Module):
     kind=st.sampled_from(["sparse", "codebook", "fixedpoint", "ternary"]),
     entropy=st.sampled_from(["raw", "huffman", "ans"]),
     bits=st.integers(1, 6),
+    index_coding=st.sampled_from(["relative", "auto"]),
     seed=st.integers(0, 2**16),
 )
 def test_random_sparse_tensors_round_trip(tmp_path: Path, transforms: dict, shape: tuple[int, ...], density: float,
-                                          kind: str, entropy: str, bits: int, seed: int) -> None:
+                                          kind: str, entropy: str, bits: int, index_coding: str, seed: int) -> None:
     torch.manual_seed(seed)
     model = OneLayer(shape)
     mask = torch.rand(shape) < density  # low densities with few index bits force long runs of fillers
@@ -272,7 +273,7 @@ def test_random_sparse_tensors_round_trip(tmp_path: Path, transforms: dict, shap
         quantize_(model.layer, kind, levels=1 + seed % 40)
     before = effective_weights(model)
     path = tmp_path / f"r{seed}.dsz"
-    save_compressed(model, path, entropy=entropy, index_bits={"conv": bits, "fc": bits})
+    save_compressed(model, path, entropy=entropy, index_bits={"conv": bits, "fc": bits}, index_coding=index_coding)
     loaded = load_compressed(path, model=OneLayer(shape))
     assert_same_bits(before, effective_weights(loaded))
     assert torch.equal(get_mask(loaded.layer), mask)
@@ -310,3 +311,29 @@ def test_arch_kwargs_that_disagree_with_the_tensors_are_refused_before_building(
     (tmp_path / "evil.dsz").write_bytes(_join(header, sections))
     with pytest.raises(DeepShrinkError, match="cannot rebuild"):
         load_compressed(tmp_path / "evil.dsz")
+
+
+def test_context_mask_coding_is_chosen_where_smaller(tmp_path: Path, make_model: Callable, transforms: dict) -> None:
+    model = make_model("lenet300")
+    mask = torch.rand(24, 64) < 0.5  # empty rows and columns (dead inputs / units): what the context model sees
+    mask[torch.rand(24) < 0.5] = False
+    mask[:, torch.rand(64) < 0.5] = False
+    from deepshrink.core import set_mask
+
+    set_mask(model.fc1, mask)
+    quantize_(model.fc1, "codebook")
+    before = effective_weights(model)
+    relative = save_compressed(model, tmp_path / "rel.dsz", entropy="ans")
+    auto = save_compressed(model, tmp_path / "ctx.dsz", entropy="ans", index_coding="auto")
+    header = read_compressed(tmp_path / "ctx.dsz").header["weights"]["fc1.weight"]
+    assert "mask" in header and "index" not in header
+    assert auto.tensors["fc1.weight"] < relative.tensors["fc1.weight"]
+    loaded = load_compressed(tmp_path / "ctx.dsz")
+    assert_same_bits(before, effective_weights(loaded))
+    assert torch.equal(get_mask(loaded.fc1), get_mask(model.fc1))
+    from deepshrink.codec import file_stats
+
+    row = next(r for r in file_stats(tmp_path / "ctx.dsz")["layers"] if r["name"] == "fc1.weight")
+    assert row["index_coding"] == "ctx" and row["index_bits"] < row["index_bits_fixed"]
+    with pytest.raises(ConfigError, match="index_coding"):
+        save_compressed(model, tmp_path / "bad.dsz", index_coding="bitmap")

@@ -39,6 +39,7 @@ from ..core.state import (
 )
 from .bits import width_for
 from .container import Container, SectionWriter, expect
+from .maskctx import decode_mask_ctx, encode_mask_ctx
 from .sparse import MAX_INDEX_BITS, decode_positions, encode_positions, mask_from_positions
 from .stream import CODINGS, EncodedStream, decode_stream, encode_stream
 
@@ -141,7 +142,7 @@ def _stream(writer: SectionWriter, coded: EncodedStream, **extra: Any) -> dict[s
 
 
 def _encode_weight(writer: SectionWriter, module: nn.Module, tname: str, fqn: str, entropy: str,
-                   index_bits: dict[str, int | str], dense_dtype: str) -> dict[str, Any]:
+                   index_bits: dict[str, int | str], dense_dtype: str, index_coding: str) -> dict[str, Any]:
     effective = getattr(module, tname).detach().cpu().to(torch.float32).numpy()
     mask_t = get_mask(module, tname)
     transform = get_value_transform(module, tname)
@@ -157,7 +158,13 @@ def _encode_weight(writer: SectionWriter, module: nn.Module, tname: str, fqn: st
             if best is None or coded_index.nbytes < best[0].nbytes:
                 best = (coded_index, bits)
         assert best is not None
-        entry["index"] = _stream(writer, best[0], bits=best[1])
+        ctx = encode_mask_ctx(mask) if index_coding == "auto" and entropy != "raw" else None
+        if ctx is not None and len(ctx[0]) + len(ctx[1]) < best[0].nbytes:
+            model_bytes, data, rows, pbar = ctx
+            entry["mask"] = {"coding": "ctx", "rows": rows, "pbar": pbar, "model": writer.add(model_bytes),
+                             "data": writer.add(data)}
+        else:
+            entry["index"] = _stream(writer, best[0], bits=best[1])
     if transform is None:
         if mask is None:
             dtype = np.float16 if dense_dtype == "fp16" else np.float32
@@ -197,14 +204,18 @@ def _encode_weight(writer: SectionWriter, module: nn.Module, tname: str, fqn: st
 
 def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, entropy: str = "huffman",
                     index_bits: dict[str, int | str] | str | None = None, dense_dtype: str = "fp32",
-                    meta: dict[str, Any] | None = None) -> CompressionReport:
+                    meta: dict[str, Any] | None = None, index_coding: str = "relative") -> CompressionReport:
     """Write ``model`` with its compression state to ``path`` (a ``.dsz`` file), atomically.
 
     ``entropy`` codes the integer streams ("huffman", "ans" or "raw" fixed width; a stream falls back to
     fixed width when that is smaller). ``index_bits`` sets the relative-index width per layer family
     (``{"conv": 8, "fc": 5}`` by default, as in the paper); ``"auto"`` (for all, or as a family's value) picks
-    per layer the width in 2..12 whose coded index is smallest.
+    per layer the width in 2..12 whose coded index is smallest. ``index_coding="auto"`` also tries the
+    context-modelled mask (:mod:`.maskctx`) per layer and keeps it where it is smaller than the relative
+    index (default ``"relative"``: the paper's index everywhere).
     """
+    if index_coding not in ("relative", "auto"):
+        raise ConfigError(f"index_coding={index_coding!r} is not one of relative, auto")
     if entropy not in CODINGS:
         raise ConfigError(f"entropy={entropy!r} is not one of {', '.join(CODINGS)}")
     if dense_dtype not in ("fp32", "fp16"):
@@ -235,7 +246,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, entropy: 
     report = CompressionReport(str(path))
     for full, mod, name in targets:
         before = sum(len(s) for s in writer.sections)
-        weights[full] = _encode_weight(writer, mod, name, full, entropy, bits, dense_dtype)
+        weights[full] = _encode_weight(writer, mod, name, full, entropy, bits, dense_dtype, index_coding)
         report.tensors[full] = sum(len(s) for s in writer.sections) - before
     tensors: dict[str, dict[str, Any]] = {}
     for key, value in module.state_dict().items():
@@ -328,6 +339,20 @@ class _Reader:
         except FormatError as exc:
             raise FormatError(f"{w}: {exc}") from exc
 
+    def ctx_mask(self, entry: Any, where: str, fqn: str, shape: tuple[int, ...]) -> np.ndarray:
+        w = f"{self.name}: {where} mask"
+        if expect(entry, "coding", str, w) != "ctx":
+            raise FormatError(f"{w} has unknown coding {entry['coding']!r} (known: ctx)")
+        rows, pbar = expect(entry, "rows", int, w), expect(entry, "pbar", int, w)
+        model = self.c.read(entry.get("model"), f"{where} mask model")
+        data = self.c.read(entry.get("data"), f"{where} mask data")
+        self._count(fqn, "index_table", len(model))
+        self._count(fqn, "index", len(data))
+        try:
+            return decode_mask_ctx(model, data, shape, rows, pbar)
+        except FormatError as exc:
+            raise FormatError(f"{w}: {exc}") from exc
+
     def weight(self, fqn: str, entry: Any) -> dict[str, Any]:
         where = f"weight {fqn!r}"
         kind = expect(entry, "kind", str, f"{self.name}: {where}")
@@ -346,6 +371,8 @@ class _Reader:
                 mask = mask_from_positions(decode_positions(codes, bits, numel), shape)
             except FormatError as exc:
                 raise FormatError(f"{self.name}: {where}: {exc}") from exc
+        elif "mask" in entry:
+            mask = self.ctx_mask(entry["mask"], where, fqn, shape)
         if kind == "sparse":
             if mask is None:
                 raise FormatError(f"{self.name}: {where} is sparse but has no index")

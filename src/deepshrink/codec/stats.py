@@ -1,7 +1,8 @@
 """Per-layer statistics of a ``.dsz`` file, in the shape of Deep Compression's Tables 2/3.
 
 Every "+entropy" size is the bytes of the file's own sections (tables included); the "P+Q" columns are the
-same symbols at the fixed widths recorded in the header (what ``entropy="raw"`` writes).
+same symbols at the fixed widths recorded in the header (what ``entropy="raw"`` writes). A context-coded
+mask's index bits are given per entry of the fixed-width relative index it replaces.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .model_io import CompressedFile, read_compressed
+from .model_io import DEFAULT_INDEX_BITS, CompressedFile, read_compressed
+from .sparse import encode_positions
 
 __all__ = ["file_stats", "format_table"]
 
@@ -20,7 +22,8 @@ def _bits(nbytes: int, count: int) -> float | None:
     return round(8.0 * nbytes / count, 3) if count else None
 
 
-def _layer(name: str, header_entry: dict[str, Any], weight: dict[str, Any], parts: dict[str, int]) -> dict[str, Any]:
+def _layer(name: str, header_entry: dict[str, Any], weight: dict[str, Any], parts: dict[str, int],
+           index_bits: dict[str, Any]) -> dict[str, Any]:
     numel = int(np.prod(header_entry["shape"], dtype=np.int64))
     kind = weight["kind"]
     mask = weight.get("mask")
@@ -45,6 +48,14 @@ def _layer(name: str, header_entry: dict[str, Any], weight: dict[str, Any], part
                    fillers=entries - kept,
                    index_bits=_bits(parts.get("index", 0) + parts.get("index_table", 0), entries))
         fixed_bytes += (entries * index["bits"] + 7) // 8
+    elif "mask" in header_entry:
+        # context-modelled mask: its bits are given per entry of the fixed-width relative index it replaces
+        stated = index_bits.get(header_entry["layer"])
+        bits = int(stated) if isinstance(stated, int) else int(DEFAULT_INDEX_BITS[header_entry["layer"]])
+        entries = int(encode_positions(weight["mask"], bits).size)
+        row.update(index_bits_fixed=bits, index_coding="ctx", index_entries=entries, fillers=entries - kept,
+                   index_bits=_bits(parts.get("index", 0) + parts.get("index_table", 0), entries))
+        fixed_bytes += (entries * bits + 7) // 8
     row["fixed_bytes"] = fixed_bytes
     row["rate_fixed_pct"] = round(100.0 * fixed_bytes / row["fp32_bytes"], 3) if numel else None
     row["rate_pct"] = round(100.0 * total / row["fp32_bytes"], 3) if numel else None
@@ -54,7 +65,9 @@ def _layer(name: str, header_entry: dict[str, Any], weight: dict[str, Any], part
 def file_stats(path: str | os.PathLike[str] | CompressedFile) -> dict[str, Any]:
     """``{"layers": [...], "total": {...}}`` for the file at ``path``, sizes from its sections."""
     cf = path if isinstance(path, CompressedFile) else read_compressed(path)
-    layers = [_layer(name, cf.header["weights"][name], weight, cf.section_bytes.get(name, {}))
+    stated_bits = cf.header.get("index_bits")
+    index_bits: dict[str, Any] = stated_bits if isinstance(stated_bits, dict) else {}
+    layers = [_layer(name, cf.header["weights"][name], weight, cf.section_bytes.get(name, {}), index_bits)
               for name, weight in cf.weights.items()]
     other = sum(sum(cf.section_bytes.get(name, {}).values()) for name in cf.tensors)
     weights = sum(r["weights"] for r in layers)
