@@ -44,7 +44,7 @@ def demo(
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Prune, retrain, share weights, fine-tune centroids and Huffman-code LeNet-300-100; evaluate the file."""
+    """Prune, retrain, share weights, fine-tune centroids and entropy-code LeNet-300-100; evaluate the file."""
     from ..codec import file_stats
     from ..codec.stats import format_table
     from ..data import load_dataset
