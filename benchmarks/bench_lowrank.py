@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepshrink.core import atomic_write_text, fold_batchnorm_
+from deepshrink.core import atomic_write_text, fold_batchnorm_, replay_edits
 from deepshrink.data import load_dataset
 from deepshrink.lowrank import ZhangLowRank, conv_macs, lowrank_conv_
 from deepshrink.train import TrainConfig, evaluate, fit, load_checkpoint
@@ -92,6 +92,30 @@ def run_speedup(base: nn.Module, speedup: float, args: argparse.Namespace, test:
     return row
 
 
+def latency_only(args: argparse.Namespace) -> None:
+    """Re-time the conv stacks from the recorded ranks (timing depends on the structure only), batch 1 and 32."""
+    results = json.loads(args.out.read_text())
+    base, _ = load_checkpoint(args.ckpt)
+    base.eval()
+    fold_batchnorm_(base)
+    stacks: dict[str, nn.Module] = {"original": base.features}
+    for key, row in sorted(results["speedups"].items(), key=lambda kv: float(kv[0])):
+        model = copy.deepcopy(base)
+        replay_edits(model, [{"op": "lowrank_conv", "layer": n, "rank": r}
+                             for n, r in row["ranks"].items() if r is not None])
+        stacks[key] = model.features
+    out: dict[str, Any] = {"threads": args.threads, "repeats": args.repeats}
+    for batch in (1, 32):
+        lat = latency(stacks, batch, args.repeats)
+        out[f"batch{batch}"] = {k: v * 1e3 for k, v in lat.items()}
+        for key in results["speedups"]:
+            row = results["speedups"][key]
+            print(f"batch {batch:>2}: {float(key):g}x MACs ({row['macs_before'] / row['macs_after']:.2f}x): "
+                  f"{lat['original'] * 1e3:.2f} -> {lat[key] * 1e3:.2f} ms ({lat['original'] / lat[key]:.2f}x)")
+    results["latency_rerun"] = out
+    atomic_write_text(args.out, json.dumps(results, indent=1))
+
+
 def table(results: dict) -> str:
     methods = METHODS
     head = "| conv MACs | ranks | " + " | ".join(methods) + " | asymmetric + fine-tune | latency speedup |"
@@ -126,6 +150,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "results/lowrank.json")
     parser.add_argument("--table", action="store_true", help="only print the markdown table from --out")
+    parser.add_argument("--latency-only", action="store_true", help="re-time the conv stacks from the ranks in --out")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="combine the speedups of these result files into --out and print the table")
     args = parser.parse_args()
@@ -134,6 +159,10 @@ def main() -> None:
         for extra in args.merge[1:]:
             merged["speedups"].update(json.loads(extra.read_text())["speedups"])
         atomic_write_text(args.out, json.dumps(merged, indent=1))
+    if args.latency_only:
+        torch.set_num_threads(args.threads)
+        latency_only(args)
+        return
     if args.table or args.merge:
         print(table(json.loads(args.out.read_text())))
         return
