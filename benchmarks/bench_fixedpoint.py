@@ -15,6 +15,7 @@ import argparse
 import copy
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +30,24 @@ MODELS = {"LeNet-300-100": ROOT / "baselines/lenet300-fmnist.pt", "LeNet-5": ROO
 SETTINGS: list[tuple[str, int | dict[str, int], int]] = [
     ("16", 16, 16), ("8", 8, 8), ("6", 6, 6), ("4", 4, 4), ("conv 8 / fc 4", {"conv": 8, "fc": 4}, 8),
 ]
+
+
+def dsz_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model written as a .dsz file (Huffman-coded integers), read back and checked by the codec."""
+    from deepshrink.codec import load_compressed, save_compressed
+    from deepshrink.core import FormatError
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.dsz"
+        for attempt in range(4):
+            save_compressed(model, path, meta={"pad": "_" * attempt})
+            try:  # padding works around the codec's header-size fixed point missing (as cli/quantize.py does)
+                load_compressed(path)
+                break
+            except FormatError as exc:
+                if "truncated or padded" not in str(exc) or attempt == 3:
+                    raise
+        return path.stat().st_size
 
 
 @torch.no_grad()
@@ -63,8 +82,8 @@ def main() -> None:
     for model_name, path in MODELS.items():
         base, _ = load_checkpoint(path)
         fp32 = evaluate(base, test)["accuracy"]
-        rows: dict = {"fp32": fp32, "settings": {}}
-        print(f"\n{model_name}: fp32 top-1 {fp32:.4f}")
+        rows: dict = {"fp32": fp32, "fp32_checkpoint_bytes": path.stat().st_size, "settings": {}}
+        print(f"\n{model_name}: fp32 top-1 {fp32:.4f}, checkpoint {path.stat().st_size:,} bytes")
         for label, bits, act_bits in SETTINGS:
             for scheme in ("static", "dynamic"):
                 model = copy.deepcopy(base)
@@ -73,13 +92,14 @@ def main() -> None:
                                    calib=calib)
                 seconds = time.perf_counter() - started
                 top1, exact = integer_top1(model, test, args.check)
+                size = dsz_bytes(model)
                 if not exact:
                     raise SystemExit(f"integer engine differs from the simulation: {model_name} {label} {scheme}")
                 rows["settings"].setdefault(label, {})[scheme] = {
-                    "top1": top1, "bit_exact_checked": args.check, "search_seconds": round(seconds, 2),
+                    "top1": top1, "dsz_bytes": size, "bit_exact_checked": args.check, "search_seconds": round(seconds, 2),
                     "act_bits": act_bits, "layers": report.to_dict()["layers"]}
                 print(f"  {label:>14} {scheme:>8}: top-1 {top1:.4f} (integer engine; bit-exact with the simulation "
-                      f"on {args.check} images) [search {seconds:.1f}s]")
+                      f"on {args.check} images), .dsz {size:,} bytes [search {seconds:.1f}s]")
                 if label == "8" and scheme == "dynamic":
                     print(report)
         results["models"][model_name] = rows
