@@ -11,7 +11,8 @@ the same input, same thread count, interleaved rounds (median reported):
 
 Inputs are Gaussian like the paper's dense-input benchmark. Run:
 
-    nice -n 10 .venv/bin/python benchmarks/bench_runtime_layers.py --threads 2     # writes benchmarks/results/runtime-layers.json
+    nice -n 10 .venv/bin/python benchmarks/bench_runtime_layers.py --threads 1  # -> results/runtime-layers-1thread.json
+    nice -n 10 .venv/bin/python benchmarks/bench_runtime_layers.py --threads 2  # -> results/runtime-layers-2threads.json
 """
 
 from __future__ import annotations
@@ -117,8 +118,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--budget", type=float, default=40.0, help="seconds of timing per layer and batch, at most")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "runtime-layers.json")
+    parser.add_argument("--out", type=Path, default=None, help="default: results/runtime-layers-<N>thread(s).json")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = ROOT / "results" / f"runtime-layers-{args.threads}thread{'s' if args.threads > 1 else ''}.json"
     set_threads(args.threads)
     env = {"threads": args.threads, "loadavg_start": os.getloadavg(), "seed": args.seed, "torch": torch.__version__, "numba": numba.__version__,
            "numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine(),
