@@ -179,6 +179,14 @@ def main() -> None:
             auto = Path(tmp) / f"{arch}-ans-auto.dsz"
             save_compressed(model, auto, entropy="ans", index_bits="auto", meta={"dataset": "fashion-mnist"})
             auto_stats = file_stats(auto)
+            best = Path(tmp) / f"{arch}-ans-ctx.dsz"
+            save_compressed(model, best, entropy="ans", index_bits="auto", index_coding="auto",
+                            meta={"dataset": "fashion-mnist"})
+            best_stats = file_stats(best)
+            best_loaded = load_compressed(best)
+            assert all(torch.equal(a, b) for a, b in zip(best_loaded.state_dict().values(),
+                                                         load_compressed(files["huffman"]).state_dict().values(),
+                                                         strict=True))
             acc = evaluate(model, test)["accuracy"]
             loaded = load_compressed(files["huffman"])
             acc_loaded = evaluate(loaded, test)["accuracy"]
@@ -193,6 +201,10 @@ def main() -> None:
                 "fp32_bytes": stats["raw"]["total"]["fp32_bytes"],
                 "ans_auto_index": {"file_bytes": auto_stats["total"]["file_bytes"], "ratio": auto_stats["total"]["ratio"],
                                    "index_bits": {r["name"]: r.get("index_bits_fixed") for r in auto_stats["layers"]}},
+                "ans_auto_index_ctx": {"file_bytes": best_stats["total"]["file_bytes"],
+                                       "ratio": best_stats["total"]["ratio"],
+                                       "index": {r["name"]: [r.get("index_coding"), r.get("index_bits_fixed"),
+                                                             r.get("index_bits")] for r in best_stats["layers"]}},
                 "load_ms": round(1e3 * load_s, 2), "read_ms": round(1e3 * read_s, 2),
                 "streams": rows, "layers_huffman": stats["huffman"]["layers"], "total_huffman": stats["huffman"]["total"],
                 "paper_bits": PAPER_BITS[arch],
@@ -201,6 +213,8 @@ def main() -> None:
             print("  files: " + ", ".join(f"{c} {b:,} B ({stats[c]['total']['ratio']}x)"
                                             for c, b in results["models"][arch]["file_bytes"].items()))
             print(f"  ans + index_bits='auto': {auto_stats['total']['file_bytes']:,} B ({auto_stats['total']['ratio']}x)")
+            print(f"  ans + index_bits='auto' + index_coding='auto': {best_stats['total']['file_bytes']:,} B "
+                  f"({best_stats['total']['ratio']}x) {results['models'][arch]['ans_auto_index_ctx']['index']}")
             print(f"  {'layer':<14}{'stream':<9}{'count':>8}{'H':>7}{'fixed':>7}{'huff':>7}{'ans':>7}")
             for r in rows:
                 print(f"  {r['layer']:<14}{r['stream']:<9}{r['count']:>8}{r['entropy']:>7.3f}{r['fixed']:>7}"
