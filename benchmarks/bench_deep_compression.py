@@ -66,7 +66,7 @@ def bench_model(arch: str, seed: int, paper_bits: bool = True) -> dict[str, Any]
     ]
     quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
     rows.append({"method": "dynamic int8 (Linear) + xz", "bytes": xz_size(quantized.state_dict()),
-                 "test_top1": evaluate(quantized, test)["accuracy"]})
+                 "test_top1": evaluate(quantized, test, device="cpu")["accuracy"]})
 
     recipe = load_recipe(recipe_path)
     names = [s.name for s in recipe.stages]
