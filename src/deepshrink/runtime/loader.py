@@ -48,9 +48,14 @@ def _skeleton(model: Skeleton, edits: list[dict[str, Any]] | None) -> nn.Module:
 
 
 def runtime_layers(model: nn.Module) -> dict[str, str]:
-    """``{module fqn: "RuntimeClass (export kind)"}`` for every layer a builder made from a compressed weight."""
-    return {fqn: f"{type(module).__name__} ({module.deepshrink_runtime_kind})"
-            for fqn, module in model.named_modules() if hasattr(module, "deepshrink_runtime_kind")}
+    """``{module fqn: "RuntimeClass (export kind)"}`` for every layer that computes from a compressed form:
+    built by a layer builder, or a module class that declares ``is_runtime_layer = True``."""
+    found: dict[str, str] = {}
+    for fqn, module in model.named_modules():
+        kind = getattr(module, "deepshrink_runtime_kind", None)
+        if kind is not None or getattr(module, "is_runtime_layer", False):
+            found[fqn] = f"{type(module).__name__} ({kind or 'runtime'})"
+    return found
 
 
 def from_exports(
