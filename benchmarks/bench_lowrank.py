@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import platform
 import statistics
@@ -37,9 +38,12 @@ CACHE: dict[str, Any] = {}
 
 
 @torch.no_grad()
-def latency(stacks: dict[str, nn.Module], batch: int, repeats: int) -> dict[str, float]:
+def latency(stacks: dict[str, nn.Module], batch: int, repeats: int, channels_last: bool = False) -> dict[str, float]:
     """Median seconds per forward of each conv stack on one batch, runs interleaved so load hits all equally."""
     x = torch.randn(batch, 1, 28, 28)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+        stacks = {k: copy.deepcopy(v).to(memory_format=torch.channels_last) for k, v in stacks.items()}
     times: dict[str, list[float]] = {k: [] for k in stacks}
     for stack in stacks.values():
         stack.eval()
@@ -93,7 +97,10 @@ def run_speedup(base: nn.Module, speedup: float, args: argparse.Namespace, test:
 
 
 def latency_only(args: argparse.Namespace) -> None:
-    """Re-time the conv stacks from the recorded ranks (timing depends on the structure only), batch 1 and 32."""
+    """Re-time the conv stacks from the recorded ranks (timing depends on the structure only).
+
+    Batch 1 and 32, in the default (NCHW) and the channels-last memory layout, original and factorised alike.
+    """
     results = json.loads(args.out.read_text())
     base, _ = load_checkpoint(args.ckpt)
     base.eval()
@@ -105,12 +112,12 @@ def latency_only(args: argparse.Namespace) -> None:
                              for n, r in row["ranks"].items() if r is not None])
         stacks[key] = model.features
     out: dict[str, Any] = {"threads": args.threads, "repeats": args.repeats}
-    for batch in (1, 32):
-        lat = latency(stacks, batch, args.repeats)
-        out[f"batch{batch}"] = {k: v * 1e3 for k, v in lat.items()}
+    for layout, batch in itertools.product(("contiguous", "channels_last"), (1, 32)):
+        lat = latency(stacks, batch, args.repeats, channels_last=layout == "channels_last")
+        out[f"{layout}_batch{batch}"] = {k: v * 1e3 for k, v in lat.items()}
         for key in results["speedups"]:
             row = results["speedups"][key]
-            print(f"batch {batch:>2}: {float(key):g}x MACs ({row['macs_before'] / row['macs_after']:.2f}x): "
+            print(f"{layout} batch {batch:>2}: {float(key):g}x MACs ({row['macs_before'] / row['macs_after']:.2f}x): "
                   f"{lat['original'] * 1e3:.2f} -> {lat[key] * 1e3:.2f} ms ({lat['original'] / lat[key]:.2f}x)")
     results["latency_rerun"] = out
     atomic_write_text(args.out, json.dumps(results, indent=1))
