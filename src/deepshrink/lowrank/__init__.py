@@ -50,3 +50,5 @@ __all__ = [
     "truncated_svd",
     "z_step",
 ]
+
+from . import stage as _stage  # noqa: F401  (registers the ``lowrank`` recipe stage)
