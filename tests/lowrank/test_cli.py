@@ -38,3 +38,8 @@ def test_lowrank_cli_needs_something_to_do(tmp_path) -> None:
     assert result.exit_code != 0
     result = runner.invoke(app, ["lowrank", str(ckpt), "--speedup", "2", "--out", str(tmp_path / "o.pt")])
     assert result.exit_code != 0 and "conv" in str(result.exception)
+    result = runner.invoke(app, ["lowrank", str(ckpt), "--linear-ratio", "0.25", "--linear-response", "--images", "50",
+                                 "--out", str(tmp_path / "o.pt"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["linear"]["ranks"]["fc1"] < 64 and report["linear"]["params_after"] < report["linear"]["params_before"]

@@ -22,6 +22,7 @@ def lowrank_cmd(
     method: Annotated[str, typer.Option("--method", help="svd | linear | nonlinear | asymmetric | linear-asymmetric")] = "asymmetric",
     linear_energy: Annotated[float | None, typer.Option("--linear-energy", help="SVD of Linear layers keeping this fraction of sigma^2.")] = None,
     linear_ratio: Annotated[float | None, typer.Option("--linear-ratio", help="SVD of Linear layers to this fraction of their weights.")] = None,
+    linear_response: Annotated[bool, typer.Option("--linear-response", help="Linear layers by PCA of their outputs on val images (Zhang's linear reconstruction) instead of weight SVD.")] = False,
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Default: the one recorded in the file.")] = None,
     images: Annotated[int, typer.Option("--images", help="Calibration images from the val split.")] = 3000,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Fine-tune the factorised model (0: none).")] = 0,
@@ -39,7 +40,7 @@ def lowrank_cmd(
     from ..core import ConfigError, UnsupportedLayerError, find_bn_pairs, fold_batchnorm_
     from ..data import dataset_info, load_dataset
     from ..io import load_model
-    from ..lowrank import SVDLinear, ZhangLowRank, lowrank_conv_, svd_linear_
+    from ..lowrank import SVDLinear, ZhangLowRank, calibration_images, lowrank_conv_, svd_linear_
     from ..train import TrainConfig, evaluate, fit, save_checkpoint
 
     set_threads(threads)
@@ -67,7 +68,15 @@ def lowrank_cmd(
         report = lowrank_conv_(model, config, load_dataset(name, "val", data_dir))
         result["conv"] = report.to_dict()
     if linear_energy is not None or linear_ratio is not None:
-        svd = svd_linear_(model, SVDLinear(energy=linear_energy, param_ratio=linear_ratio))
+        calib = None
+        if linear_response:
+            calib_images = calibration_images(load_dataset(name, "val", data_dir), images, seed)
+
+            def calib(m: nn.Module) -> None:
+                for chunk in torch.split(calib_images, 256):
+                    m(chunk)
+
+        svd = svd_linear_(model, SVDLinear(energy=linear_energy, param_ratio=linear_ratio), calib=calib)
         result["linear"] = {"ranks": svd.ranks, "energy": svd.energy, "skipped": svd.skipped,
                             "params_before": svd.params_before, "params_after": svd.params_after}
     result["top1_after"] = evaluate(model, test)["accuracy"]
