@@ -22,6 +22,43 @@ from .train import TrainConfig, evaluate, fit, load_checkpoint, save_checkpoint
 
 __version__ = "0.1.0"
 
+# Technique and codec entry points load lazily: importing the codec or runtime pulls in numba and constriction
+# (about a second per process), which ``import deepshrink`` alone should not pay.
+_LAZY = {
+    "prune_": "deepshrink.prune",
+    "MagnitudePrune": "deepshrink.prune",
+    "OBDPrune": "deepshrink.prune",
+    "iterative_prune_": "deepshrink.prune",
+    "sensitivity_sweep": "deepshrink.prune",
+    "share_weights_": "deepshrink.share",
+    "WeightSharing": "deepshrink.share",
+    "finetune_centroids": "deepshrink.share",
+    "quantize_": "deepshrink.fixedpoint",
+    "DynamicFixedPoint": "deepshrink.fixedpoint",
+    "lowrank_conv_": "deepshrink.lowrank",
+    "ZhangLowRank": "deepshrink.lowrank",
+    "svd_linear_": "deepshrink.lowrank",
+    "SVDLinear": "deepshrink.lowrank",
+    "ternarize_": "deepshrink.ternary",
+    "TTQ": "deepshrink.ternary",
+    "save_compressed": "deepshrink.codec",
+    "load_compressed": "deepshrink.codec",
+    "read_compressed": "deepshrink.codec",
+}
+
+
+def __getattr__(name: str) -> object:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'deepshrink' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module_name), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 __all__ = [
     "ConfigError",
     "DataError",
@@ -41,4 +78,5 @@ __all__ = [
     "save_checkpoint",
     "select_layers",
     "summary",
+    *_LAZY,
 ]

@@ -46,6 +46,10 @@ def recorded_edits(model: nn.Module) -> list[dict[str, Any]]:
 
 def replay_edits(model: nn.Module, edits: list[dict[str, Any]]) -> None:
     """Re-apply recorded ``edits`` to a fresh model (structure only; weights come from the state dict)."""
+    if any(isinstance(edit, dict) and edit.get("op") not in EDITS for edit in edits):
+        from .plugins import load_technique_plugins
+
+        load_technique_plugins()
     for edit in edits:
         if not isinstance(edit, dict) or edit.get("op") not in EDITS:
             raise FormatError(f"unknown structural edit {edit!r} (known: {sorted(EDITS)})")

@@ -267,6 +267,11 @@ def prepare_for_state_dict(
         for position, class_name in enumerate(class_names):
             cls = STATE_CLASSES.get(class_name)
             if cls is None:
+                from .plugins import load_technique_plugins
+
+                load_technique_plugins()
+                cls = STATE_CLASSES.get(class_name)
+            if cls is None:
                 known = ", ".join(sorted(STATE_CLASSES))
                 raise FormatError(f"unknown compression state {class_name!r} on {tensor_fqn!r} (known: {known})")
             prefix = f"{module_fqn + '.' if module_fqn else ''}parametrizations.{name}.{position}."
