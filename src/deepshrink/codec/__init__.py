@@ -6,6 +6,7 @@ from .huffman import HuffmanTable, huffman_decode, huffman_encode, huffman_lengt
 from .model_io import (
     CompressedFile,
     CompressionReport,
+    SectionReader,
     effective_weight,
     load_compressed,
     load_compressed_with_meta,
@@ -27,6 +28,7 @@ __all__ = [
     "Container",
     "EncodedStream",
     "HuffmanTable",
+    "SectionReader",
     "SectionWriter",
     "ans_decode",
     "ans_encode",

@@ -279,7 +279,7 @@ def save_compressed(model: nn.Module, path: str | os.PathLike[str], *, entropy: 
 # ----------------------------------------------------------------------------------------------- read
 
 
-class _Reader:
+class SectionReader:
     """Decodes one file's entries, checking every stated size before allocating."""
 
     def __init__(self, container: Container) -> None:
@@ -437,7 +437,7 @@ def read_compressed_bytes(data: bytes, name: str = "<bytes>") -> CompressedFile:
 
 def _decode(container: Container, path: str) -> CompressedFile:
     header = container.header
-    reader = _Reader(container)
+    reader = SectionReader(container)
     name = container.name
     weights = {}
     for fqn, entry in expect(header, "weights", dict, name).items():

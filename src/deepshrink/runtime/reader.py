@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ..codec import SectionReader
 from ..codec.container import Container, expect
-from ..codec.model_io import _Reader
 from ..codec.sparse import MAX_INDEX_BITS, decode_positions
 from ..core.errors import FormatError
 
@@ -36,7 +36,7 @@ class CompactFile:
         return dict(self.header.get("meta", {}))
 
 
-def _compact_weight(reader: _Reader, fqn: str, entry: Any) -> dict[str, Any] | None:
+def _compact_weight(reader: SectionReader, fqn: str, entry: Any) -> dict[str, Any] | None:
     """The compact form of a sparse codebook / sparse-float entry, or None to let the codec decode it."""
     if not isinstance(entry, dict) or entry.get("kind") not in ("codebook", "sparse") or "index" not in entry:
         return None
@@ -76,7 +76,7 @@ def read_compact(path: str | os.PathLike[str]) -> CompactFile:
     """Decode ``path`` for the runtime (FormatError on anything malformed)."""
     container = Container.open(path)
     header = container.header
-    reader = _Reader(container)
+    reader = SectionReader(container)
     weights: dict[str, dict[str, Any]] = {}
     for fqn, entry in expect(header, "weights", dict, container.name).items():
         compact = _compact_weight(reader, fqn, entry)
