@@ -38,7 +38,7 @@ TARGETS = {
 # and in the last round; chosen to fit the shared 2-core machine (LeNet-5 epochs cost ~10x LeNet-300's)
 SCHEDULES = {
     "lenet300": {"rounds": 6, "power": 3.0, "epochs": 3, "last_epochs": 10},
-    "lenet5": {"rounds": 4, "power": 3.0, "epochs": 2, "last_epochs": 4},
+    "lenet5": {"rounds": 4, "power": 3.0, "epochs": 3, "last_epochs": 8},
 }
 PAPER_KEPT = {
     "lenet300": {"fc1": 8, "fc2": 9, "fc3": 26, "total": 8},
