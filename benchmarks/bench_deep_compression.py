@@ -52,7 +52,7 @@ def run_stages(context: RecipeContext, stages: list[dict[str, Any]], name: str) 
     return run_recipe(parse_recipe({"name": name, "stages": stages}), context)
 
 
-def bench_model(arch: str, seed: int, paper_bits: bool = True) -> dict[str, Any]:
+def bench_model(arch: str, seed: int, paper_bits: bool = True, reuse_pruned: bool = False) -> dict[str, Any]:
     baseline_path = ROOT / "benchmarks" / "baselines" / f"{arch}-fmnist.pt"
     recipe_path = ROOT / "recipes" / f"deep-compression-{arch}.yaml"
     model, meta = load_checkpoint(baseline_path)
@@ -76,13 +76,17 @@ def bench_model(arch: str, seed: int, paper_bits: bool = True) -> dict[str, Any]
                             base_lr=float(meta.get("config", {}).get("lr", 0.05)), seed=seed, quiet=True,
                             meta={"dataset": "fashion-mnist", "recipe": recipe.name})
     started = time.perf_counter()
-    prefix = run_recipe(type(recipe)(recipe.name, recipe.stages[:split], seed), context)
     pruned_path = OUT / f"{arch}-pruned.pt"
-    save_checkpoint(pruned_path, model, meta={"dataset": "fashion-mnist", "recipe": recipe.name, "stages": prefix})
+    if reuse_pruned and pruned_path.is_file():  # the same recipe prefix, written by an earlier run
+        model, pruned_meta = load_checkpoint(pruned_path)
+        prefix = pruned_meta["stages"]
+    else:
+        prefix = run_recipe(type(recipe)(recipe.name, recipe.stages[:split], seed), context)
+        save_checkpoint(pruned_path, model, meta={"dataset": "fashion-mnist", "recipe": recipe.name,
+                                                  "stages": prefix})
     pruned_acc = evaluate(model, test)["accuracy"]
     rows.append({"method": "pruned + retrained (fp32 values, not a file)", "bytes": None, "test_top1": pruned_acc,
                  "val_top1": prefix[-1]["val_accuracy"]})
-    pruned_state = copy.deepcopy(model)
     stages = {s.name: dict(s.options) for s in recipe.stages[split:]}
     variants = {
         "deepshrink (recipe bits)": stages["share"],
@@ -92,7 +96,8 @@ def bench_model(arch: str, seed: int, paper_bits: bool = True) -> dict[str, Any]
         del variants["deepshrink (paper bits conv 8 / fc 5)"]
     for label, share in variants.items():
         val = None
-        context.model = copy.deepcopy(pruned_state)
+        # a fresh model per variant: deep copies of parametrized modules share their class in torch
+        context.model = load_checkpoint(pruned_path)[0]
         for entropy in ("huffman", "ans"):
             path = OUT / f"{arch}-{'paper' if 'paper' in label else 'recipe'}-{entropy}.dsz"
             context.out = path
@@ -128,6 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse-pruned", action="store_true", help="start from out/bench/ARCH-pruned.pt")
     parser.add_argument("--no-paper-bits", action="store_true", help="skip the conv 8 / fc 5 variant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "deep_compression.json")
@@ -139,7 +145,8 @@ def main() -> None:
     print(f"seed {args.seed}, threads {args.threads}, torch {torch.__version__}, python {env['python']}")
     results = []
     for arch in args.models:
-        result = bench_model(arch, args.seed, paper_bits=not args.no_paper_bits)
+        result = bench_model(arch, args.seed, paper_bits=not args.no_paper_bits,
+                             reuse_pruned=args.reuse_pruned)
         print(table(result), flush=True)
         results.append(result)
     existing: dict[str, Any] = json.loads(args.json.read_text()) if args.json.is_file() else {}

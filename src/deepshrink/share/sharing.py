@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from ..core.errors import ConfigError, FormatError
 from ..core.select import Selector, layer_kind, select_layers
@@ -209,7 +210,7 @@ def share_weights_(model: nn.Module, config: WeightSharing | None = None, select
         raise ConfigError(f"no layer to share: the selector {select!r} matched no Linear/Conv layer")
     for fqn, module in selection:
         report.layers[fqn] = share_layer_(module, bits_for(config, fqn, module), config)
-        bias = getattr(module, "bias", None)
+        bias = module.bias if parametrize.is_parametrized(module, "bias") else module._parameters.get("bias")
         if config.bias_bits is not None and isinstance(bias, Tensor) and bias.numel() > 4 * 2**config.bias_bits:
             report.layers[f"{fqn}.bias"] = share_layer_(module, config.bias_bits, config, name="bias")
     return report
