@@ -15,7 +15,7 @@ from ..core.errors import ConfigError, UnsupportedLayerError
 from ..core.fold import fold_batchnorm_
 from ..core.select import Selector, layer_kind, layer_type_name, select_layers
 from ..core.state import latent_weight, set_value_transform
-from .formats import FixedPointFormat, check_bits
+from .formats import FixedPointFormat, check_bits, overflow_free_frac_len
 from .search import (
     capture,
     execution_order,
@@ -42,6 +42,9 @@ class DynamicFixedPoint:
     ``quantize_last_output``: also round the last layer's output (the logits); off by default, the logits
     are then the last layer's integer accumulator, so argmax sees no ties made by a coarse output format.
     ``span``: how many finer fractional lengths than the overflow-free one each search tries.
+    ``weight_objective``: ``"error"`` (least squared weight error) or ``"accuracy"``: then, layer by layer,
+    the candidate with the best top-1 on the labelled calibration batches ``(inputs, labels)`` replaces the
+    error-optimal one when it is strictly better (the paper's optional accuracy check).
     """
 
     bits: int | Mapping[str, int] = 8
@@ -50,8 +53,11 @@ class DynamicFixedPoint:
     quantize_outputs: bool = True
     quantize_last_output: bool = False
     span: int = 3
+    weight_objective: str = "error"
 
     def __post_init__(self) -> None:
+        if self.weight_objective not in ("error", "accuracy"):
+            raise ConfigError(f"weight_objective must be 'error' or 'accuracy', got {self.weight_objective!r}")
         if isinstance(self.bits, Mapping):
             unknown = set(self.bits) - {"conv", "fc"}
             if unknown or not self.bits:
@@ -153,6 +159,36 @@ def _batches(calib: Any) -> list[Any]:
     raise ConfigError("calib must be a tensor, a feature dict or a non-empty iterable of batches")
 
 
+@torch.no_grad()
+def _top1(model: nn.Module, batches: list[Any]) -> int:
+    correct = 0
+    for batch in batches:
+        if not (isinstance(batch, tuple | list) and len(batch) >= 2):
+            raise ConfigError("weight_objective='accuracy' needs labelled calibration batches (inputs, labels)")
+        correct += int((run_model(model, batch).argmax(1) == batch[1]).sum())
+    return correct
+
+
+@torch.no_grad()
+def _refine_weights_by_accuracy(model: nn.Module, order: list[str], modules: dict[str, nn.Module],
+                                batches: list[Any], span: int) -> None:
+    """Layer by layer, keep the weight fractional length with the best calibration top-1 (ties: least error)."""
+    for name in order:
+        fp = fixed_point_of(modules[name])
+        assert fp is not None
+        bits, chosen = fp.weight_format.bits, fp.weight_format.frac_len
+        start = overflow_free_frac_len(float(latent_weight(modules[name]).detach().abs().max()), bits)
+        best = _top1(model, batches)
+        for fl in range(start, start + span + 1):
+            if fl == chosen:
+                continue
+            fp.set_weight_format(FixedPointFormat(bits, fl))
+            score = _top1(model, batches)
+            if score > best:
+                best, chosen = score, fl
+        fp.set_weight_format(FixedPointFormat(bits, chosen))
+
+
 def _maybe_fold(model: nn.Module) -> None:
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         fold_batchnorm_(model)  # BatchNorm that cannot be folded stays float and is reported by the trace error
@@ -191,6 +227,13 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
         errors[name] = weight_error(weight, FixedPointFormat(bits, fl)) / norm
         set_value_transform(module, FixedPoint(bits, fl))
         install_hooks(module)
+    if config.weight_objective == "accuracy" and not config.static:
+        _refine_weights_by_accuracy(model, order, modules, batches, config.span)
+        for name, module in modules.items():
+            fp = fixed_point_of(module)
+            assert fp is not None
+            w = latent_weight(module).detach()
+            errors[name] = weight_error(w, fp.weight_format) / (float((w.double() ** 2).sum()) or 1.0)
 
     # data stage
     act_bits = config.activation_bits

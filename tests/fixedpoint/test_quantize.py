@@ -1,0 +1,62 @@
+"""quantize_: configuration checks, per-kind widths, the accuracy-driven weight search, the report table."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from deepshrink.core import ConfigError
+from deepshrink.fixedpoint import DynamicFixedPoint, IntegerModel, fixed_point_of, parse_bits, quantize_
+from deepshrink.fixedpoint.quantize import _refine_weights_by_accuracy, _top1
+
+from .conftest import TinyCNN, TinyMLP, randomize_
+
+
+def test_config_validation_and_bits_parsing() -> None:
+    for bad in ({"bits": 1}, {"bits": {"lstm": 8}}, {"act_bits": 20}, {"span": -1}, {"weight_objective": "f1"}):
+        with pytest.raises(ConfigError):
+            DynamicFixedPoint(**bad)  # type: ignore[arg-type]
+    assert parse_bits("8") == 8 and parse_bits("conv=8,fc=4") == {"conv": 8, "fc": 4}
+    with pytest.raises(ConfigError):
+        parse_bits("conv:8")
+    with pytest.raises(ConfigError):
+        quantize_(TinyCNN(), DynamicFixedPoint(), calib=None)
+
+
+def test_per_kind_widths_and_report() -> None:
+    model = randomize_(TinyCNN(), 2, 1.0)
+    report = quantize_(model, DynamicFixedPoint(bits={"conv": 8, "fc": 4}), calib=torch.randn(16, 1, 8, 8))
+    widths = {row.name: row.weight.bits for row in report.layers}
+    assert widths == {"conv1": 8, "conv2": 8, "fc1": 4, "fc2": 4}
+    assert all(row.act_in is not None and row.act_in.bits == 8 for row in report.layers)
+    assert report.layers[-1].act_out is None and report.layers[0].act_out is not None  # logits stay accumulator
+    assert "fl_w" in str(report) and report.to_dict()["scheme"] == "dynamic"
+
+
+def test_static_uses_one_fractional_length() -> None:
+    model = randomize_(TinyCNN(), 4, 1.0)
+    report = quantize_(model, DynamicFixedPoint(bits=8, static=True), calib=torch.randn(16, 1, 8, 8))
+    assert len({row.weight.frac_len for row in report.layers}) == 1
+    assert len({row.act_in.frac_len for row in report.layers if row.act_in}) == 1
+
+
+def test_accuracy_objective_never_lowers_calibration_top1() -> None:
+    torch.manual_seed(0)
+    model = randomize_(TinyMLP(width=24), 11, 1.0)
+    x = torch.randn(256, 10)
+    batches = [(x, model(x).argmax(1))]  # labels the float model gets right
+    with pytest.raises(ConfigError):
+        quantize_(copy.deepcopy(model), DynamicFixedPoint(bits=4, weight_objective="accuracy"), calib=[x])
+    error_only = copy.deepcopy(model)
+    quantize_(error_only, DynamicFixedPoint(bits=4, quantize_outputs=False), calib=batches)
+    for name in ("fc1", "fc2", "fc3"):  # back to float activations: compare the weight stage alone
+        fixed_point_of(error_only.get_submodule(name)).set_act_in(None)  # type: ignore[union-attr]
+    before = _top1(error_only, batches)
+    _refine_weights_by_accuracy(error_only, ["fc1", "fc2", "fc3"],
+                                {n: error_only.get_submodule(n) for n in ("fc1", "fc2", "fc3")}, batches, 3)
+    assert _top1(error_only, batches) >= before
+    tuned = copy.deepcopy(model)
+    quantize_(tuned, DynamicFixedPoint(bits=4, weight_objective="accuracy"), calib=batches)
+    assert torch.equal(IntegerModel(tuned)(x), tuned(x))
