@@ -26,6 +26,8 @@ def quantize(
     act_bits: Annotated[int | None, typer.Option("--act-bits", help="Activation bits (default: widest weight bits).")] = None,
     static: Annotated[bool, typer.Option("--static/--dynamic", help="One global fractional length (baseline).")] = False,
     calib: Annotated[int, typer.Option("--calib", help="Calibration images from the validation split.")] = 512,
+    objective: Annotated[str, typer.Option("--weight-objective", help="Weight search: error | accuracy "
+                                           "(calibration top-1 may overrule the least-error choice).")] = "error",
     dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Default: the checkpoint's.")] = None,
     evaluate_after: Annotated[bool, typer.Option("--eval/--no-eval", help="Test top-1 before/after and of "
                                                  "the integer engine.")] = True,
@@ -55,16 +57,17 @@ def quantize(
     torch.manual_seed(seed)
     model, meta = load_model(checkpoint)
     name = dataset_of(meta, dataset)
-    config = DynamicFixedPoint(bits=parse_bits(bits), act_bits=act_bits, static=static)
+    config = DynamicFixedPoint(bits=parse_bits(bits), act_bits=act_bits, static=static, weight_objective=objective)
     val = load_dataset(name, "val", data_dir)
-    batches = [x for x, _ in make_loader(torch.utils.data.Subset(val, range(min(calib, len(val)))), 256)]
+    batches = [(x, y) for x, y in make_loader(torch.utils.data.Subset(val, range(min(calib, len(val)))), 256)]
     test_set = load_dataset(name, "test", data_dir) if evaluate_after else None
     fp32 = evaluate(model, test_set)["accuracy"] if test_set is not None else None
     started = time.perf_counter()
     report = quantize_(model, config, calib=batches)
     seconds = time.perf_counter() - started
     info: dict[str, Any] = {"dataset": name, "scheme": "static" if static else "dynamic", "bits": bits,
-                            "act_bits": config.activation_bits, "calib_images": sum(len(b) for b in batches),
+                            "act_bits": config.activation_bits, "calib_images": sum(len(b[0]) for b in batches),
+                            "weight_objective": objective,
                             "search_seconds": round(seconds, 2), "source": str(checkpoint), **report.to_dict()}
     if test_set is not None:
         info["fp32_accuracy"] = fp32
