@@ -65,9 +65,11 @@ def test_checkpoint_round_trip_keeps_formats(tmp_path) -> None:
     path = tmp_path / "q.pt"
     save_checkpoint(path, model)
     loaded = copy.deepcopy(randomize_(TinyCNN(), 5, 1.0))
-    load_into(loaded, read_checkpoint(path))
-    assert install_all_hooks(loaded) == 4
+    load_into(loaded, read_checkpoint(path))  # the hooks come back with the state (WeightState.on_attached)
     x = torch.randn(10, 1, 8, 8)
+    assert torch.equal(loaded(x), model(x))
+    assert install_all_hooks(loaded) == 4  # idempotent: no second set of hooks
+    assert len(loaded.fc1._forward_pre_hooks) == 1
     assert torch.equal(loaded(x), model(x))
     assert get_value_transform(loaded.fc1).act_in == get_value_transform(model.fc1).act_in  # type: ignore[union-attr]
 

@@ -58,6 +58,12 @@ class WeightState(nn.Module):
         """Rebuild an instance with correctly shaped state from its ``state_dict`` tensors (values loaded later)."""
         raise NotImplementedError
 
+    def on_attached(self, module: nn.Module, name: str) -> None:
+        """Called after a checkpoint load re-registers this step on ``module.<name>`` (values not loaded yet).
+
+        Steps with state beyond the weight (fixed point's activation hooks) override; the default does nothing.
+        """
+
 
 @register_state_class
 class Mask(WeightState):
@@ -276,4 +282,6 @@ def prepare_for_state_dict(
                 raise FormatError(f"unknown compression state {class_name!r} on {tensor_fqn!r} (known: {known})")
             prefix = f"{module_fqn + '.' if module_fqn else ''}parametrizations.{name}.{position}."
             tensors = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-            parametrize.register_parametrization(module, name, cls.from_tensors(tensors, shape), unsafe=True)
+            step = cls.from_tensors(tensors, shape)
+            parametrize.register_parametrization(module, name, step, unsafe=True)
+            step.on_attached(module, name)

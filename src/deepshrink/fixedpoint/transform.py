@@ -124,6 +124,12 @@ class FixedPoint(ValueTransform):
 
         install_hooks(module)
 
+    def on_attached(self, module: nn.Module, name: str) -> None:
+        """Checkpoint load: the activation formats arrive with the buffers; the hooks that apply them go on now."""
+        from .simulate import install_hooks
+
+        install_hooks(module)
+
     def extra_repr(self) -> str:
         parts = [f"w={self.weight_format}"]
         if self.act_in is not None:
