@@ -99,3 +99,15 @@ def test_saturation_in_both_paths() -> None:
 def test_unquantized_model_is_refused() -> None:
     with pytest.raises(UnsupportedLayerError):
         IntegerModel(TinyCNN())
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_token_inputs_through_swapped_layers(bits: int) -> None:
+    """(batch, tokens, features) inputs, as in transformers: the int8 GEMM path (8 bits) and int32/64 (16)."""
+    model = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.Linear(32, 8))
+    calib = torch.randn(4, 7, 16)
+    quantize_(model, DynamicFixedPoint(bits=bits, quantize_outputs=False), calib=calib)
+    engine = swap_integer_layers_(copy.deepcopy(model))
+    assert engine[0].int8_gemm == (bits == 8)
+    x = torch.randn(3, 5, 16) * 2
+    assert torch.equal(engine(x), model(x))

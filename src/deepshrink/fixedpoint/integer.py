@@ -50,6 +50,7 @@ class IntegerLayer(nn.Module):
 
     weight_int: Tensor
     bias_int: Tensor | None
+    weight_t8: Tensor | None
 
     is_runtime_layer = True  # listed by deepshrink.runtime.runtime_layers
 
@@ -69,6 +70,10 @@ class IntegerLayer(nn.Module):
             self.acc_dtype = torch.int32 if bound < 2**31 else torch.int64
             self.register_buffer("weight_int", w_int.to(self.acc_dtype))
             self.register_buffer("bias_int", None if b is None else b.to(self.acc_dtype))
+            # int8 x int8 -> int32 GEMM (torch._int_mm) for 8-bit Linear layers: the fast CPU integer path
+            self.int8_gemm = (isinstance(module, nn.Linear) and act_in.bits <= 8 and w_fmt.bits <= 8
+                              and self.acc_dtype == torch.int32 and hasattr(torch, "_int_mm"))
+            self.register_buffer("weight_t8", w_int.t().contiguous().to(torch.int8) if self.int8_gemm else None)
         self.kind = layer_type_name(module)
         self._template = _geometry_of(module)
 
@@ -100,16 +105,30 @@ class IntegerLayer(nn.Module):
             x_int = requantize(x.data.to(torch.int64), x.frac_len, fmt.bits, fmt.frac_len)
         else:
             x_int = to_int(x, fmt.bits, fmt.frac_len)
-        acc = accumulate(self._template, x_int.to(self.acc_dtype), self.weight_int, self.bias_int).to(torch.int64)
+        acc = self._accumulate(x_int).to(torch.int64)
         if self.act_out is None:
             return from_int(acc, self.acc_frac_len, torch.float32)
         out = QTensor(saturate(rounding_shift(acc, self.acc_frac_len - self.act_out.frac_len), self.act_out.bits),
                       self.act_out.frac_len)
         return out.dequantize() if self.float_io else out
 
+    def _accumulate(self, x_int: Tensor) -> Tensor:
+        if self.int8_gemm and self.weight_t8 is not None:
+            flat = x_int.reshape(-1, x_int.shape[-1]).to(torch.int8)
+            try:
+                acc = torch._int_mm(flat, self.weight_t8)
+            except RuntimeError:  # shapes the int8 kernel refuses: the generic integer path
+                self.int8_gemm = False
+            else:
+                if self.bias_int is not None:
+                    acc = acc + self.bias_int
+                return acc.reshape(*x_int.shape[:-1], acc.shape[-1])
+        return accumulate(self._template, x_int.to(self.acc_dtype), self.weight_int, self.bias_int)
+
     def extra_repr(self) -> str:
         out = self.act_out or "float"
-        return f"{self.kind}, w={self.w_fmt}, in={self.act_in}, out={out}, acc={self.acc_dtype}"
+        gemm = ", int8 GEMM" if self.int8_gemm else ""
+        return f"{self.kind}, w={self.w_fmt}, in={self.act_in}, out={out}, acc={self.acc_dtype}{gemm}"
 
 
 def _geometry_of(module: nn.Module) -> nn.Module:
