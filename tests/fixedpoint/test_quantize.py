@@ -60,3 +60,46 @@ def test_accuracy_objective_never_lowers_calibration_top1() -> None:
     tuned = copy.deepcopy(model)
     quantize_(tuned, DynamicFixedPoint(bits=4, weight_objective="accuracy"), calib=batches)
     assert torch.equal(IntegerModel(tuned)(x), tuned(x))
+
+
+class _Attention(torch.nn.Module):
+    """q, k, v read the same tensor (one capture pass serves all three); out reads their combination."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v = (torch.nn.Linear(8, 8) for _ in range(3))
+        self.out = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(x)
+        att = torch.softmax(self.q(h) @ self.k(h).transpose(-1, -2), dim=-1)
+        return self.out(att @ self.v(h))
+
+
+def test_sibling_capture_gives_the_same_formats_as_one_pass_per_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepshrink.fixedpoint import search
+
+    base = randomize_(_Attention(), 5, 1.0)
+    calib = [torch.randn(2, 6, 8) * 2 for _ in range(2)]
+    grouped = copy.deepcopy(base)
+    seen: list[int] = []
+    original = search.capture_group_inputs
+
+    def spy(model, layers, batches):  # type: ignore[no-untyped-def]
+        group = original(model, layers, batches)
+        seen.append(len(group))
+        return group
+
+    monkeypatch.setattr(search, "capture_group_inputs", spy)
+    report_grouped = quantize_(grouped, DynamicFixedPoint(bits=6), calib=calib)
+    assert seen[0] == 3  # q, k, v from one pass
+
+    def one_by_one(model, layers, batches):  # type: ignore[no-untyped-def]
+        return [search.capture_first_input(model, layers[0], batches)]
+
+    monkeypatch.setattr(search, "capture_group_inputs", one_by_one)
+    single = copy.deepcopy(base)
+    report_single = quantize_(single, DynamicFixedPoint(bits=6), calib=calib)
+    assert [r.to_dict() for r in report_grouped.layers] == [r.to_dict() for r in report_single.layers]
+    x = torch.randn(3, 6, 8)
+    assert torch.equal(grouped(x), single(x))

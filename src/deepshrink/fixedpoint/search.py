@@ -150,16 +150,58 @@ def greedy_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str,
                       reference_out: dict[str, list[Tensor]], batches: Sequence[Batch], act_bits: int,
                       quantize_outputs: set[str], span: int) -> None:
     """Choose every layer's input (and, for layers in ``quantize_outputs``, output) fractional length
-    greedily in ``order`` (see module doc)."""
-    for name in order:
-        module = modules[name]
+    greedily in ``order`` (see module doc).
+
+    Layers that read the very same, unmodified input tensor as the layer being fixed (a transformer's
+    query/key/value) cannot depend on its formats; their inputs come from the same capture pass.
+    """
+    for module in (modules[name] for name in order):
         fp = fixed_point_of(module)
         assert fp is not None
         fp.set_act_in(None)
         fp.set_act_out(None)
-        xs = capture_first_input(model, module, batches)
-        refs = reference_out[name][:: max(1, len(reference_out[name]) // max(1, len(xs)))][: len(xs)]
-        _choose_layer_formats(module, xs, refs, act_bits, name in quantize_outputs, span)
+    i = 0
+    while i < len(order):
+        group = capture_group_inputs(model, [modules[name] for name in order[i:]], batches)
+        for name, xs in zip(order[i:], group, strict=False):
+            refs = reference_out[name][:: max(1, len(reference_out[name]) // max(1, len(xs)))][: len(xs)]
+            _choose_layer_formats(modules[name], xs, refs, act_bits, name in quantize_outputs, span)
+        i += len(group)
+
+
+@torch.no_grad()
+def capture_group_inputs(model: nn.Module, layers: Sequence[nn.Module], batches: Sequence[Batch]) -> list[list[Tensor]]:
+    """Inputs (first call per batch) of ``layers[0]`` and of the following layers that receive the identical,
+    unmodified tensor in every batch; the forward pass stops at the first other hooked call."""
+    per_batch: list[list[Tensor]] = []
+    current: list[Tensor] = []
+
+    def hook_for(position: int) -> Callable[[nn.Module, tuple], None]:
+        def hook(mod: nn.Module, args: tuple) -> None:
+            x = args[0]
+            if position == len(current) and (
+                position == 0 or (x is current[0] and x._version == current[0]._version)
+            ):
+                current.append(x)
+                return
+            raise _Stop
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(hook_for(k), prepend=True) for k, layer in enumerate(layers)]
+    try:
+        for batch in batches:
+            current = []
+            with contextlib.suppress(_Stop):
+                run_model(model, batch)
+            per_batch.append(current)
+    finally:
+        for handle in handles:
+            handle.remove()
+    size = min(len(b) for b in per_batch)
+    if size == 0:
+        raise RuntimeError("calibration forward pass never reached the layer being calibrated")
+    return [[b[k].detach() for b in per_batch] for k in range(size)]
 
 
 def _choose_layer_formats(module: nn.Module, xs: list[Tensor], y_ref: list[Tensor], act_bits: int,
