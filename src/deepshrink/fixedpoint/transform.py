@@ -4,7 +4,8 @@ Buffers (all int64 scalars, so they survive ``state_dict``, ``deepcopy`` and che
 ``bits``/``frac_len`` for the weight, ``act_in_bits``/``act_in_frac_len`` for the layer's input and
 ``act_out_bits``/``act_out_frac_len`` for its output (``*_bits == 0``: that tensor stays float).
 The activation formats act through forward hooks (:mod:`deepshrink.fixedpoint.simulate`), installed by
-``quantize_``, by :meth:`FixedPoint.attach` (files) and by :func:`~deepshrink.fixedpoint.simulate.install_hooks`.
+``quantize_``, by :meth:`FixedPoint.attach` (``.dsz`` files) and by :meth:`FixedPoint.on_attached`
+(checkpoints); :func:`~deepshrink.fixedpoint.install_all_hooks` re-adds them by hand (idempotent).
 """
 
 from __future__ import annotations
