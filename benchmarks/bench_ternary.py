@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--key", default=None, help="JSON key for this run (default: the method)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -179,7 +180,7 @@ def main() -> None:
     out = ROOT / "results" / f"ternary-{args.model}.json"
     out.parent.mkdir(exist_ok=True)
     merged = json.loads(out.read_text()) if out.is_file() else {}
-    merged[args.method] = result
+    merged[args.key or args.method] = result
     out.write_text(json.dumps(merged, indent=1) + "\n")
     print(f"wrote {out}")
 
