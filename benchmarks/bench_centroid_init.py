@@ -93,7 +93,8 @@ def main() -> None:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     env = {"threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
            "seeds": args.seeds}
-    args.json.write_text(json.dumps({"env": env, "models": results}, indent=1))
+    existing = json.loads(args.json.read_text()).get("models", {}) if args.json.is_file() else {}
+    args.json.write_text(json.dumps({"env": env, "models": {**existing, **results}}, indent=1))
     print(f"wrote {args.json}")
 
 
