@@ -95,3 +95,18 @@ def test_checkpoint_replays_batchnorm_folding(tmp_path) -> None:
     loaded.eval()
     assert isinstance(loaded.features[1], torch.nn.Identity)
     assert torch.equal(loaded(x), model(x))
+
+
+def test_param_group_lr_scale_is_kept_by_the_schedule() -> None:
+    model = _tiny()
+    frozen_before = model.fc2.weight.detach().clone()
+    scaled = [p for n, p in model.named_parameters() if n.startswith("fc2")]
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if not n.startswith("fc2")]},
+        {"params": scaled, "lr_scale": 0.0},  # a zero scale must survive every epoch's lr update
+    ]
+    config = TrainConfig(epochs=2, lr=0.2, batch_size=64, weight_decay=0.0, momentum=0.0)
+    fc1_before = model.fc1.weight.detach().clone()
+    fit(model, load_dataset("digits", "train", limit=128), config, params=groups, quiet=True)
+    assert torch.equal(model.fc2.weight, frozen_before)
+    assert not torch.equal(model.fc1.weight, fc1_before)

@@ -130,8 +130,8 @@ def fit(
     show = not quiet and is_main_process()
     step = start_epoch * len(loader)
     for epoch in range(start_epoch, config.epochs):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(config, epoch)
+        for group in optimizer.param_groups:  # a group's "lr_scale" (e.g. ternary scales) keeps its ratio
+            group["lr"] = _lr_at(config, epoch) * group.get("lr_scale", 1.0)
         if sampler is not None:
             sampler.set_epoch(epoch)
         runner.train()
