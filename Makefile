@@ -33,7 +33,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) data lint
+test: $(STAMP) data lint typecheck
 	$(BIN)/python -m pytest
 
 demo: $(STAMP) data
