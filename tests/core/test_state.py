@@ -189,3 +189,13 @@ def test_attach_restores_exported_weight_bit_for_bit() -> None:
     target = nn.Linear(7, 3)
     HalfStep.attach(target, exported)
     assert torch.equal(target.weight, source.weight)
+
+
+def test_deepcopy_then_parametrizing_a_new_tensor_leaves_the_original_intact() -> None:
+    model = nn.Sequential(nn.Linear(3, 3))
+    set_mask(model[0], torch.rand(3, 3) > 0.5)
+    clone = copy.deepcopy(model)
+    set_mask(clone[0], torch.rand(3) > 0.5, name="bias")
+    assert isinstance(model[0].bias, torch.nn.Parameter)  # the original has no "bias" parametrization
+    assert compression_spec(model) == {"0.weight": ["Mask"]}
+    assert compression_spec(clone) == {"0.weight": ["Mask"], "0.bias": ["Mask"]}

@@ -184,6 +184,19 @@ def latent_weight(module: nn.Module, name: str = "weight") -> Tensor:
     return getattr(module, name)
 
 
+def _register(module: nn.Module, name: str, step: nn.Module) -> None:
+    """``register_parametrization`` on a class of ``module``'s own.
+
+    torch gives each parametrized module a generated class holding one property per parametrized tensor, and
+    ``copy.deepcopy`` shares that class between original and copy; parametrizing a new tensor name on one
+    would then add a broken property to the other. A fresh class per registration keeps them independent.
+    """
+    if parametrize.is_parametrized(module):
+        cls = type(module)
+        module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    parametrize.register_parametrization(module, name, step, unsafe=True)
+
+
 def set_mask(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
     """Prune ``module.<name>`` with ``mask`` (True = keep), keeping the mask first in the chain.
 
@@ -202,7 +215,7 @@ def set_mask(module: nn.Module, mask: Tensor, name: str = "weight") -> None:
         chain = _chain(module, name)
         chain.insert(0, Mask(mask))
     else:
-        parametrize.register_parametrization(module, name, Mask(mask), unsafe=True)
+        _register(module, name, Mask(mask))
     with torch.no_grad():
         latent_weight(module, name).mul_(mask.to(weight.dtype))
     transform = get_value_transform(module, name)
@@ -227,7 +240,7 @@ def set_value_transform(module: nn.Module, transform: ValueTransform, name: str 
     mask = get_mask(module, name)
     if mask is not None:
         transform.on_mask_change(mask)
-    parametrize.register_parametrization(module, name, transform, unsafe=True)
+    _register(module, name, transform)
 
 
 def apply_masks_(model: nn.Module) -> None:
@@ -283,5 +296,5 @@ def prepare_for_state_dict(
             prefix = f"{module_fqn + '.' if module_fqn else ''}parametrizations.{name}.{position}."
             tensors = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
             step = cls.from_tensors(tensors, shape)
-            parametrize.register_parametrization(module, name, step, unsafe=True)
+            _register(module, name, step)
             step.on_attached(module, name)
