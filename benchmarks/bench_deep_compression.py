@@ -52,7 +52,8 @@ def run_stages(context: RecipeContext, stages: list[dict[str, Any]], name: str) 
     return run_recipe(parse_recipe({"name": name, "stages": stages}), context)
 
 
-def bench_model(arch: str, seed: int, paper_bits: bool = True, reuse_pruned: bool = False) -> dict[str, Any]:
+def bench_model(arch: str, seed: int, paper_bits: bool = True, reuse_pruned: bool = False,
+                prune_only: bool = False) -> dict[str, Any] | None:
     baseline_path = ROOT / "benchmarks" / "baselines" / f"{arch}-fmnist.pt"
     recipe_path = ROOT / "recipes" / f"deep-compression-{arch}.yaml"
     model, meta = load_checkpoint(baseline_path)
@@ -84,6 +85,9 @@ def bench_model(arch: str, seed: int, paper_bits: bool = True, reuse_pruned: boo
         prefix = run_recipe(type(recipe)(recipe.name, recipe.stages[:split], seed), context)
         save_checkpoint(pruned_path, model, meta={"dataset": "fashion-mnist", "recipe": recipe.name,
                                                   "stages": prefix})
+    if prune_only:  # stop before sharing; a later --reuse-pruned run continues from the checkpoint
+        print(f"{arch}: wrote {pruned_path.relative_to(ROOT)}, val top-1 {prefix[-1]['val_accuracy']:.4f}")
+        return None
     pruned_acc = evaluate(model, test)["accuracy"]
     rows.append({"method": "pruned + retrained (fp32 values, not a file)", "bytes": None, "test_top1": pruned_acc,
                  "val_top1": prefix[-1]["val_accuracy"]})
@@ -134,6 +138,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse-pruned", action="store_true", help="start from out/bench/ARCH-pruned.pt")
+    parser.add_argument("--prune-only", action="store_true",
+                        help="run only the stages before 'share' and write out/bench/ARCH-pruned.pt")
     parser.add_argument("--no-paper-bits", action="store_true", help="skip the conv 8 / fc 5 variant")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "deep_compression.json")
@@ -146,9 +152,13 @@ def main() -> None:
     results = []
     for arch in args.models:
         result = bench_model(arch, args.seed, paper_bits=not args.no_paper_bits,
-                             reuse_pruned=args.reuse_pruned)
+                             reuse_pruned=args.reuse_pruned, prune_only=args.prune_only)
+        if result is None:
+            continue
         print(table(result), flush=True)
         results.append(result)
+    if not results:
+        return
     existing: dict[str, Any] = json.loads(args.json.read_text()) if args.json.is_file() else {}
     models = {**existing.get("models", {}), **{r["arch"]: r for r in results}}
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from deepshrink.core import ConfigError, get_mask, get_value_transform
 from deepshrink.data import load_dataset
 from deepshrink.io import load_model
 from deepshrink.models import build_model
-from deepshrink.recipes import STAGES, load_recipe, parse_recipe
+from deepshrink.recipes import STAGES, RecipeContext, load_recipe, parse_recipe, run_recipe
 from deepshrink.share import SharedWeights
 from deepshrink.train import TrainConfig, evaluate, fit, save_checkpoint
 
@@ -102,3 +102,36 @@ def test_compress_requires_encode_last(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["compress", "missing.pt", "--recipe", str(recipe), "--out", str(tmp_path / "x")])
     assert result.exit_code != 0
     assert isinstance(result.exception, ConfigError) and "encode" in str(result.exception)
+
+
+def test_prune_final_retrain_trains_only_the_last_round() -> None:
+    """``final_retrain`` replaces the last round's retraining (and only it): epochs 0 per round, 1 at the end."""
+    train = load_dataset("digits", "train")
+
+    def pruned(final: dict | None) -> tuple[torch.nn.Module, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model("lenet300", in_features=64, num_classes=10, hidden=[32, 16])
+        before = model.fc1.weight.detach().clone()
+        options: dict = {"sparsity": {"fc1": 0.6}, "rounds": 2, "power": 3, "retrain": {"epochs": 0, "lr": 0.1}}
+        if final is not None:
+            options["final_retrain"] = final
+        recipe = parse_recipe({"stages": [{"prune": options}]})
+        (record,) = run_recipe(recipe, RecipeContext(model=model, train_data=train, quiet=True))
+        assert record["rounds"] == 2 and record["sparsity"] > 0
+        return model, before
+
+    model, before = pruned(None)  # no training anywhere: kept weights are the original ones
+    mask = get_mask(model.fc1).bool()
+    assert float(mask.float().mean()) == pytest.approx(0.4, abs=0.01)
+    assert torch.equal(model.fc1.weight.detach()[mask], before[mask])
+    model, before = pruned({"epochs": 1})  # lr inherited from retrain
+    mask = get_mask(model.fc1).bool()
+    assert not torch.equal(model.fc1.weight.detach()[mask], before[mask])
+    assert torch.all(model.fc1.weight.detach()[~mask] == 0)
+
+
+def test_prune_final_retrain_is_validated() -> None:
+    with pytest.raises(ConfigError, match=r"final_retrain key.*epoch"):
+        parse_recipe({"stages": [{"prune": {"sparsity": 0.5, "rounds": 2, "final_retrain": {"epoch": 1}}}]})
+    with pytest.raises(ConfigError, match=r"final_retrain must be a mapping"):
+        parse_recipe({"stages": [{"prune": {"sparsity": 0.5, "rounds": 2, "final_retrain": 3}}]})

@@ -234,9 +234,13 @@ def _prune_api() -> Any:
 
 
 @register_stage("prune", {"method", "quality", "sparsity", "scope", "select", "exclude", "rounds", "power",
-                          "retrain"})
+                          "retrain", "final_retrain"})
 def _build_prune(options: Mapping[str, Any]) -> StageFn:
-    """Magnitude pruning (Han et al. 2015): one shot, or ``rounds`` of prune -> retrain with rising sparsity."""
+    """Magnitude pruning (Han et al. 2015): one shot, or ``rounds`` of prune -> retrain with rising sparsity.
+
+    ``power`` shapes the schedule (``final * (1 - (1 - r/R)^power)``; 3 = big steps first) and
+    ``final_retrain`` (training options merged over ``retrain``) replaces the last round's retraining.
+    """
     method = options.get("method", "magnitude")
     if method != "magnitude":
         raise ConfigError(f"prune method {method!r} is not available in recipes (allowed: magnitude)")
@@ -248,6 +252,16 @@ def _build_prune(options: Mapping[str, Any]) -> StageFn:
     if unknown:
         raise ConfigError(f"unknown retrain key(s) {sorted(unknown)} (allowed: {', '.join(sorted(_TRAIN_KEYS))})")
     _check_train(retrain)
+    final = options.get("final_retrain")
+    if final is not None:
+        if not isinstance(final, Mapping):
+            raise ConfigError(f"final_retrain must be a mapping of training options, got {final!r}")
+        unknown = set(final) - _TRAIN_KEYS
+        if unknown:
+            raise ConfigError(f"unknown final_retrain key(s) {sorted(unknown)} "
+                              f"(allowed: {', '.join(sorted(_TRAIN_KEYS))})")
+        final = {**retrain, **final}
+        _check_train(final)
     if "quality" in options and rounds > 1:
         raise ConfigError("quality= prunes by threshold; use sparsity= with rounds > 1")
     scope = str(options.get("scope", "layer"))
@@ -258,7 +272,7 @@ def _build_prune(options: Mapping[str, Any]) -> StageFn:
 
     def run(ctx: RecipeContext) -> dict[str, Any]:
         select, exclude = options.get("select"), options.get("exclude")
-        if rounds == 1 and not retrain:
+        if rounds == 1 and not retrain and final is None:
             report = prune.prune_(ctx.model, prune.MagnitudePrune(quality=quality, sparsity=sparsity, scope=scope),
                                   select, exclude=exclude)
             return {"sparsity": round(report.sparsity, 6), "layers": report.to_dict()["layers"]}
@@ -267,7 +281,8 @@ def _build_prune(options: Mapping[str, Any]) -> StageFn:
         else:
             schedule = prune.rising_schedule(sparsity, rounds, "magnitude", scope=scope, power=power)
         records = prune.iterative_prune_(ctx.model, ctx.train_data, ctx.val_data, schedule,
-                                         _train_config(retrain, ctx), select=select, quiet=ctx.quiet)
+                                         _train_config(retrain, ctx), select=select, quiet=ctx.quiet,
+                                         final_retrain=_train_config(final, ctx) if final is not None else None)
         last = records[-1]["prune"]
         return {"sparsity": last["sparsity"], "layers": last["layers"], "rounds": len(records)}
 
