@@ -12,6 +12,13 @@ fresh process (dense: an fp32 checkpoint of the same weights), and the numba com
 cached) apart from the steady-state figures. Run:
 
     nice -n 10 .venv/bin/python benchmarks/bench_runtime.py --threads 1 2   # writes benchmarks/results/runtime-lenets.json
+
+``--files A.dsz B.dsz ...`` benchmarks given files instead (e.g. the trained Deep Compression output of
+``deepshrink compress ... --recipe recipes/deep-compression-lenet300.yaml``); the baseline accuracy is that of
+the committed checkpoint for the file's recorded arch, when there is one:
+
+    nice -n 10 .venv/bin/python benchmarks/bench_runtime.py --threads 1 \
+        --files out/dc-lenet300.dsz out/dc-lenet5.dsz   # writes benchmarks/results/runtime-lenets-trained.json
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ import numba
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from deepshrink.codec import load_compressed, save_compressed
-from deepshrink.core import atomic_write_text, bake_, set_mask
+from deepshrink.codec.model_io import load_compressed_with_meta
+from deepshrink.core import atomic_write_text, bake_, iter_states, set_mask
 from deepshrink.data import load_dataset
 from deepshrink.runtime import load, runtime_layers
 from deepshrink.runtime.measure import (
@@ -64,14 +73,43 @@ def compress_(model: nn.Module, density: dict[str, float]) -> nn.Module:
     return model.eval()
 
 
-def run_model(name: str, args: argparse.Namespace, work: Path, test: Any) -> dict[str, Any]:
+def one_shot(name: str, work: Path) -> tuple[Path, nn.Module]:
+    """Write the one-shot (untrained) compressed ``name`` to ``work``; return the file and the baseline."""
     checkpoint, density = MODELS[name]
     baseline, _ = load_checkpoint(ROOT / "baselines" / checkpoint)
     compressed = compress_(copy.deepcopy(baseline), density)
     dsz = work / f"{name}.dsz"
     save_compressed(compressed, dsz, meta={"dataset": "fashion-mnist"})
+    return dsz, baseline
+
+
+def given_file(path: Path, work: Path) -> tuple[str, dict[str, Any], nn.Module | None, Path, list[str]]:
+    """Name, meta, committed baseline (matched by the file's recorded arch), runtime-loadable file, biases unshared.
+
+    ``runtime.load`` rejects files whose biases are codebook-shared (the recipes' ``bias_bits``): it looks for
+    a compressed layer's bias among the plain tensors only. Such a file is rewritten with those biases as their
+    fp32 values (the same numbers the shared bias stands for; weights untouched) so the runtime can run it.
+    """
+    model, meta = load_compressed_with_meta(path)
+    arch = str(meta.get("arch") or "")
+    key = next((k for k in MODELS if arch.startswith(k)), None)
+    baseline = load_checkpoint(ROOT / "baselines" / MODELS[key][0])[0] if key else None
+    unshared = [f"{fqn}.{name}" for fqn, module, name, _ in list(iter_states(model)) if name == "bias"]
+    if not unshared:
+        return path.stem, meta, baseline, path, unshared
+    for _fqn, module, name, _ in list(iter_states(model)):
+        if name == "bias":
+            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    runnable = work / f"{path.stem}-plain-bias.dsz"
+    save_compressed(model, runnable, meta={k: v for k, v in meta.items() if k not in ("arch", "kwargs")})
+    return path.stem, meta, baseline, runnable, unshared
+
+
+def run_model(name: str, dsz: Path, baseline: nn.Module | None, args: argparse.Namespace, work: Path,
+              test: Any, source: Path | None = None) -> dict[str, Any]:
+    """Benchmark the runtime on ``dsz`` against the dense-quantized model of ``source`` (default: ``dsz``)."""
     fast = load(dsz)
-    dense = bake_(load_compressed(dsz)).eval()  # the dense-quantized model: same values, fp32 dense layers
+    dense = bake_(load_compressed(source or dsz)).eval()  # the dense-quantized model: same values, fp32 dense layers
     dense_file = work / f"{name}-dense.pt"
     save_checkpoint(dense_file, dense)
     int8 = dynamic_int8(copy.deepcopy(dense)).eval()
@@ -80,8 +118,10 @@ def run_model(name: str, args: argparse.Namespace, work: Path, test: Any) -> dic
         got, want = fast(images), dense(images)
     row: dict[str, Any] = {
         "runtime_layers": runtime_layers(fast),
-        "file_bytes": dsz.stat().st_size, "dense_checkpoint_bytes": dense_file.stat().st_size,
-        "test_accuracy": {"baseline": evaluate(baseline, test)["accuracy"], "dense_quantized": evaluate(dense, test)["accuracy"],
+        "file_bytes": (source or dsz).stat().st_size, "runtime_file_bytes": dsz.stat().st_size,
+        "dense_checkpoint_bytes": dense_file.stat().st_size,
+        "test_accuracy": {"baseline": evaluate(baseline, test)["accuracy"] if baseline is not None else None,
+                          "dense_quantized": evaluate(dense, test)["accuracy"],
                           "runtime": float((got.argmax(1) == test.tensors[1]).float().mean())},
         "equality_vs_dense_quantized": {"max_abs_diff": float((got - want).abs().max()),
                                         "max_rel_diff": float(((got - want).abs() / want.abs().clamp_min(1e-3)).max()),
@@ -116,7 +156,7 @@ def run_model(name: str, args: argparse.Namespace, work: Path, test: Any) -> dic
         row["kernel_start"] = kernel_start_cost(dsz, input_shape=shape, cache_dir=cache)
     eq, mem, start = row["equality_vs_dense_quantized"], row["load_memory"], row["kernel_start"]
     print(f"{name}: max |runtime - dense-quantized| {eq['max_abs_diff']:.2e} over {eq['samples']} test images, argmax "
-          f"agreement {eq['argmax_agreement']:.4f}; accuracy baseline {row['test_accuracy']['baseline']:.4f}, "
+          f"agreement {eq['argmax_agreement']:.4f}; accuracy baseline {row['test_accuracy']['baseline']}, "
           f"compressed {row['test_accuracy']['runtime']:.4f}; file {row['file_bytes']:,} B", flush=True)
     print(f"{name}: resident {row['resident_bytes']['runtime']:,} B vs dense {row['resident_bytes']['dense_fp32']:,} B; "
           f"load peak +{mem['runtime']['peak_delta_bytes']:,} B vs dense +{mem['dense_fp32']['peak_delta_bytes']:,} B; "
@@ -133,16 +173,31 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200)
     parser.add_argument("--budget", type=float, default=20.0, help="seconds of timing per setting, at most")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "runtime-lenets.json")
+    parser.add_argument("--files", type=Path, nargs="+", default=None,
+                        help="benchmark these .dsz files instead of one-shot compressing --models")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default results/runtime-lenets.json, or results/runtime-lenets-trained.json with --files")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = ROOT / "results" / ("runtime-lenets-trained.json" if args.files else "runtime-lenets.json")
     torch.manual_seed(args.seed)
     env = {"threads": args.threads, "loadavg_start": os.getloadavg(), "seed": args.seed, "torch": torch.__version__, "numba": numba.__version__,
            "numpy": np.__version__, "python": platform.python_version()}
     print(f"seed {args.seed}, threads {args.threads} (torch and numba alike), torch {torch.__version__}, "
           f"numba {numba.__version__}", flush=True)
     test = load_dataset("fashion-mnist", "test")
+    models: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        models = {name: run_model(name, args, Path(tmp), test) for name in args.models}
+        work = Path(tmp)
+        if args.files:
+            for path in args.files:
+                name, meta, baseline, runnable, unshared = given_file(path, work)
+                models[name] = {"file": str(path), "meta": meta, "biases_unshared_for_runtime": unshared,
+                                **run_model(name, runnable, baseline, args, work, test, source=path)}
+        else:
+            for name in args.models:
+                dsz, baseline = one_shot(name, work)
+                models[name] = run_model(name, dsz, baseline, args, work, test)
     env["loadavg_end"] = os.getloadavg()
     result = {"benchmark": "runtime-lenets", "env": env, "models": models}
     args.out.parent.mkdir(parents=True, exist_ok=True)
