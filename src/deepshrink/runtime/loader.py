@@ -74,6 +74,10 @@ def from_exports(
     """
     skeleton = _skeleton(model, edits)
     tensors = dict(tensors or {})
+    weights = dict(weights)
+    for tensor_name in [n for n in weights if n.rpartition(".")[2] != "weight"]:
+        # shared / quantized biases are tiny: hand them to their layer as the float values they stand for
+        tensors[tensor_name] = _dense_values(weights.pop(tensor_name), tensor_name)
     modules = dict(skeleton.named_modules())
     state: dict[str, Tensor] = {}
     for tensor_name, exported in weights.items():
@@ -109,6 +113,20 @@ def from_exports(
     for parameter in skeleton.parameters():
         parameter.requires_grad_(False)
     return skeleton.eval()
+
+
+def _dense_values(entry: Any, name: str) -> np.ndarray:
+    """The float32 values of a non-weight entry (full export form or the compact positions form)."""
+    if not isinstance(entry, dict):
+        raise FormatError(f"{name!r} is not a weight entry")
+    if "positions" in entry:
+        out = np.zeros(int(np.prod(entry["shape"])), dtype=np.float32)
+        values = entry["values"] if entry["kind"] == "sparse" else np.asarray(entry["centroids"])[entry["codes"]]
+        out[entry["positions"]] = values
+        return out.reshape(entry["shape"])
+    from ..codec import effective_weight
+
+    return effective_weight(entry)
 
 
 def exports_from_model(model: nn.Module) -> tuple[dict[str, dict[str, Any]], dict[str, Tensor]]:
