@@ -36,11 +36,10 @@ import numba
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from deepshrink.codec import load_compressed, save_compressed
 from deepshrink.codec.model_io import load_compressed_with_meta
-from deepshrink.core import atomic_write_text, bake_, iter_states, set_mask
+from deepshrink.core import atomic_write_text, bake_, set_mask
 from deepshrink.data import load_dataset
 from deepshrink.runtime import load, runtime_layers
 from deepshrink.runtime.measure import (
@@ -83,26 +82,13 @@ def one_shot(name: str, work: Path) -> tuple[Path, nn.Module]:
     return dsz, baseline
 
 
-def given_file(path: Path, work: Path) -> tuple[str, dict[str, Any], nn.Module | None, Path, list[str]]:
-    """Name, meta, committed baseline (matched by the file's recorded arch), runtime-loadable file, biases unshared.
-
-    ``runtime.load`` rejects files whose biases are codebook-shared (the recipes' ``bias_bits``): it looks for
-    a compressed layer's bias among the plain tensors only. Such a file is rewritten with those biases as their
-    fp32 values (the same numbers the shared bias stands for; weights untouched) so the runtime can run it.
-    """
-    model, meta = load_compressed_with_meta(path)
+def given_file(path: Path) -> tuple[str, dict[str, Any], nn.Module | None]:
+    """Name, meta and the committed baseline (matched by the file's recorded arch) of a given ``.dsz`` file."""
+    _, meta = load_compressed_with_meta(path)
     arch = str(meta.get("arch") or "")
     key = next((k for k in MODELS if arch.startswith(k)), None)
     baseline = load_checkpoint(ROOT / "baselines" / MODELS[key][0])[0] if key else None
-    unshared = [f"{fqn}.{name}" for fqn, module, name, _ in list(iter_states(model)) if name == "bias"]
-    if not unshared:
-        return path.stem, meta, baseline, path, unshared
-    for _fqn, module, name, _ in list(iter_states(model)):
-        if name == "bias":
-            parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    runnable = work / f"{path.stem}-plain-bias.dsz"
-    save_compressed(model, runnable, meta={k: v for k, v in meta.items() if k not in ("arch", "kwargs")})
-    return path.stem, meta, baseline, runnable, unshared
+    return path.stem, meta, baseline
 
 
 def run_model(name: str, dsz: Path, baseline: nn.Module | None, args: argparse.Namespace, work: Path,
@@ -191,9 +177,8 @@ def main() -> None:
         work = Path(tmp)
         if args.files:
             for path in args.files:
-                name, meta, baseline, runnable, unshared = given_file(path, work)
-                models[name] = {"file": str(path), "meta": meta, "biases_unshared_for_runtime": unshared,
-                                **run_model(name, runnable, baseline, args, work, test, source=path)}
+                name, meta, baseline = given_file(path)
+                models[name] = {"file": str(path), "meta": meta, **run_model(name, path, baseline, args, work, test)}
         else:
             for name in args.models:
                 dsz, baseline = one_shot(name, work)
