@@ -4,7 +4,7 @@ Each layer: random weights (Gaussian, He scale), magnitude-pruned to the paper's
 survivors clustered into 32 shared values (k-means, linear init: ``deepshrink.share.kmeans_1d``). Contenders on
 the same input, same thread count, interleaved rounds (median reported):
 
-* ``runtime``       deepshrink's SparseLinear (CSR, uint16 columns + uint8 codes, numba)
+* ``runtime``       deepshrink's SparseLinear (CSR, uint16 columns + uint8 codes, rows padded to groups of 8, numba)
 * ``dense_fp32``    torch ``nn.Linear`` with the same (dequantized) weights
 * ``torch_csr``     torch's CSR sparse matmul (``torch.sparse_csr_tensor`` fp32 values) of the same weights
 * ``dynamic_int8``  ``torch.ao.quantization.quantize_dynamic`` of the dense layer

@@ -148,3 +148,41 @@ def test_layout_rejects_out_of_range_positions_and_codes() -> None:
         from_coo((2, 3), np.array([0]), np.array([3]), np.array([0]), np.ones(1, np.float32))
     with pytest.raises(FormatError, match="codebook index"):
         from_coo((2, 3), np.array([0]), np.array([1]), np.array([4]), np.ones(2, np.float32))
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 12), cols=st.integers(1, 300), density=st.sampled_from([0.0, 0.02, 0.3, 1.0]),
+       codebook=st.sampled_from([1, 2, 32, 255]), seed=st.integers(0, 2**16))
+def test_row_grouped_layout_is_the_same_weight_and_kernel_matches(rows: int, cols: int, density: float,
+                                                                 codebook: int, seed: int) -> None:
+    from deepshrink.runtime.layout import ROW_GROUP, group_rows
+
+    rng = np.random.default_rng(seed)
+    layout = random_layout(rng, rows, cols, density, codebook)
+    grouped = group_rows(layout)
+    assert grouped.group == ROW_GROUP and not np.any(grouped.indptr % ROW_GROUP)
+    assert grouped.nnz == layout.nnz and grouped.n_pad == grouped.indices.size - layout.nnz
+    assert np.all(np.diff(grouped.indptr) - np.diff(layout.indptr) < ROW_GROUP)
+    np.testing.assert_array_equal(grouped.to_dense(), layout.to_dense())
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    plain = kernels.linear_forward(layout.indptr, layout.indices, layout.codes, layout.table, False, x, bias)
+    fast = kernels.linear_forward(grouped.indptr, grouped.indices, grouped.codes, grouped.table, False, x, bias,
+                                  grouped.group)
+    if not np.any(np.diff(layout.indptr) % 4):  # same additions in the same order
+        np.testing.assert_array_equal(fast, plain)
+    want = x.astype(np.float64) @ layout.to_dense().T.astype(np.float64) + bias
+    np.testing.assert_allclose(fast, want, rtol=1e-5, atol=1e-5)
+
+
+def test_row_grouping_skips_layouts_the_grouped_kernel_cannot_read() -> None:
+    from deepshrink.runtime.layout import group_rows
+
+    rng = np.random.default_rng(4)
+    for layout in (random_layout(rng, 5, 40, 0.3, None), random_layout(rng, 5, 40, 0.3, 256),
+                   random_layout(rng, 2, 70_000, 0.001, 8)):
+        assert group_rows(layout) is layout
+        check_linear(layout, 1, True, rng)
+    grouped = group_rows(random_layout(rng, 5, 40, 0.3, 8))
+    assert group_rows(grouped) is grouped
+    assert SparseLinear(random_layout(rng, 5, 40, 0.3, 8)).weight_layout.group == 8

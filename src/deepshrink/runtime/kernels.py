@@ -64,6 +64,37 @@ def _spmv(indptr, indices, codes, table, direct, x, bias, y):
         y[r] = ((a0 + a1) + (a2 + a3)) + bias[r]
 
 
+def _spmv_grouped(indptr, cols64, codes64, table, x, bias, y):
+    """The batch-1 kernel on a row-grouped layout (:func:`deepshrink.runtime.layout.group_rows`).
+
+    Every row holds whole groups of 8 entries, so ``cols64`` (the uint16 columns viewed as uint64, 4 per word)
+    and ``codes64`` (the uint8 codes viewed as uint64, 8 per word) are read one word at a time and the fields
+    are taken apart with shifts: 3 loads per 8 columns + codes instead of 16, plus the centroid and input
+    loads. Entry ``t`` of a row goes to accumulator ``t % 4`` as in :func:`_spmv` (results are bit-identical
+    when a row's length is a multiple of 4, else equal to fp32 rounding: :func:`_spmv` adds its tail to the
+    first accumulator). Padding entries add ``0.0 * x[col]`` (a non-finite ``x[col]`` at a padding column
+    turns that row into NaN, as a dense product would). No fastmath: see :func:`_spmv`.
+    """
+    for r in prange(indptr.shape[0] - 1):
+        a0 = np.float32(0.0)
+        a1 = np.float32(0.0)
+        a2 = np.float32(0.0)
+        a3 = np.float32(0.0)
+        for g in range(indptr[r] >> 3, indptr[r + 1] >> 3):
+            w = cols64[2 * g]
+            u = cols64[2 * g + 1]
+            k = codes64[g]
+            a0 += table[k & 0xFF] * x[w & 0xFFFF]
+            a1 += table[(k >> 8) & 0xFF] * x[(w >> 16) & 0xFFFF]
+            a2 += table[(k >> 16) & 0xFF] * x[(w >> 32) & 0xFFFF]
+            a3 += table[(k >> 24) & 0xFF] * x[w >> 48]
+            a0 += table[(k >> 32) & 0xFF] * x[u & 0xFFFF]
+            a1 += table[(k >> 40) & 0xFF] * x[(u >> 16) & 0xFFFF]
+            a2 += table[(k >> 48) & 0xFF] * x[(u >> 32) & 0xFFFF]
+            a3 += table[k >> 56] * x[u >> 48]
+        y[r] = ((a0 + a1) + (a2 + a3)) + bias[r]
+
+
 COLUMN_TILE = 512
 """Columns per tile in the matrix-matrix kernel: a tile's output row (2 KiB) stays in L1 and its input rows
 in L2 while all non-zeros of a row pass over it, instead of streaming whole rows from memory per non-zero."""
@@ -155,6 +186,8 @@ def _im2col(xpad, kh, kw, sh, sw, dh, dw, oh, ow, out):
 
 spmv_parallel = numba.njit(parallel=True, **_SCALAR)(_spmv)
 spmv_serial = numba.njit(**_SCALAR)(_spmv)
+spmv_grouped_parallel = numba.njit(parallel=True, **_SCALAR)(_spmv_grouped)
+spmv_grouped_serial = numba.njit(**_SCALAR)(_spmv_grouped)
 spmm_parallel = numba.njit(parallel=True, **_OPTS)(_spmm)
 spmm_serial = numba.njit(**_OPTS)(_spmm)
 conv2d_parallel = numba.njit(parallel=True, **_OPTS)(_conv2d)
@@ -172,15 +205,22 @@ def pick(parallel: Callable[..., Any], serial: Callable[..., Any], work: int) ->
 
 def linear_forward(
     indptr: np.ndarray, indices: np.ndarray, codes: np.ndarray, table: np.ndarray, direct: bool,
-    x: np.ndarray, bias: np.ndarray,
+    x: np.ndarray, bias: np.ndarray, group: int = 1,
 ) -> np.ndarray:
     """``x @ W.T + bias`` for a CSR weight ``W`` (out, in); ``x`` is float32 (batch, in), C-contiguous.
 
-    Returns (batch, out); for batch > 1 that is a transposed view of a contiguous (out, batch) array.
+    ``group`` 8: the layout is row-grouped (uint16 columns, uint8 codes, whole groups of 8 per row) and batch 1
+    runs :func:`_spmv_grouped`. Returns (batch, out); for batch > 1 that is a transposed view of a contiguous
+    (out, batch) array.
     """
     n_out = indptr.shape[0] - 1
     batch = x.shape[0]
     work = indices.shape[0] * batch
+    if batch == 1 and group == 8:
+        y = np.empty((1, n_out), dtype=np.float32)
+        fn = spmv_grouped_serial if work < PARALLEL_MIN_WORK else pick(spmv_grouped_parallel, spmv_grouped_serial, work)
+        fn(indptr, indices.view(np.uint64), codes.view(np.uint64), table, x[0], bias, y[0])
+        return y
     if batch == 1:
         y = np.empty((1, n_out), dtype=np.float32)
         kernel = spmv_serial if work < PARALLEL_MIN_WORK else pick(spmv_parallel, spmv_serial, work)

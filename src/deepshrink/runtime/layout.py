@@ -4,10 +4,16 @@ Decoded once at load time from whatever the file or the export dict holds (the e
 layout is the codec's business). Per non-zero the codebook form costs 3 bytes (uint16 column + uint8
 code) instead of 4 for an fp32 value, and no dense matrix is ever formed: rows come straight from the
 positions of the non-zeros.
+
+For the batch-1 Linear kernel a codebook layout is additionally *row-grouped* (:func:`group_rows`): every row
+is padded to a multiple of :data:`ROW_GROUP` (8) entries with explicit zeros (column = the row's last column,
+code = an extra centroid 0.0 appended to the table), so the kernel can read 4 columns per 64-bit load and 8
+codes per 64-bit load instead of one load each; the padding costs about 0.4% more entries on AlexNet FC6-8.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +22,9 @@ import numpy as np
 from ..core.errors import FormatError
 
 _EMPTY_CODES = np.zeros(0, dtype=np.uint8)
+
+ROW_GROUP = 8
+"""Entries per row are a multiple of this in a row-grouped layout (two uint64 column words, one code word)."""
 
 
 def _narrow_uint(limit: int) -> type[np.unsignedinteger[Any]] | type[np.signedinteger[Any]]:
@@ -33,6 +42,8 @@ class SparseRows:
 
     ``indptr`` int64 (rows + 1); ``indices`` uint16/int32 columns, sorted within a row; ``codes`` uint8/uint16
     (empty when direct); ``table`` float32: the centroids, or one value per non-zero when direct.
+    ``group`` > 1: a row-grouped layout (:func:`group_rows`) whose rows hold a multiple of ``group`` entries,
+    ``n_pad`` of them padding zeros coded ``len(table) - 1`` (a 0.0 centroid) that repeat a row's last column.
     """
 
     shape: tuple[int, int]
@@ -41,10 +52,13 @@ class SparseRows:
     codes: np.ndarray
     table: np.ndarray
     direct: bool
+    group: int = 1
+    n_pad: int = 0
 
     @property
     def nnz(self) -> int:
-        return int(self.indices.shape[0])
+        """Non-zeros of the weight (padding entries of a row-grouped layout excluded)."""
+        return int(self.indices.shape[0]) - self.n_pad
 
     @property
     def density(self) -> float:
@@ -59,18 +73,21 @@ class SparseRows:
     def validate(self, name: str) -> None:
         """Check every invariant the unchecked kernels rely on; a FormatError names the weight."""
         rows, cols = self.shape
-        if self.indptr.shape != (rows + 1,) or self.indptr[0] != 0 or self.indptr[-1] != self.nnz:
-            raise FormatError(f"{name}: row pointer does not describe {self.nnz} non-zeros in {rows} rows")
+        entries = int(self.indices.shape[0])
+        if self.indptr.shape != (rows + 1,) or self.indptr[0] != 0 or self.indptr[-1] != entries:
+            raise FormatError(f"{name}: row pointer does not describe {entries} entries in {rows} rows")
+        if self.group > 1 and (self.direct or np.any(self.indptr % self.group) or self.table[-1] != 0):
+            raise FormatError(f"{name}: row-grouped layout without whole groups per row or a trailing 0.0 centroid")
         if self.nnz and np.any(np.diff(self.indptr) < 0):
             raise FormatError(f"{name}: row pointer is not monotone")
-        if self.nnz and int(self.indices.max()) >= cols:
+        if entries and int(self.indices.max()) >= cols:
             raise FormatError(f"{name}: column index {int(self.indices.max())} out of range for {cols} columns")
         if self.direct:
             if self.table.shape != (self.nnz,):
                 raise FormatError(f"{name}: {self.table.shape[0]} values for {self.nnz} non-zeros")
-        elif self.nnz:
-            if self.codes.shape != (self.nnz,):
-                raise FormatError(f"{name}: {self.codes.shape[0]} codes for {self.nnz} non-zeros")
+        elif entries:
+            if self.codes.shape != (entries,):
+                raise FormatError(f"{name}: {self.codes.shape[0]} codes for {entries} entries")
             if int(self.codes.max()) >= self.table.shape[0]:
                 raise FormatError(
                     f"{name}: codebook index {int(self.codes.max())} out of range for {self.table.shape[0]} centroids"
@@ -81,8 +98,37 @@ class SparseRows:
         out = np.zeros(self.shape, dtype=np.float32)
         rows = np.repeat(np.arange(self.shape[0]), np.diff(self.indptr))
         values = self.table if self.direct else self.table[self.codes]
-        out[rows, self.indices.astype(np.int64)] = values
+        np.add.at(out, (rows, self.indices.astype(np.int64)), values)  # padding repeats a position with 0.0
         return out
+
+
+def group_rows(layout: SparseRows, name: str = "weight") -> SparseRows:
+    """The row-grouped copy of a codebook layout for the batch-1 Linear kernel, or ``layout`` itself when that
+    kernel cannot read it (pruned-only values, int32 columns, more than 255 centroids, big-endian host).
+    uint8 columns (at most 256 inputs) are widened to uint16, the kernel's one column width.
+
+    Why: the plain kernel spends four loads per non-zero (column, code, centroid, input); with whole groups of
+    8 entries per row it loads 8 columns and 8 codes with three 64-bit loads, i.e. 2.4 loads per non-zero.
+    """
+    if (layout.direct or layout.group > 1 or layout.indices.dtype == np.int32 or layout.codes.dtype != np.uint8
+            or layout.table.shape[0] > 255 or sys.byteorder != "little"):
+        return layout
+    counts = np.diff(layout.indptr)
+    padded = -(-counts // ROW_GROUP) * ROW_GROUP
+    indptr = np.zeros_like(layout.indptr)
+    np.cumsum(padded, out=indptr[1:])
+    rows = np.repeat(np.arange(layout.shape[0]), padded)
+    slot = np.arange(indptr[-1]) - indptr[rows]
+    real = slot < counts[rows]
+    # padding repeats the row's last column (an empty row stays empty); its code is the appended 0.0 centroid
+    source = layout.indptr[rows] + np.minimum(slot, counts[rows] - 1)
+    indices = layout.indices[source].astype(np.uint16)
+    codes = np.full(indptr[-1], layout.table.shape[0], dtype=np.uint8)
+    codes[real] = layout.codes[source[real]]
+    table = np.concatenate([layout.table, np.zeros(1, dtype=np.float32)])
+    grouped = SparseRows(layout.shape, indptr, indices, codes, table, False, ROW_GROUP, int(indptr[-1]) - layout.nnz)
+    grouped.validate(name)
+    return grouped
 
 
 def _indptr(rows: np.ndarray, n_rows: int) -> np.ndarray:

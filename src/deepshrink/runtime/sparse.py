@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..core.errors import FormatError, UnsupportedLayerError
 from . import kernels
-from .layout import SparseRows, from_coo, from_export
+from .layout import SparseRows, from_coo, from_export, group_rows
 from .registry import register_layer_builder
 
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
@@ -61,19 +61,23 @@ class _SparseLayer(nn.Module):
 
     def _run_linear(self, x2: np.ndarray) -> np.ndarray:
         w = self.weight_layout
-        return kernels.linear_forward(w.indptr, w.indices, w.codes, w.table, w.direct, x2, self.bias_array)
+        return kernels.linear_forward(w.indptr, w.indices, w.codes, w.table, w.direct, x2, self.bias_array, w.group)
 
     def _describe(self) -> str:
         w = self.weight_layout
-        form = "values" if w.direct else f"codebook={w.table.shape[0]}"
+        form = "values" if w.direct else f"codebook={w.table.shape[0] - (w.group > 1)}"  # minus the padding 0.0
         return f"nnz={w.nnz} ({100 * w.density:.1f}%), {form}, bias={self.has_bias}, {self.nbytes} bytes"
 
 
 class SparseLinear(_SparseLayer):
-    """``nn.Linear`` computed from a CSR (+codebook) weight: ``x @ W.T + b`` without a dense ``W``."""
+    """``nn.Linear`` computed from a CSR (+codebook) weight: ``x @ W.T + b`` without a dense ``W``.
+
+    A codebook weight is held row-grouped (:func:`~deepshrink.runtime.layout.group_rows`, rows padded to
+    whole groups of 8 entries) for the faster batch-1 kernel; batch > 1 runs the same arrays (padding adds 0).
+    """
 
     def __init__(self, weight: SparseRows, bias: Tensor | np.ndarray | None = None, name: str = "weight") -> None:
-        super().__init__(weight, bias, name)
+        super().__init__(group_rows(weight, name), bias, name)
         self.out_features, self.in_features = weight.shape
 
     def forward(self, x: Tensor) -> Tensor:
