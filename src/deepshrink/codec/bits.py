@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.errors import FormatError
 
-__all__ = ["pack_fixed", "read_varints", "unpack_fixed", "varint_bytes", "width_for"]
+__all__ = ["pack_fixed", "pack_nibbles", "read_varints", "unpack_fixed", "unpack_nibbles", "varint_bytes", "width_for"]
 
 
 def width_for(alphabet: int) -> int:
@@ -110,3 +110,20 @@ def read_varints(data: bytes, count: int, start: int = 0, what: str = "table") -
                 raise FormatError(f"{what} holds a varint longer than 64 bits")
         values.append(value)
     return values, pos
+
+
+def pack_nibbles(values: np.ndarray) -> bytes:
+    """Values in 0..15, two per byte (high nibble first; an odd count is padded with a zero nibble)."""
+    v = np.asarray(values, dtype=np.uint8)
+    if v.size % 2:
+        v = np.concatenate([v, np.zeros(1, dtype=np.uint8)])
+    return ((v[0::2] << 4) | v[1::2]).astype(np.uint8).tobytes()
+
+
+def unpack_nibbles(data: bytes, count: int) -> np.ndarray:
+    """The first ``count`` nibbles of ``data`` (inverse of :func:`pack_nibbles`)."""
+    b = np.frombuffer(data, dtype=np.uint8)
+    out = np.empty(b.size * 2, dtype=np.int64)
+    out[0::2] = b >> 4
+    out[1::2] = b & 0x0F
+    return out[:count]

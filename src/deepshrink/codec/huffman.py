@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 from ..core.errors import FormatError
-from .bits import read_varints, varint_bytes
+from .bits import pack_nibbles, read_varints, unpack_nibbles, varint_bytes
 
 __all__ = ["MAX_ALPHABET", "MAX_CODE_LEN", "HuffmanTable", "huffman_decode", "huffman_encode", "huffman_lengths"]
 
@@ -127,10 +127,10 @@ class HuffmanTable:
 
     def to_bytes(self) -> bytes:
         """Mode byte, then dense nibbles or (varint count, varint symbol gaps, nibbles): the smaller one."""
-        dense = b"\x00" + _nibbles(self.lengths)
+        dense = b"\x00" + pack_nibbles(self.lengths)
         present = np.flatnonzero(self.lengths > 0)
         gaps = np.diff(np.concatenate([[-1], present])) - 1
-        sparse = b"\x01" + varint_bytes([present.size]) + varint_bytes(gaps) + _nibbles(self.lengths[present])
+        sparse = b"\x01" + varint_bytes([present.size]) + varint_bytes(gaps) + pack_nibbles(self.lengths[present])
         return dense if len(dense) <= len(sparse) else sparse
 
     @classmethod
@@ -144,7 +144,7 @@ class HuffmanTable:
         if data[0] == 0:
             if len(data) != 1 + (alphabet + 1) // 2:
                 raise FormatError(f"dense Huffman table has {len(data)} bytes for {alphabet} symbols")
-            lengths[:] = _unnibble(data[1:], alphabet)
+            lengths[:] = unpack_nibbles(data[1:], alphabet)
         elif data[0] == 1:
             (count,), pos = read_varints(data, 1, 1, "Huffman table")
             if not 1 <= count <= alphabet:
@@ -155,7 +155,7 @@ class HuffmanTable:
                 raise FormatError(f"Huffman table names symbol {symbols[-1]} beyond the alphabet ({alphabet})")
             if len(data) - pos != (count + 1) // 2:
                 raise FormatError("sparse Huffman table has the wrong number of length bytes")
-            lengths[symbols] = _unnibble(data[pos:], count)
+            lengths[symbols] = unpack_nibbles(data[pos:], count)
         else:
             raise FormatError(f"unknown Huffman table mode {data[0]}")
         if not lengths.any():
@@ -179,21 +179,6 @@ class HuffmanTable:
         lut_sym[idx] = np.repeat(present, spans)
         lut_len[idx] = np.repeat(self.lengths[present], spans)
         return lut_sym, lut_len, max_len
-
-
-def _nibbles(values: np.ndarray) -> bytes:
-    v = np.asarray(values, dtype=np.uint8)
-    if v.size % 2:
-        v = np.concatenate([v, np.zeros(1, dtype=np.uint8)])
-    return ((v[0::2] << 4) | v[1::2]).astype(np.uint8).tobytes()
-
-
-def _unnibble(data: bytes, count: int) -> np.ndarray:
-    b = np.frombuffer(data, dtype=np.uint8)
-    out = np.empty(b.size * 2, dtype=np.int64)
-    out[0::2] = b >> 4
-    out[1::2] = b & 0x0F
-    return out[:count]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -18,6 +18,7 @@ import constriction
 import numpy as np
 
 from ..core.errors import FormatError
+from .bits import pack_nibbles, unpack_nibbles
 
 __all__ = ["LEVELS", "MAX_POSITIONS_PER_BYTE", "decode_mask_ctx", "encode_mask_ctx"]
 
@@ -33,21 +34,6 @@ def _quantize(rate: np.ndarray) -> np.ndarray:
     grid = np.log2(LEVELS[1:] / 65536.0)
     q[live] = 1 + np.abs(np.log2(rate[live])[:, None] - grid[None, :]).argmin(axis=1)
     return q
-
-
-def _nibbles(values: np.ndarray) -> bytes:
-    v = np.asarray(values, dtype=np.uint8)
-    if v.size % 2:
-        v = np.concatenate([v, np.zeros(1, dtype=np.uint8)])
-    return ((v[0::2] << 4) | v[1::2]).astype(np.uint8).tobytes()
-
-
-def _unnibble(data: bytes, count: int) -> np.ndarray:
-    b = np.frombuffer(data, dtype=np.uint8)
-    out = np.empty(b.size * 2, dtype=np.int64)
-    out[0::2] = b >> 4
-    out[1::2] = b & 0x0F
-    return out[:count]
 
 
 def _probabilities(qr: np.ndarray, qc: np.ndarray, pbar: int) -> np.ndarray:
@@ -75,7 +61,7 @@ def encode_mask_ctx(mask: np.ndarray) -> tuple[bytes, bytes, int, int] | None:
     data = coder.get_compressed().astype("<u4").tobytes()
     if symbols.size > MAX_POSITIONS_PER_BYTE * len(data):
         return None
-    return _nibbles(np.concatenate([qr, qc])), data, rows, pbar
+    return pack_nibbles(np.concatenate([qr, qc])), data, rows, pbar
 
 
 def decode_mask_ctx(model: bytes, data: bytes, shape: tuple[int, ...], rows: int, pbar: int) -> np.ndarray:
@@ -86,7 +72,7 @@ def decode_mask_ctx(model: bytes, data: bytes, shape: tuple[int, ...], rows: int
     cols = numel // rows
     if len(model) != (rows + cols + 1) // 2:
         raise FormatError(f"context mask model holds {len(model)} bytes for {rows} rows and {cols} columns")
-    levels = _unnibble(model, rows + cols)
+    levels = unpack_nibbles(model, rows + cols)
     qr, qc = levels[:rows], levels[rows:]
     live = int(np.count_nonzero(qr)) * int(np.count_nonzero(qc))
     if len(data) % 4 or live > MAX_POSITIONS_PER_BYTE * len(data) or (live and not data):
