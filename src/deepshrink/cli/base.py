@@ -8,7 +8,18 @@ from typing import Annotated
 
 import typer
 
-from .common import DataDirOpt, JsonOpt, QuietOpt, SeedOpt, ThreadsOpt, dataset_of, emit_json, set_threads
+from .common import (
+    DataDirOpt,
+    FileDatasetOpt,
+    JsonOpt,
+    QuietOpt,
+    SeedOpt,
+    ThreadsOpt,
+    TrainLimitOpt,
+    dataset_of,
+    emit_json,
+    set_threads,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,7 +37,7 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 128,
     optimizer: Annotated[str, typer.Option("--optimizer")] = "sgd",
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 5e-4,
-    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N training samples.")] = None,
+    limit: TrainLimitOpt = None,
     data_dir: DataDirOpt = None,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
@@ -70,7 +81,7 @@ def train(
 
 def evaluate_cmd(
     path: Annotated[Path, typer.Argument(help="Checkpoint or .dsz file.")],
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Default: the one recorded in the file.")] = None,
+    dataset: FileDatasetOpt = None,
     split: Annotated[str, typer.Option("--split", help="test | val | train")] = "test",
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = None,

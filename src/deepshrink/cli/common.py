@@ -9,6 +9,10 @@ import torch
 import typer
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="fashion-mnist | mnist | cifar10 | digits")]
+FileDatasetOpt = Annotated[
+    str | None, typer.Option("--dataset", "-d", help="Dataset name; default: the one recorded in the model file.")
+]
+TrainLimitOpt = Annotated[int | None, typer.Option("--limit", help="Use only the first N training samples.")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Folder holding the dataset files (MNIST, CIFAR-10).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]

@@ -8,7 +8,17 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import DataDirOpt, JsonOpt, QuietOpt, ThreadsOpt, dataset_of, emit_json, set_threads
+from .common import (
+    DataDirOpt,
+    FileDatasetOpt,
+    JsonOpt,
+    QuietOpt,
+    ThreadsOpt,
+    TrainLimitOpt,
+    dataset_of,
+    emit_json,
+    set_threads,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -94,8 +104,8 @@ def compress(
     checkpoint: Annotated[Path, typer.Argument(help="Trained checkpoint (deepshrink train ...).")],
     recipe: Annotated[Path, typer.Option("--recipe", "-r", help="YAML recipe, e.g. recipes/deep-compression-lenet300.yaml")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Compressed file to write (.dsz).")],
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Default: the one recorded in the checkpoint.")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N training samples.")] = None,
+    dataset: FileDatasetOpt = None,
+    limit: TrainLimitOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override the recipe's seed.")] = None,
     data_dir: DataDirOpt = None,
     threads: ThreadsOpt = None,

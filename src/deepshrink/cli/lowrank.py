@@ -8,7 +8,17 @@ from typing import Annotated
 import typer
 
 from .. import lowrank as _lowrank  # noqa: F401  (registers the lowrank_* edits so factorised files load)
-from .common import DataDirOpt, JsonOpt, QuietOpt, SeedOpt, ThreadsOpt, dataset_of, emit_json, set_threads
+from .common import (
+    DataDirOpt,
+    FileDatasetOpt,
+    JsonOpt,
+    QuietOpt,
+    SeedOpt,
+    ThreadsOpt,
+    dataset_of,
+    emit_json,
+    set_threads,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +33,7 @@ def lowrank_cmd(
     linear_energy: Annotated[float | None, typer.Option("--linear-energy", help="SVD of Linear layers keeping this fraction of sigma^2.")] = None,
     linear_ratio: Annotated[float | None, typer.Option("--linear-ratio", help="SVD of Linear layers to this fraction of their weights.")] = None,
     linear_response: Annotated[bool, typer.Option("--linear-response", help="Linear layers by PCA of their outputs on val images (Zhang's linear reconstruction) instead of weight SVD.")] = False,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Default: the one recorded in the file.")] = None,
+    dataset: FileDatasetOpt = None,
     images: Annotated[int, typer.Option("--images", help="Calibration images from the val split.")] = 3000,
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Fine-tune the factorised model (0: none).")] = 0,
     lr: Annotated[float, typer.Option("--lr", help="Fine-tuning learning rate (cosine schedule).")] = 0.005,

@@ -7,7 +7,18 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import DataDirOpt, JsonOpt, QuietOpt, SeedOpt, ThreadsOpt, dataset_of, emit_json, set_threads
+from .common import (
+    DataDirOpt,
+    FileDatasetOpt,
+    JsonOpt,
+    QuietOpt,
+    SeedOpt,
+    ThreadsOpt,
+    TrainLimitOpt,
+    dataset_of,
+    emit_json,
+    set_threads,
+)
 
 SelectOpt = Annotated[list[str] | None, typer.Option("--select", help="Layer name glob or type:linear|conv (repeat).")]
 
@@ -55,8 +66,8 @@ def prune_cmd(
     hessian_samples: Annotated[int, typer.Option("--hessian-samples", help="OBD: training samples for the Hessian.")] = 2048,
     dropout_adjust: Annotated[bool, typer.Option("--dropout-adjust", help="Han's dropout rule while retraining.")] = False,
     select: SelectOpt = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Default: the one recorded in the file.")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N training samples.")] = None,
+    dataset: FileDatasetOpt = None,
+    limit: TrainLimitOpt = None,
     data_dir: DataDirOpt = None,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
@@ -150,7 +161,7 @@ def prune_cmd(
 def sensitivity_cmd(
     path: Annotated[Path, typer.Argument(help="Checkpoint to analyse.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for sensitivity.csv / .json / .png.")],
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Default: the one recorded in the file.")] = None,
+    dataset: FileDatasetOpt = None,
     sparsities: Annotated[str, typer.Option("--sparsities", help="Comma-separated sweep.")] =
         "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.85,0.9,0.95",
     workers: Annotated[int, typer.Option("--workers", help="Parallel processes (one layer each).")] = 1,

@@ -11,7 +11,17 @@ import typer
 if TYPE_CHECKING:
     from torch import nn
 
-from .common import DataDirOpt, JsonOpt, QuietOpt, SeedOpt, ThreadsOpt, dataset_of, emit_json, set_threads
+from .common import (
+    DataDirOpt,
+    FileDatasetOpt,
+    JsonOpt,
+    QuietOpt,
+    SeedOpt,
+    ThreadsOpt,
+    dataset_of,
+    emit_json,
+    set_threads,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -28,7 +38,7 @@ def quantize(
     calib: Annotated[int, typer.Option("--calib", help="Calibration images from the validation split.")] = 512,
     objective: Annotated[str, typer.Option("--weight-objective", help="Weight search: error | accuracy "
                                            "(calibration top-1 may overrule the least-error choice).")] = "error",
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Default: the checkpoint's.")] = None,
+    dataset: FileDatasetOpt = None,
     evaluate_after: Annotated[bool, typer.Option("--eval/--no-eval", help="Test top-1 before/after and of "
                                                  "the integer engine.")] = True,
     entropy: Annotated[str, typer.Option("--entropy", help="Coding of the integers in .dsz: huffman | ans | raw.")] = "huffman",

@@ -11,7 +11,18 @@ import typer
 if TYPE_CHECKING:
     from torch import nn
 
-from .common import DataDirOpt, JsonOpt, QuietOpt, SeedOpt, ThreadsOpt, dataset_of, emit_json, set_threads
+from .common import (
+    DataDirOpt,
+    FileDatasetOpt,
+    JsonOpt,
+    QuietOpt,
+    SeedOpt,
+    ThreadsOpt,
+    TrainLimitOpt,
+    dataset_of,
+    emit_json,
+    set_threads,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +34,7 @@ def ternary(
     out: Annotated[Path, typer.Option("--out", "-o", help="FILE.dsz (compressed) or FILE.pt (checkpoint with state).")],
     t: Annotated[float, typer.Option("--t", help="Threshold factor: Delta = t * max|w| per layer.")] = 0.05,
     epochs: Annotated[int, typer.Option("--epochs")] = 10,
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="Default: the checkpoint's.")] = None,
+    dataset: FileDatasetOpt = None,
     method: Annotated[str, typer.Option("--method", help="ttq (trained Wp/Wn) | twn (symmetric fixed scale).")] = "ttq",
     init: Annotated[str, typer.Option("--init", help="TTQ start scales: mean (least squares) | paper (1.0).")] = "mean",
     keep_first_last: Annotated[bool, typer.Option("--keep-first-last/--all-layers",
@@ -34,7 +45,7 @@ def ternary(
                                                            "Wp/Wn updates stable without BN) | sgd.")] = "adam",
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 5e-4,
     entropy: Annotated[str, typer.Option("--entropy", help="Coding of the codes in .dsz: ans | huffman | raw.")] = "ans",
-    limit: Annotated[int | None, typer.Option("--limit", help="Train on the first N samples only.")] = None,
+    limit: TrainLimitOpt = None,
     data_dir: DataDirOpt = None,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
