@@ -11,6 +11,10 @@ A recipe file::
       - finetune: {epochs: 3, lr: 1.0e-4}
       - encode: {entropy: huffman}
 
+``prune``, ``retrain`` and ``finetune`` accept ``distill: {alpha: 0.5, temperature: 4}`` (beyond the paper):
+their loss becomes knowledge distillation from the teacher, by default a frozen copy of the model as it was
+when the recipe started (:class:`deepshrink.train.loop.DistillationLoss`).
+
 Each stage name maps to a handler in :data:`STAGES` (``prune``, ``retrain``, ``share``, ``finetune``,
 ``encode`` here; other techniques add theirs with :func:`register_stage`). Parsing validates every stage and
 key up front, so a typo fails in a second instead of after an hour of retraining. Handlers call the public
@@ -19,6 +23,7 @@ API only.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import inspect
@@ -27,14 +32,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.data import Dataset
 
 from .core.errors import ConfigError, DeepShrinkError
 from .train import TrainConfig
+from .train.loop import DistillationLoss
 
 __all__ = [
     "STAGES",
@@ -42,6 +49,7 @@ __all__ = [
     "RecipeContext",
     "Stage",
     "StageHandler",
+    "frozen_copy",
     "load_recipe",
     "parse_recipe",
     "register_stage",
@@ -101,7 +109,11 @@ class Recipe:
 
 @dataclass
 class RecipeContext:
-    """What stages share while a recipe runs: the model, the data, the output path and the base lr."""
+    """What stages share while a recipe runs: the model, the data, the output path and the base lr.
+
+    ``teacher`` is what ``distill`` stages learn from; :func:`run_recipe` sets it (a frozen copy of the model
+    at the start) when a stage distills and none was given.
+    """
 
     model: nn.Module
     train_data: Dataset
@@ -112,6 +124,7 @@ class RecipeContext:
     quiet: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
     encoded: Any = None
+    teacher: nn.Module | None = None
 
 
 def _load_plugins() -> None:
@@ -182,6 +195,8 @@ def run_recipe(recipe: Recipe, context: RecipeContext) -> list[dict[str, Any]]:
     """Run every stage of ``recipe`` on ``context.model`` in order; one record per stage (with val accuracy)."""
     from .train import evaluate
 
+    if context.teacher is None and any("distill" in stage.options for stage in recipe.stages):
+        context.teacher = frozen_copy(context.model)
     records = []
     for position, stage in enumerate(recipe.stages, 1):
         started = time.perf_counter()
@@ -200,7 +215,46 @@ def run_recipe(recipe: Recipe, context: RecipeContext) -> list[dict[str, Any]]:
     return records
 
 
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A plain copy of ``model`` computing what it computes now (compression state folded in), frozen, eval mode.
+
+    Parametrized layers become ordinary ones holding their effective tensors: a deep copy alone would share
+    torch's parametrized classes with the original, which later parametrizations of the original would alter.
+    """
+    teacher = copy.deepcopy(model)
+    for module in teacher.modules():
+        if parametrize.is_parametrized(module):
+            names = list(cast(nn.ModuleDict, module.parametrizations).keys())
+            values = {name: getattr(module, name).detach().clone() for name in names}
+            module.__class__ = module.__class__.__bases__[0]  # the class parametrize derived its class from
+            del module._modules["parametrizations"]
+            for name, value in values.items():
+                module._parameters[name] = nn.Parameter(value)
+    return teacher.eval().requires_grad_(False)
+
+
 # --------------------------------------------------------------------------------------------------- stages
+
+def _check_distill(options: Mapping[str, Any]) -> dict[str, float] | None:
+    """Validate a stage's ``distill: {alpha, temperature}`` option (None when absent)."""
+    spec = options.get("distill")
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping) or set(spec) - {"alpha", "temperature"}:
+        raise ConfigError(f"distill must be a mapping with keys alpha and/or temperature, got {spec!r}")
+    values = {"alpha": float(spec.get("alpha", 0.5)), "temperature": float(spec.get("temperature", 4.0))}
+    if not 0.0 <= values["alpha"] <= 1.0 or not values["temperature"] > 0:
+        raise ConfigError(f"distill needs 0 <= alpha <= 1 and temperature > 0, got {dict(spec)!r}")
+    return values
+
+
+def _loss_fn(ctx: RecipeContext, distill: dict[str, float] | None) -> DistillationLoss | None:
+    if distill is None:
+        return None
+    if ctx.teacher is None:
+        ctx.teacher = frozen_copy(ctx.model)
+    return DistillationLoss(ctx.teacher, **distill)
+
 
 _TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
 
@@ -234,12 +288,13 @@ def _prune_api() -> Any:
 
 
 @register_stage("prune", {"method", "quality", "sparsity", "scope", "select", "exclude", "rounds", "power",
-                          "retrain", "final_retrain"})
+                          "retrain", "final_retrain", "distill"})
 def _build_prune(options: Mapping[str, Any]) -> StageFn:
     """Magnitude pruning (Han et al. 2015): one shot, or ``rounds`` of prune -> retrain with rising sparsity.
 
     ``power`` shapes the schedule (``final * (1 - (1 - r/R)^power)``; 3 = big steps first) and
-    ``final_retrain`` (training options merged over ``retrain``) replaces the last round's retraining.
+    ``final_retrain`` (training options merged over ``retrain``) replaces the last round's retraining;
+    ``distill`` retrains every round with knowledge distillation.
     """
     method = options.get("method", "magnitude")
     if method != "magnitude":
@@ -269,6 +324,7 @@ def _build_prune(options: Mapping[str, Any]) -> StageFn:
     prune = _prune_api()
     prune.MagnitudePrune(quality=quality, sparsity=sparsity, scope=scope)  # validates now
     power = float(options.get("power", 1.0))
+    distill = _check_distill(options)
 
     def run(ctx: RecipeContext) -> dict[str, Any]:
         select, exclude = options.get("select"), options.get("exclude")
@@ -282,23 +338,25 @@ def _build_prune(options: Mapping[str, Any]) -> StageFn:
             schedule = prune.rising_schedule(sparsity, rounds, "magnitude", scope=scope, power=power)
         records = prune.iterative_prune_(ctx.model, ctx.train_data, ctx.val_data, schedule,
                                          _train_config(retrain, ctx), select=select, quiet=ctx.quiet,
-                                         final_retrain=_train_config(final, ctx) if final is not None else None)
+                                         final_retrain=_train_config(final, ctx) if final is not None else None,
+                                         loss_fn=_loss_fn(ctx, distill))
         last = records[-1]["prune"]
         return {"sparsity": last["sparsity"], "layers": last["layers"], "rounds": len(records)}
 
     return run
 
 
-@register_stage("retrain", _TRAIN_KEYS)
+@register_stage("retrain", _TRAIN_KEYS | {"distill"})
 def _build_retrain(options: Mapping[str, Any]) -> StageFn:
     """Retrain the (pruned) model with masks kept; lr defaults to 1/10 of the baseline's (the paper's rule)."""
     _check_train(options)
+    distill = _check_distill(options)
 
     def run(ctx: RecipeContext) -> dict[str, Any]:
         from .train import fit
 
         config = _train_config(options, ctx)
-        history = fit(ctx.model, ctx.train_data, config, quiet=ctx.quiet)
+        history = fit(ctx.model, ctx.train_data, config, quiet=ctx.quiet, loss_fn=_loss_fn(ctx, distill))
         return {"epochs": config.epochs, "lr": config.lr, "train_loss": history.last.get("train_loss")}
 
     return run
@@ -319,17 +377,19 @@ def _build_share(options: Mapping[str, Any]) -> StageFn:
     return run
 
 
-@register_stage("finetune", _TRAIN_KEYS | {"train_others"})
+@register_stage("finetune", _TRAIN_KEYS | {"train_others", "distill"})
 def _build_finetune(options: Mapping[str, Any]) -> StageFn:
     """Centroid fine-tuning (eq. 3): codebooks (and biases unless ``train_others: false``), indices fixed."""
     _check_train(options)
+    distill = _check_distill(options)
 
     def run(ctx: RecipeContext) -> dict[str, Any]:
         from .share import finetune_centroids
 
         config = _train_config(options, ctx, default_lr=1e-4)
         history = finetune_centroids(ctx.model, ctx.train_data, config,
-                                     train_others=bool(options.get("train_others", True)), quiet=ctx.quiet)
+                                     train_others=bool(options.get("train_others", True)), quiet=ctx.quiet,
+                                     loss_fn=_loss_fn(ctx, distill))
         return {"epochs": config.epochs, "lr": config.lr, "train_loss": history.last.get("train_loss")}
 
     return run

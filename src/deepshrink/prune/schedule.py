@@ -21,6 +21,7 @@ from ..core.errors import ConfigError, FormatError
 from ..core.select import Selector, select_layers
 from ..core.state import Mask, get_mask, set_mask
 from ..train import TrainConfig, evaluate, fit, read_checkpoint, save_checkpoint
+from ..train.loop import LossFn
 from .base import PerLayer, PruneMethod, prune_
 from .magnitude import MagnitudePrune
 from .obd import OBDPrune
@@ -112,6 +113,7 @@ def iterative_prune_(
     final_retrain: TrainConfig | None = None,
     meta: dict[str, Any] | None = None,
     quiet: bool = False,
+    loss_fn: LossFn | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``prune_(model, schedule[r])`` then ``fit`` with ``retrain``, for every round ``r``; in place.
 
@@ -119,6 +121,7 @@ def iterative_prune_(
     (default ``retrain``) is used for the last round, which often deserves longer. Returns one record per
     round (pruning report, validation accuracy after pruning and after retraining, seconds). With
     ``checkpoint``, writes it after every round (``meta`` plus the rounds so far) and resumes from it.
+    ``loss_fn`` replaces the retraining loss (e.g. :class:`deepshrink.train.loop.DistillationLoss`).
     """
     if not schedule:
         raise ConfigError("the pruning schedule has no rounds")
@@ -146,7 +149,7 @@ def iterative_prune_(
         base = final_retrain if (final_retrain is not None and r == len(schedule) - 1) else retrain
         config = replace(base, seed=base.seed + r)
         history = fit(model, train_data, config, val_data=val_data, checkpoint=partial,
-                      checkpoint_meta=meta, quiet=quiet) if config.epochs > 0 else None
+                      checkpoint_meta=meta, quiet=quiet, loss_fn=loss_fn) if config.epochs > 0 else None
         if val_data is not None:
             record["val_accuracy_retrained"] = evaluate(model, val_data)["accuracy"]
         record["history"] = history.epochs if history is not None else []

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from ..core.errors import ConfigError
 from ..core.state import iter_states
 from ..train import History, TrainConfig, fit
+from ..train.loop import LossFn
 from .sharing import SharedWeights, centroid_parameters
 
 __all__ = ["finetune_centroids", "finetune_parameters"]
@@ -43,11 +44,13 @@ def finetune_centroids(
     train_others: bool = True,
     val_data: Dataset | None = None,
     quiet: bool = False,
+    loss_fn: LossFn | None = None,
 ) -> History:
     """Fine-tune the shared values of ``model`` in place (indices and masks fixed); returns the loop's history.
 
     The gradient of a centroid is the sum over its cluster (eq. 3), which grows with the cluster's size: use a
     learning rate well below the one used for ordinary weights (recipes default to 1e-4 with SGD).
+    ``loss_fn`` replaces cross-entropy (e.g. :class:`deepshrink.train.loop.DistillationLoss`).
     """
     params = finetune_parameters(model, train_others)
-    return fit(model, train_data, config, val_data=val_data, params=params, quiet=quiet)
+    return fit(model, train_data, config, val_data=val_data, params=params, quiet=quiet, loss_fn=loss_fn)

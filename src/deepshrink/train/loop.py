@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
@@ -28,6 +29,9 @@ from .evaluate import evaluate
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
+
+LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+"""``loss_fn(logits, labels, inputs) -> loss``: replaces cross-entropy in :func:`fit` (e.g. distillation)."""
 
 
 @dataclass(frozen=True)
@@ -100,12 +104,14 @@ def fit(
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_meta: dict[str, Any] | None = None,
     quiet: bool = False,
+    loss_fn: LossFn | None = None,
 ) -> History:
     """Train ``model`` in place on ``train_data``; returns per-epoch metrics.
 
     ``params`` restricts what the optimizer updates (default: every parameter). With ``checkpoint`` the run
     writes a resumable checkpoint after each epoch and, if one exists, resumes from it. Under ``torchrun``
     the model is wrapped in DistributedDataParallel and the data sharded with a DistributedSampler.
+    ``loss_fn(logits, labels, inputs)`` replaces the default cross-entropy (see :class:`DistillationLoss`).
     """
     _, world = init_distributed()
     torch.manual_seed(config.seed)
@@ -139,7 +145,8 @@ def fit(
         batches = _progress(loader, f"epoch {epoch + 1}/{config.epochs}", show)
         for inputs, labels in batches:
             inputs, labels = inputs.to(device), labels.to(device)
-            loss = F.cross_entropy(runner(inputs), labels)
+            logits = runner(inputs)
+            loss = F.cross_entropy(logits, labels) if loss_fn is None else loss_fn(logits, labels, inputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -176,6 +183,27 @@ def fit(
                 train_state={"optimizer": optimizer.state_dict(), "epoch": epoch, "history": history.epochs},
             )
     return history
+
+
+class DistillationLoss:
+    """Knowledge distillation (Hinton et al. 2015) as a ``loss_fn`` for :func:`fit`.
+
+    ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)``; the
+    teacher (e.g. the dense model a compression run started from) is frozen and run in eval mode.
+    """
+
+    def __init__(self, teacher: nn.Module, alpha: float = 0.5, temperature: float = 4.0) -> None:
+        if not 0.0 <= alpha <= 1.0:
+            raise ConfigError(f"distillation alpha must be in [0, 1], got {alpha}")
+        if not temperature > 0:
+            raise ConfigError(f"distillation temperature must be > 0, got {temperature}")
+        self.teacher, self.alpha, self.temperature = teacher.eval().requires_grad_(False), alpha, temperature
+
+    def __call__(self, logits: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:
+        with torch.no_grad():
+            target = F.softmax(self.teacher(inputs) / self.temperature, dim=1)
+        soft = F.kl_div(F.log_softmax(logits / self.temperature, dim=1), target, reduction="batchmean")
+        return self.alpha * self.temperature**2 * soft + (1 - self.alpha) * F.cross_entropy(logits, labels)
 
 
 def _progress(loader: Any, label: str, show: bool) -> Any:
