@@ -9,10 +9,13 @@ the same input, same thread count, interleaved rounds (median reported):
 * ``torch_csr``     torch's CSR sparse matmul (``torch.sparse_csr_tensor`` fp32 values) of the same weights
 * ``dynamic_int8``  ``torch.ao.quantization.quantize_dynamic`` of the dense layer
 
-Inputs are Gaussian like the paper's dense-input benchmark. Run:
+Inputs: ``--inputs gaussian`` (default) as in the paper's dense-input benchmark; ``--inputs relu`` the
+activations a real AlexNet feeds these layers, non-negative with EIE's measured non-zero fractions (FC6 35.1%,
+FC7 35.3%, FC8 37.5%), where the runtime's column kernel skips the zero inputs (dense and int8 cannot). Run:
 
     nice -n 10 .venv/bin/python benchmarks/bench_runtime_layers.py --threads 1  # -> results/runtime-layers-1thread.json
     nice -n 10 .venv/bin/python benchmarks/bench_runtime_layers.py --threads 2  # -> results/runtime-layers-2threads.json
+    ... --inputs relu  # -> results/runtime-layers-<N>thread(s)-relu.json
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from deepshrink.share import kmeans_1d
 
 ROOT = Path(__file__).resolve().parent
 LAYERS = {"fc6": (9216, 4096, 0.09), "fc7": (4096, 4096, 0.09), "fc8": (4096, 1000, 0.25)}
+EIE_INPUT_DENSITY = {"fc6": 0.351, "fc7": 0.353, "fc8": 0.375}
+"""Non-zero fraction of AlexNet's FC6/7/8 inputs (ReLU outputs) measured in EIE (Han et al. 2016, Table III)."""
 PAPER = "Han et al. 2016 (Deep Compression), CPU: MKL CSRMV vs CBLAS GEMV, pruned AlexNet FC6-8, batch 1: ~3x"
 
 
@@ -73,12 +78,17 @@ def bench_layer(name: str, args: argparse.Namespace) -> dict[str, Any]:
         int8 = dynamic_int8(nn.Sequential(dense)).eval()
     layout = fast.weight_layout
     row: dict[str, Any] = {"shape": [n_out, n_in], "density": layout.density, "nnz": layout.nnz,
-                           "bytes": {"runtime": layout.nbytes, "dense_fp32": n_out * n_in * 4,
+                           "inputs": args.inputs,
+                           "input_density": EIE_INPUT_DENSITY[name] if args.inputs == "relu" else 1.0,
+                           "bytes": {"runtime": fast.nbytes, "runtime_rows_only": layout.nbytes, "dense_fp32": n_out * n_in * 4,
                                      "torch_csr": int(csr.values().nbytes + csr.col_indices().nbytes
                                                       + csr.crow_indices().nbytes)},
                            "batches": {}}
     for batch in args.batches:
-        x = torch.randn(batch, n_in, generator=torch.Generator().manual_seed(batch))
+        generator = torch.Generator().manual_seed(batch)
+        x = torch.randn(batch, n_in, generator=generator)
+        if args.inputs == "relu":  # EIE's measured fraction of non-zero activations, the rest exactly 0
+            x = x.abs() * (torch.rand(batch, n_in, generator=generator) < EIE_INPUT_DENSITY[name])
         xt = x.T.contiguous()
         with torch.inference_mode():
             t0 = time.perf_counter()
@@ -118,12 +128,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--budget", type=float, default=40.0, help="seconds of timing per layer and batch, at most")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inputs", choices=["gaussian", "relu"], default="gaussian",
+                        help="relu: non-negative inputs with EIE's measured non-zero fractions")
     parser.add_argument("--out", type=Path, default=None, help="default: results/runtime-layers-<N>thread(s).json")
     args = parser.parse_args()
     if args.out is None:
-        args.out = ROOT / "results" / f"runtime-layers-{args.threads}thread{'s' if args.threads > 1 else ''}.json"
+        suffix = "-relu" if args.inputs == "relu" else ""
+        args.out = ROOT / "results" / f"runtime-layers-{args.threads}thread{'s' if args.threads > 1 else ''}{suffix}.json"
     set_threads(args.threads)
-    env = {"threads": args.threads, "loadavg_start": os.getloadavg(), "seed": args.seed, "torch": torch.__version__, "numba": numba.__version__,
+    env = {"threads": args.threads, "inputs": args.inputs, "loadavg_start": os.getloadavg(), "seed": args.seed, "torch": torch.__version__, "numba": numba.__version__,
            "numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine(),
            "numba_threading_layer": None}
     print(f"threads {args.threads} (torch and numba), seed {args.seed}, torch {torch.__version__}, "

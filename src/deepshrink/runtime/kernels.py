@@ -21,6 +21,8 @@ import numba
 import numpy as np
 from numba import prange
 
+from .intrinsics import prefetch
+
 _OPTS: dict[str, Any] = {"cache": True, "fastmath": True, "nogil": True, "boundscheck": False, "error_model": "numpy"}
 
 PARALLEL_MIN_WORK = 60_000
@@ -95,6 +97,94 @@ def _spmv_grouped(indptr, cols64, codes64, table, x, bias, y):
         y[r] = ((a0 + a1) + (a2 + a3)) + bias[r]
 
 
+PREFETCH_COLUMNS = 4
+"""Non-zero input columns the column kernels prefetch ahead (2-8 measured alike on AlexNet FC shapes)."""
+
+
+def _spmv_columns(runptr, n_blocks, entries64, table, x, bias, y, block_rows, code_bits, nonzero, n):
+    """Batch-1 ``y = W x + bias`` from column blocks (:mod:`deepshrink.runtime.columns`), visiting only the
+    ``n`` columns listed in ``nonzero`` (the non-zero inputs: EIE's activation sparsity).
+
+    Each row block (one task; it owns its rows of ``y``) scatters ``x[j] * table[code]`` of every entry of those
+    columns into its rows, four entries per 64-bit load, prefetching the run :data:`PREFETCH_COLUMNS` columns
+    ahead. A NaN input must be listed as non-zero so that it propagates like in a dense product.
+    """
+    mask = (1 << code_bits) - 1
+    n_rows = y.shape[0]
+    for b in prange(n_blocks):
+        r0 = b * block_rows
+        r1 = min(n_rows, r0 + block_rows)
+        out = y[r0:r1]
+        for r in range(r1 - r0):
+            out[r] = bias[r0 + r]
+        for t in range(n):
+            if t + PREFETCH_COLUMNS < n:
+                ahead = nonzero[t + PREFETCH_COLUMNS] * n_blocks + b
+                for q in range(runptr[ahead] >> 2, runptr[ahead + 1] >> 2, 8):
+                    prefetch(entries64, q)  # type: ignore[call-arg]
+            j = nonzero[t]
+            v = x[j]
+            k = j * n_blocks + b
+            for g in range(runptr[k] >> 2, runptr[k + 1] >> 2):
+                w = entries64[g]
+                e0 = w & 0xFFFF
+                e1 = (w >> 16) & 0xFFFF
+                e2 = (w >> 32) & 0xFFFF
+                e3 = w >> 48
+                out[e0 >> code_bits] += v * table[e0 & mask]
+                out[e1 >> code_bits] += v * table[e1 & mask]
+                out[e2 >> code_bits] += v * table[e2 & mask]
+                out[e3 >> code_bits] += v * table[e3 & mask]
+
+
+def _spmv_columns_serial(runptr, n_blocks, entries64, table, x, bias, y, block_rows, code_bits, nonzero, n):
+    """:func:`_spmv_columns` on one thread: column by column, all blocks of a column in turn, i.e. one
+    ascending sweep over the entries (the runs are stored column-major), prefetched a few columns ahead."""
+    mask = (1 << code_bits) - 1
+    for r in range(y.shape[0]):
+        y[r] = bias[r]
+    for t in range(n):
+        if t + PREFETCH_COLUMNS < n:
+            ahead = nonzero[t + PREFETCH_COLUMNS] * n_blocks
+            for q in range(runptr[ahead] >> 2, runptr[ahead + n_blocks] >> 2, 8):
+                prefetch(entries64, q)  # type: ignore[call-arg]
+        j = nonzero[t]
+        v = x[j]
+        for b in range(n_blocks):
+            out = y[b * block_rows:]
+            k = j * n_blocks + b
+            for g in range(runptr[k] >> 2, runptr[k + 1] >> 2):
+                w = entries64[g]
+                e0 = w & 0xFFFF
+                e1 = (w >> 16) & 0xFFFF
+                e2 = (w >> 32) & 0xFFFF
+                e3 = w >> 48
+                out[e0 >> code_bits] += v * table[e0 & mask]
+                out[e1 >> code_bits] += v * table[e1 & mask]
+                out[e2 >> code_bits] += v * table[e2 & mask]
+                out[e3 >> code_bits] += v * table[e3 & mask]
+
+
+def _make_batch1(columns: Callable[..., Any], rows: Callable[..., Any]) -> Callable[..., Any]:
+    """One compiled entry for batch-1 Linear holding both layouts: it lists the non-zero inputs, then runs
+    the column kernel when there are at most ``max_nonzero`` of them, else the row-grouped kernel. One
+    numba call per layer (not several numpy and Python steps) keeps the per-call overhead small, which
+    matters when a forward pass has evicted the interpreter's state from the caches."""
+
+    def batch1(x, bias, y, nonzero, max_nonzero, indptr, cols64, codes64, row_table, runptr, n_blocks, entries64,
+               col_table, block_rows, code_bits):
+        n = 0
+        for j in range(x.shape[0]):
+            nonzero[n] = j
+            n += x[j] != 0
+        if n <= max_nonzero:
+            columns(runptr, n_blocks, entries64, col_table, x, bias, y, block_rows, code_bits, nonzero, n)
+        else:
+            rows(indptr, cols64, codes64, row_table, x, bias, y)
+
+    return numba.njit(**_SCALAR)(batch1)
+
+
 COLUMN_TILE = 512
 """Columns per tile in the matrix-matrix kernel: a tile's output row (2 KiB) stays in L1 and its input rows
 in L2 while all non-zeros of a row pass over it, instead of streaming whole rows from memory per non-zero."""
@@ -165,6 +255,8 @@ def _conv2d(indptr, indices, codes, table, direct, xpad, bias, y, kh, kw, sh, sw
 
 
 _SCALAR = {**_OPTS, "fastmath": False}
+
+
 def _im2col(xpad, kh, kw, sh, sw, dh, dw, oh, ow, out):
     """Patches of a padded (N, C, Hp, Wp) input as ``out`` (C*kh*kw, N*oh*ow): row (c, ki, kj), column
     (n, i, j), the layout the matrix-matrix kernel wants (no permute copy afterwards)."""
@@ -188,6 +280,10 @@ spmv_parallel = numba.njit(parallel=True, **_SCALAR)(_spmv)
 spmv_serial = numba.njit(**_SCALAR)(_spmv)
 spmv_grouped_parallel = numba.njit(parallel=True, **_SCALAR)(_spmv_grouped)
 spmv_grouped_serial = numba.njit(**_SCALAR)(_spmv_grouped)
+spmv_columns_parallel = numba.njit(parallel=True, **_SCALAR)(_spmv_columns)
+spmv_columns_serial = numba.njit(**_SCALAR)(_spmv_columns_serial)
+batch1_parallel = _make_batch1(spmv_columns_parallel, spmv_grouped_parallel)
+batch1_serial = _make_batch1(spmv_columns_serial, spmv_grouped_serial)
 spmm_parallel = numba.njit(parallel=True, **_OPTS)(_spmm)
 spmm_serial = numba.njit(**_OPTS)(_spmm)
 conv2d_parallel = numba.njit(parallel=True, **_OPTS)(_conv2d)

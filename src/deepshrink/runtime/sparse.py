@@ -18,8 +18,13 @@ from torch import Tensor, nn
 
 from ..core.errors import FormatError, UnsupportedLayerError
 from . import kernels
+from .columns import ColumnBlocks, column_blocks
 from .layout import SparseRows, from_coo, from_export, group_rows
 from .registry import register_layer_builder
+
+SKIP_ZERO_INPUTS_BELOW = 0.6
+"""Input density (non-zero fraction) under which a batch-1 SparseLinear runs the column-blocked kernel that skips
+zero inputs: measured break-even against the row kernel on AlexNet FC6-8 shapes is 0.64-0.73 (BENCHMARKS.md)."""
 
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
@@ -74,20 +79,43 @@ class SparseLinear(_SparseLayer):
 
     A codebook weight is held row-grouped (:func:`~deepshrink.runtime.layout.group_rows`, rows padded to
     whole groups of 8 entries) for the faster batch-1 kernel; batch > 1 runs the same arrays (padding adds 0).
+    With ``skip_zero_inputs`` it is also held by column (:mod:`~deepshrink.runtime.columns`, 2 more bytes per
+    non-zero), and a batch-1 input with at most :data:`SKIP_ZERO_INPUTS_BELOW` non-zeros runs the column kernel.
     """
 
-    def __init__(self, weight: SparseRows, bias: Tensor | np.ndarray | None = None, name: str = "weight") -> None:
+    def __init__(self, weight: SparseRows, bias: Tensor | np.ndarray | None = None, name: str = "weight", *,
+                 skip_zero_inputs: bool = True) -> None:
         super().__init__(group_rows(weight, name), bias, name)
         self.out_features, self.in_features = weight.shape
+        self.column_layout: ColumnBlocks | None = column_blocks(weight, name) if skip_zero_inputs else None
+        self._batch1 = self._batch1_arguments()
+
+    @property
+    def nbytes(self) -> int:
+        """Resident bytes: both layouts (rows for dense inputs and batches, columns for sparse inputs) + bias."""
+        extra = self.column_layout.nbytes if self.column_layout is not None else 0
+        return super().nbytes + extra
+
+    def _batch1_arguments(self) -> tuple[Any, ...] | None:
+        """The layouts as :func:`~deepshrink.runtime.kernels.batch1_serial` takes them, when both exist."""
+        rows, cols = self.weight_layout, self.column_layout
+        if cols is None or rows.group != 8:
+            return None
+        return (int(SKIP_ZERO_INPUTS_BELOW * self.in_features), rows.indptr, rows.indices.view(np.uint64),
+                rows.codes.view(np.uint64), rows.table, cols.runptr, cols.n_blocks, cols.entries.view(np.uint64),
+                cols.table, cols.block_rows, cols.code_bits)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
-        if x.dim() == 2:
-            return torch.from_numpy(self._run_linear(_as_input(x)))
-        lead = x.shape[:-1]
         array = _as_input(x).reshape(-1, self.in_features)
-        return torch.from_numpy(self._run_linear(array)).reshape(*lead, self.out_features)
+        if array.shape[0] == 1 and self._batch1 is not None:
+            out = np.empty((1, self.out_features), dtype=np.float32)
+            kernel = kernels.pick(kernels.batch1_parallel, kernels.batch1_serial, self.weight_layout.nnz)
+            kernel(array[0], self.bias_array, out[0], np.empty(self.in_features, dtype=np.int64), *self._batch1)
+        else:
+            out = self._run_linear(array)
+        return torch.from_numpy(out) if x.dim() == 2 else torch.from_numpy(out).reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self._describe()}"

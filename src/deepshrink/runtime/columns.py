@@ -1,0 +1,133 @@
+"""Column blocks: a codebook weight stored by input column, so batch-1 products can skip zero inputs.
+
+After a ReLU most of a layer's inputs are zero (EIE, Han et al. 2016, measured 35-38% non-zero activations on
+AlexNet's FC layers). A row-wise (CSR) kernel still visits every non-zero weight; a column-wise one visits
+only the columns of non-zero inputs, i.e. ``density(W) * density(x)`` of the matrix. This is EIE's
+activation-sparsity half; the weight-sparsity half is the CSR layout in :mod:`deepshrink.runtime.layout`.
+
+Layout: the rows are cut into ``n_blocks`` blocks of ``block_rows`` rows (each block is one parallel task and
+owns its slice of the output, so no two threads write the same row). Within block ``b`` the entries of
+column ``j`` are the run ``k = j * n_blocks + b``: ``entries[runptr[k]:runptr[k + 1]]``, each one uint16
+``(row - b * block_rows) << code_bits | code``: 2 bytes per non-zero. Every (block, column) run is padded to
+a multiple of 4 entries (the kernel reads four per 64-bit load) with the code of an appended 0.0 centroid
+on the run's last row, so padding adds ``0.0 * x[j]`` to a row that column already touches. ``code_bits``
+is what the codebook plus that 0.0 needs; a block holds at most ``2 ** (16 - code_bits)`` rows.
+
+Runs are ordered column-major (all blocks of column 0, then of column 1, ...), so the columns of the non-zero
+inputs are read in one ascending sweep over memory, which the hardware prefetchers follow when the weight
+comes from DRAM (a block-major order made four interleaved streams and ran ~2x slower from a cold cache).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.errors import FormatError
+from .layout import SparseRows
+
+RUN = 4
+"""Entries per (block, column) run are a multiple of this (one 64-bit load)."""
+
+MIN_BLOCK_ROWS = 128
+"""Rows below which a layer is not split further for parallelism (a block's per-column overhead)."""
+
+PARALLEL_BLOCKS = 4
+"""Blocks a large layer is cut into at least, so up to 4 threads share the work evenly."""
+
+MAX_CODE_BITS = 9
+"""Codebooks up to 511 centroids (+ the padding 0.0): blocks of at least 128 rows."""
+
+
+@dataclass(frozen=True)
+class ColumnBlocks:
+    """A (rows, cols) codebook weight by column within row blocks; see the module docstring."""
+
+    shape: tuple[int, int]
+    block_rows: int
+    code_bits: int
+    n_blocks: int
+    runptr: np.ndarray
+    entries: np.ndarray
+    table: np.ndarray
+    n_pad: int
+
+    @property
+    def nnz(self) -> int:
+        return int(self.entries.shape[0]) - self.n_pad
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.runptr.nbytes + self.entries.nbytes + self.table.nbytes)
+
+    def validate(self, name: str) -> None:
+        """Check what the unchecked kernel relies on; a FormatError names the weight."""
+        rows, cols = self.shape
+        n_entries = int(self.entries.shape[0])
+        if self.block_rows < 1 or self.n_blocks != -(-rows // self.block_rows) or self.runptr.shape != (
+                cols * self.n_blocks + 1,):
+            raise FormatError(f"{name}: {self.runptr.shape[0]} run pointers for {rows}x{cols} in blocks of "
+                              f"{self.block_rows} rows")
+        if self.block_rows > 1 << (16 - self.code_bits) or self.table.shape[0] > 1 << self.code_bits:
+            raise FormatError(f"{name}: {self.block_rows} rows x {self.table.shape[0]} codes do not fit 16 bits")
+        if (n_entries % RUN or np.any(self.runptr % RUN) or self.runptr[0] != 0 or self.runptr[-1] != n_entries
+                or np.any(np.diff(self.runptr) < 0)):
+            raise FormatError(f"{name}: run pointer does not describe {n_entries} entries in runs of {RUN}")
+        if n_entries:
+            block = np.repeat(np.arange(cols * self.n_blocks) % self.n_blocks, np.diff(self.runptr))
+            codes = self.entries & ((1 << self.code_bits) - 1)
+            if (np.any(block * self.block_rows + (self.entries >> self.code_bits) >= rows)
+                    or int(codes.max()) >= self.table.shape[0]):
+                raise FormatError(f"{name}: a column entry points outside the weight or its codebook")
+
+    def to_dense(self) -> np.ndarray:
+        """The dense float32 matrix (tests and references only)."""
+        out = np.zeros(self.shape, dtype=np.float32)
+        col, block = np.divmod(np.repeat(np.arange(self.runptr.shape[0] - 1), np.diff(self.runptr)), self.n_blocks)
+        row = block * self.block_rows + (self.entries >> self.code_bits)
+        np.add.at(out, (row, col), self.table[self.entries & ((1 << self.code_bits) - 1)])
+        return out
+
+
+def column_blocks(layout: SparseRows, name: str = "weight") -> ColumnBlocks | None:
+    """The column-blocked copy of a codebook layout, or None where the kernel cannot read it (pruned-only
+    values, more than 511 centroids, more than 2**31 entries, a big-endian host)."""
+    if layout.direct or layout.n_pad or sys.byteorder != "little":
+        return None
+    n_rows, n_cols = layout.shape
+    table = np.concatenate([layout.table, np.zeros(1, dtype=np.float32)]).astype(np.float32)
+    code_bits = max(int(table.shape[0] - 1).bit_length(), 1)
+    if code_bits > MAX_CODE_BITS:
+        return None
+    n_blocks = max(-(-n_rows // (1 << (16 - code_bits))), min(PARALLEL_BLOCKS, n_rows // MIN_BLOCK_ROWS), 1)
+    block_rows = max(-(-n_rows // n_blocks), 1)
+    n_blocks = -(-n_rows // block_rows)
+    rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(layout.indptr))
+    block = rows // block_rows
+    run = layout.indices.astype(np.int64) * n_blocks + block
+    order = np.argsort(run, kind="stable")  # rows stay increasing within a run
+    counts = np.bincount(run, minlength=n_blocks * n_cols)
+    padded = -(-counts // RUN) * RUN
+    starts = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(padded, out=starts[1:])
+    if starts[-1] >= 1 << 31:
+        return None
+    value = ((rows - block * block_rows) << code_bits) | layout.codes.astype(np.int64)
+    first = np.zeros(counts.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=first[1:])
+    sorted_runs = run[order]
+    entries = np.empty(int(starts[-1]), dtype=np.uint16)
+    entries[starts[sorted_runs] + np.arange(order.size) - first[sorted_runs]] = value[order]
+    # padding: the run's last row with the 0.0 centroid
+    n_pads = padded - counts
+    pad_runs = np.repeat(np.arange(counts.size), n_pads)
+    pad_first = np.cumsum(n_pads) - n_pads
+    pad_pos = starts[pad_runs] + counts[pad_runs] + np.arange(pad_runs.size) - pad_first[pad_runs]
+    last_row = entries[starts[pad_runs] + counts[pad_runs] - 1].astype(np.int64) >> code_bits
+    entries[pad_pos] = (last_row << code_bits) | (table.shape[0] - 1)
+    blocks = ColumnBlocks((n_rows, n_cols), block_rows, code_bits, n_blocks, starts.astype(np.int32), entries, table,
+                          int(entries.shape[0]) - layout.nnz)
+    blocks.validate(name)
+    return blocks
