@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ..core.errors import FormatError
@@ -34,8 +35,6 @@ RUN = 4
 MIN_BLOCK_ROWS = 128
 """Rows below which a layer is not split further for parallelism (a block's per-column overhead)."""
 
-PARALLEL_BLOCKS = 4
-"""Blocks a large layer is cut into at least, so up to 4 threads share the work evenly."""
 
 MAX_CODE_BITS = 9
 """Codebooks up to 511 centroids (+ the padding 0.0): blocks of at least 128 rows."""
@@ -91,9 +90,13 @@ class ColumnBlocks:
         return out
 
 
-def column_blocks(layout: SparseRows, name: str = "weight") -> ColumnBlocks | None:
+def column_blocks(layout: SparseRows, name: str = "weight", threads: int | None = None) -> ColumnBlocks | None:
     """The column-blocked copy of a codebook layout, or None where the kernel cannot read it (pruned-only
-    values, more than 511 centroids, more than 2**31 entries, a big-endian host)."""
+    values, more than 511 centroids, more than 2**31 entries, a big-endian host).
+
+    Rows are cut into as many blocks as the 16-bit entries need, and at least ``threads`` (default: numba's
+    current thread count) when every block keeps :data:`MIN_BLOCK_ROWS` rows: on one thread fewer blocks mean
+    longer runs per column (fewer loop exits), on several each thread gets its own rows."""
     if layout.direct or layout.n_pad or sys.byteorder != "little":
         return None
     n_rows, n_cols = layout.shape
@@ -101,7 +104,8 @@ def column_blocks(layout: SparseRows, name: str = "weight") -> ColumnBlocks | No
     code_bits = max(int(table.shape[0] - 1).bit_length(), 1)
     if code_bits > MAX_CODE_BITS:
         return None
-    n_blocks = max(-(-n_rows // (1 << (16 - code_bits))), min(PARALLEL_BLOCKS, n_rows // MIN_BLOCK_ROWS), 1)
+    threads = numba.get_num_threads() if threads is None else threads
+    n_blocks = max(-(-n_rows // (1 << (16 - code_bits))), min(threads, n_rows // MIN_BLOCK_ROWS), 1)
     block_rows = max(-(-n_rows // n_blocks), 1)
     n_blocks = -(-n_rows // block_rows)
     rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(layout.indptr))
