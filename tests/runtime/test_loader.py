@@ -169,3 +169,22 @@ def test_bench_cli_reports_speedup(lenets: dict[str, nn.Module], tmp_path: Path)
     assert set(report["timings_ms"]) == {"runtime", "dense_fp32", "dynamic_int8"}
     assert report["max_abs_diff_vs_dense"] < 1e-4
     assert report["resident_bytes"]["runtime"] < report["resident_bytes"]["dense_fp32"]
+
+
+def test_bench_cli_on_test_images_and_without_a_dataset(lenets: dict[str, nn.Module], tmp_path: Path) -> None:
+    codec = pytest.importorskip("deepshrink.codec")
+    import json
+
+    from typer.testing import CliRunner
+
+    from deepshrink.cli import app
+
+    with_data, without = tmp_path / "a.dsz", tmp_path / "b.dsz"
+    codec.save_compressed(lenets["lenet300"], with_data, meta={"dataset": "fashion-mnist"})
+    codec.save_compressed(lenets["lenet300"], without)
+    result = CliRunner().invoke(app, ["bench", str(with_data), "--inputs", "test", "--repeats", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["inputs"] == "test" and report["input_shape"] == [1, 28, 28] and report["max_abs_diff_vs_dense"] < 1e-4
+    failed = CliRunner().invoke(app, ["bench", str(without), "--inputs", "test", "--repeats", "2"])
+    assert failed.exit_code != 0 and "pass --dataset" in str(failed.exception)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import JsonOpt, emit_json
+from .common import DataDirOpt, FileDatasetOpt, JsonOpt, emit_json
 
 
 def register(app: typer.Typer) -> None:
@@ -32,6 +32,21 @@ def _input_shape(meta: dict[str, Any], given: str | None) -> tuple[int, ...]:
     raise ConfigError("the file records no dataset; pass --input-shape C,H,W (or FEATURES)")
 
 
+def _test_inputs(dataset: str | None, data_dir: str | None, batch: int) -> Any:
+    """The first ``batch`` test samples of ``dataset`` as one tensor (a clear error when there is none)."""
+    import torch
+
+    from ..core.errors import ConfigError
+    from ..data import load_dataset
+
+    if not dataset:
+        raise ConfigError("--inputs test needs a dataset: the file records none; pass --dataset")
+    samples = load_dataset(str(dataset), "test", data_dir, limit=batch)
+    if len(samples) < batch:
+        raise ConfigError(f"--batch {batch} exceeds the {len(samples)} test samples of {dataset}")
+    return torch.stack([samples[i][0] for i in range(batch)])
+
+
 def bench(
     path: Annotated[Path, typer.Argument(help="Compressed .dsz file.")],
     batch: Annotated[int, typer.Option("--batch", help="Batch size of the timed forward passes.")] = 1,
@@ -39,9 +54,16 @@ def bench(
     repeats: Annotated[int, typer.Option("--repeats", help="Interleaved timing rounds (median reported).")] = 50,
     input_shape: Annotated[str | None, typer.Option("--input-shape", help="Per-sample shape, e.g. 1,28,28.")] = None,
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Also probe load memory in fresh processes.")] = False,
+    inputs: Annotated[str, typer.Option("--inputs", help="random (Gaussian) or test: the first BATCH test samples "
+                                        "of --dataset (default: the file's).")] = "random",
+    dataset: FileDatasetOpt = None,
+    data_dir: DataDirOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Time the runtime model against dense fp32 torch and dynamic int8 (same threads, medians)."""
+    """Time the runtime model against dense fp32 torch and dynamic int8 (same threads, medians).
+
+    Real inputs (``--inputs test``) matter: the runtime skips the columns of zero inputs at batch 1 (image
+    background, ReLU outputs), which Gaussian inputs only show after the first ReLU."""
     import torch
 
     from ..codec import load_compressed
@@ -53,14 +75,20 @@ def bench(
 
     if batch < 1:
         raise ConfigError(f"--batch must be >= 1, got {batch}")
+    if inputs not in ("random", "test"):
+        raise ConfigError(f"--inputs must be 'random' or 'test', got {inputs!r}")
     set_threads(threads)
     started = time.perf_counter()
     fast, meta = load_with_meta(path)
     load_s = time.perf_counter() - started
     dense = bake_(load_compressed(path)).eval()
     int8 = dynamic_int8(copy.deepcopy(dense))
-    shape = _input_shape(meta, input_shape)
-    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
+    if inputs == "test":
+        x = _test_inputs(dataset or meta.get("dataset"), data_dir, batch)
+        shape = tuple(x.shape[1:])
+    else:
+        shape = _input_shape(meta, input_shape)
+        x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         t0 = time.perf_counter()
         got = fast(x)
@@ -70,7 +98,7 @@ def bench(
                       repeats=repeats)
     report: dict[str, Any] = {
         "file": str(path), "file_bytes": path.stat().st_size, "batch": batch, "threads": threads,
-        "input_shape": list(shape), "runtime_layers": runtime_layers(fast),
+        "input_shape": list(shape), "inputs": inputs, "runtime_layers": runtime_layers(fast),
         "timings_ms": {k: round(v["median_ms"], 4) for k, v in timings.items()},
         "cpu_timings_ms": {k: round(v["cpu_median_ms"], 4) for k, v in timings.items()},
         "speedup": timings["dense_fp32"]["median_ms"] / timings["runtime"]["median_ms"],
