@@ -95,6 +95,8 @@ def test_layouts_without_a_column_form_keep_the_row_kernel() -> None:
     rng = np.random.default_rng(6)
     direct = from_coo((4, 9), np.array([0, 3]), np.array([2, 8]), None, np.ones(2, np.float32))
     wide_codebook = codebook_layout(rng, 6, 9, 0.5, 600)
+    wide_input = codebook_layout(rng, 2, 70_000, 0.001, 8)  # int32 columns: no row-grouped form
+    assert column_blocks(wide_input) is not None and SparseLinear(wide_input).column_layout is None
     for layout in (direct, wide_codebook):
         assert column_blocks(layout) is None
         layer = SparseLinear(layout)

@@ -87,7 +87,10 @@ class SparseLinear(_SparseLayer):
                  skip_zero_inputs: bool = True) -> None:
         super().__init__(group_rows(weight, name), bias, name)
         self.out_features, self.in_features = weight.shape
-        self.column_layout: ColumnBlocks | None = column_blocks(weight, name) if skip_zero_inputs else None
+        # the fused batch-1 entry pairs the column form with the row-grouped one; without the latter
+        # (pruned-only values, > 65,536 inputs, > 255 centroids) there is no column form either
+        grouped = self.weight_layout.group == 8
+        self.column_layout: ColumnBlocks | None = column_blocks(weight, name) if skip_zero_inputs and grouped else None
         self._batch1 = self._batch1_arguments()
 
     @property
