@@ -14,6 +14,7 @@ bounds checks: the callers in :mod:`deepshrink.runtime.layout` validate every ar
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -166,7 +167,7 @@ def _spmv_columns_serial(runptr, n_blocks, entries64, table, x, bias, y, block_r
 
 
 def _make_batch1(columns: Callable[..., Any], rows: Callable[..., Any]) -> Callable[..., Any]:
-    """One compiled entry for batch-1 Linear holding both layouts: it lists the non-zero inputs, then runs
+    """The Python source of one compiled entry for batch-1 Linear holding both layouts: it lists the non-zero inputs, then runs
     the column kernel when there are at most ``max_nonzero`` of them, else the row-grouped kernel. One
     numba call per layer (not several numpy and Python steps) keeps the per-call overhead small, which
     matters when a forward pass has evicted the interpreter's state from the caches."""
@@ -182,7 +183,7 @@ def _make_batch1(columns: Callable[..., Any], rows: Callable[..., Any]) -> Calla
         else:
             rows(indptr, cols64, codes64, row_table, x, bias, y)
 
-    return numba.njit(**_SCALAR)(batch1)
+    return batch1
 
 
 COLUMN_TILE = 512
@@ -276,19 +277,37 @@ def _im2col(xpad, kh, kw, sh, sw, dh, dw, oh, ow, out):
                     dst[base + j] = row[kj * dw + j * sw]
 
 
-spmv_parallel = numba.njit(parallel=True, **_SCALAR)(_spmv)
+def _variant(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
+    """A copy of ``fn`` under the name ``fn.__name__ + suffix``.
+
+    numba's on-disk cache files a compiled function under its qualified name and first line, and its index key
+    holds the signature and the bytecode but not the compile flags: the parallel and the serial build of one
+    function would share one cache entry, so whichever compiled first would silently serve both (a "parallel"
+    kernel running on one thread). Each build therefore compiles its own named copy.
+    """
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = fn.__qualname__ + suffix
+    copy.__doc__ = fn.__doc__
+    return copy
+
+
+def _parallel(fn: Callable[..., Any], opts: dict[str, Any]) -> Callable[..., Any]:
+    return numba.njit(parallel=True, **opts)(_variant(fn, "_parallel"))
+
+
+spmv_parallel = _parallel(_spmv, _SCALAR)
 spmv_serial = numba.njit(**_SCALAR)(_spmv)
-spmv_grouped_parallel = numba.njit(parallel=True, **_SCALAR)(_spmv_grouped)
+spmv_grouped_parallel = _parallel(_spmv_grouped, _SCALAR)
 spmv_grouped_serial = numba.njit(**_SCALAR)(_spmv_grouped)
 spmv_columns_parallel = numba.njit(parallel=True, **_SCALAR)(_spmv_columns)
 spmv_columns_serial = numba.njit(**_SCALAR)(_spmv_columns_serial)
-batch1_parallel = _make_batch1(spmv_columns_parallel, spmv_grouped_parallel)
-batch1_serial = _make_batch1(spmv_columns_serial, spmv_grouped_serial)
-spmm_parallel = numba.njit(parallel=True, **_OPTS)(_spmm)
+batch1_parallel = numba.njit(**_SCALAR)(_variant(_make_batch1(spmv_columns_parallel, spmv_grouped_parallel), "_parallel"))
+batch1_serial = numba.njit(**_SCALAR)(_variant(_make_batch1(spmv_columns_serial, spmv_grouped_serial), "_serial"))
+spmm_parallel = _parallel(_spmm, _OPTS)
 spmm_serial = numba.njit(**_OPTS)(_spmm)
-conv2d_parallel = numba.njit(parallel=True, **_OPTS)(_conv2d)
+conv2d_parallel = _parallel(_conv2d, _OPTS)
 conv2d_serial = numba.njit(**_OPTS)(_conv2d)
-im2col_parallel = numba.njit(parallel=True, **_OPTS)(_im2col)
+im2col_parallel = _parallel(_im2col, _OPTS)
 im2col_serial = numba.njit(**_OPTS)(_im2col)
 
 
