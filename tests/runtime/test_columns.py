@@ -21,6 +21,7 @@ from deepshrink.runtime.layout import SparseRows
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "parallel":
         monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(kernels, "COLUMN_PARALLEL_MIN_WORK", 0)
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     else:
         monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 1 << 62)
@@ -64,16 +65,17 @@ def test_column_blocks_hold_the_weight_and_the_layer_matches_dense(
 
 @pytest.mark.parametrize("use_columns", [True, False])
 def test_batch1_entry_runs_either_layout_to_the_same_result(mode: str, use_columns: bool) -> None:
-    """max_nonzero decides the path: in_features forces the column kernel, -1 the row kernel."""
+    """max_nonzero decides the path (in_features: the column kernel, -1: the row kernel), the work bounds the
+    build (0: parallel, huge: serial)."""
     rng = np.random.default_rng(3)
     layout = codebook_layout(rng, 2100, 70, 0.2, 32)  # 3 row blocks of at most 1024 rows (6 code bits)
     layer = SparseLinear(layout, rng.standard_normal(2100).astype(np.float32))
     assert layer.column_layout is not None and layer.column_layout.n_blocks >= 3 and layer._batch1 is not None
     x = sparse_input(rng, 70, 0.4)
-    args = (70 if use_columns else -1, *layer._batch1[1:])
-    for kernel in (kernels.batch1_serial, kernels.batch1_parallel):
+    for min_work in (0, 1 << 62):  # parallel / serial builds
         out = np.full(2100, np.nan, dtype=np.float32)
-        kernel(x[0], layer.bias_array, out, np.empty(70, dtype=np.int64), *args)
+        kernels.batch1(x[0], layer.bias_array, out, np.empty(70, dtype=np.int64), 70 if use_columns else -1,
+                       min_work, min_work, *layer._batch1[1:])
         np.testing.assert_allclose(out, reference(layout, x, layer.bias_array)[0], rtol=1e-5, atol=1e-5)
 
 

@@ -192,9 +192,8 @@ def test_parallel_and_serial_builds_have_their_own_cache_entries() -> None:
     """numba's cache files a build under its function's qualified name, not its flags: a shared name would let the
     serial build serve the parallel one (or back) from the cache."""
     names = [n[: -len("_parallel")] for n in dir(kernels) if n.endswith("_parallel") and not n.startswith("_")]
-    assert {"spmv", "spmv_grouped", "spmv_columns", "batch1", "spmm", "conv2d", "im2col"} <= set(names)
+    assert {"spmv", "spmv_grouped", "spmv_columns", "spmm", "conv2d", "im2col"} <= set(names)
     for name in names:
         parallel, serial = getattr(kernels, f"{name}_parallel"), getattr(kernels, f"{name}_serial")
-        if name != "batch1":  # the batch-1 entries differ by the kernels they call, not by their own flag
-            assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get("parallel", False)
+        assert parallel.targetoptions.get("parallel") and not serial.targetoptions.get("parallel", False)
         assert parallel.py_func.__qualname__ != serial.py_func.__qualname__

@@ -29,6 +29,10 @@ _OPTS: dict[str, Any] = {"cache": True, "fastmath": True, "nogil": True, "bounds
 PARALLEL_MIN_WORK = 60_000
 """Multiply-adds below which the serial kernel wins (a numba parallel launch costs a few microseconds)."""
 
+COLUMN_PARALLEL_MIN_WORK = 150_000
+"""Entries the column kernel visits below which its serial build wins (measured on the 2-core VM: the two
+threads sweep interleaved runs of each column, so small layers gain nothing from the second one)."""
+
 
 def _spmv(indptr, indices, codes, table, direct, x, bias, y):
     """y[r] = bias[r] + sum_j value_j * x[indices[j]] for one input vector (batch 1).
@@ -166,24 +170,27 @@ def _spmv_columns_serial(runptr, n_blocks, entries64, table, x, bias, y, block_r
                 out[e3 >> code_bits] += v * table[e3 & mask]
 
 
-def _make_batch1(columns: Callable[..., Any], rows: Callable[..., Any]) -> Callable[..., Any]:
-    """The Python source of one compiled entry for batch-1 Linear holding both layouts: it lists the non-zero inputs, then runs
-    the column kernel when there are at most ``max_nonzero`` of them, else the row-grouped kernel. One
-    numba call per layer (not several numpy and Python steps) keeps the per-call overhead small, which
-    matters when a forward pass has evicted the interpreter's state from the caches."""
-
-    def batch1(x, bias, y, nonzero, max_nonzero, indptr, cols64, codes64, row_table, runptr, n_blocks, entries64,
-               col_table, block_rows, code_bits):
-        n = 0
-        for j in range(x.shape[0]):
-            nonzero[n] = j
-            n += x[j] != 0
-        if n <= max_nonzero:
-            columns(runptr, n_blocks, entries64, col_table, x, bias, y, block_rows, code_bits, nonzero, n)
+def _batch1(x, bias, y, nonzero, max_nonzero, min_parallel_rows, min_parallel_columns, indptr, cols64, codes64, row_table, runptr,
+            n_blocks, entries64, col_table, block_rows, code_bits):
+    """One compiled entry for batch-1 Linear holding both layouts: list the non-zero inputs, then run the
+    column kernel when there are at most ``max_nonzero`` of them, else the row-grouped kernel; each in its
+    parallel build when the entries it will visit reach ``min_parallel_columns`` / ``min_parallel_rows``
+    (:data:`COLUMN_PARALLEL_MIN_WORK` / :data:`PARALLEL_MIN_WORK`; a huge value on one thread). One numba call per layer (not several numpy and Python steps) keeps the per-call overhead small,
+    which matters when a forward pass has evicted the interpreter's state from the caches."""
+    n = 0
+    for j in range(x.shape[0]):
+        nonzero[n] = j
+        n += x[j] != 0
+    if n <= max_nonzero:
+        visited = entries64.shape[0] * 4 * n // max(x.shape[0], 1)
+        if visited >= min_parallel_columns:
+            spmv_columns_parallel(runptr, n_blocks, entries64, col_table, x, bias, y, block_rows, code_bits, nonzero, n)
         else:
-            rows(indptr, cols64, codes64, row_table, x, bias, y)
-
-    return batch1
+            spmv_columns_serial(runptr, n_blocks, entries64, col_table, x, bias, y, block_rows, code_bits, nonzero, n)
+    elif cols64.shape[0] * 4 >= min_parallel_rows:
+        spmv_grouped_parallel(indptr, cols64, codes64, row_table, x, bias, y)
+    else:
+        spmv_grouped_serial(indptr, cols64, codes64, row_table, x, bias, y)
 
 
 COLUMN_TILE = 512
@@ -301,8 +308,7 @@ spmv_grouped_parallel = _parallel(_spmv_grouped, _SCALAR)
 spmv_grouped_serial = numba.njit(**_SCALAR)(_spmv_grouped)
 spmv_columns_parallel = numba.njit(parallel=True, **_SCALAR)(_spmv_columns)
 spmv_columns_serial = numba.njit(**_SCALAR)(_spmv_columns_serial)
-batch1_parallel = numba.njit(**_SCALAR)(_variant(_make_batch1(spmv_columns_parallel, spmv_grouped_parallel), "_parallel"))
-batch1_serial = numba.njit(**_SCALAR)(_variant(_make_batch1(spmv_columns_serial, spmv_grouped_serial), "_serial"))
+batch1 = numba.njit(**_SCALAR)(_batch1)
 spmm_parallel = _parallel(_spmm, _OPTS)
 spmm_serial = numba.njit(**_OPTS)(_spmm)
 conv2d_parallel = _parallel(_conv2d, _OPTS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -100,7 +101,7 @@ class SparseLinear(_SparseLayer):
         return super().nbytes + extra
 
     def _batch1_arguments(self) -> tuple[Any, ...] | None:
-        """The layouts as :func:`~deepshrink.runtime.kernels.batch1_serial` takes them, when both exist."""
+        """``max_nonzero`` and the layouts as :func:`~deepshrink.runtime.kernels.batch1` takes them, when both exist."""
         rows, cols = self.weight_layout, self.column_layout
         if cols is None or rows.group != 8:
             return None
@@ -114,8 +115,12 @@ class SparseLinear(_SparseLayer):
         array = _as_input(x).reshape(-1, self.in_features)
         if array.shape[0] == 1 and self._batch1 is not None:
             out = np.empty((1, self.out_features), dtype=np.float32)
-            kernel = kernels.pick(kernels.batch1_parallel, kernels.batch1_serial, self.weight_layout.nnz)
-            kernel(array[0], self.bias_array, out[0], np.empty(self.in_features, dtype=np.int64), *self._batch1)
+            several = numba.get_num_threads() > 1
+            rows_work = kernels.PARALLEL_MIN_WORK if several else 1 << 62
+            columns_work = max(kernels.COLUMN_PARALLEL_MIN_WORK, rows_work) if several else 1 << 62
+            max_nonzero, *layouts = self._batch1
+            kernels.batch1(array[0], self.bias_array, out[0], np.empty(self.in_features, dtype=np.int64), max_nonzero,
+                           rows_work, columns_work, *layouts)
         else:
             out = self._run_linear(array)
         return torch.from_numpy(out) if x.dim() == 2 else torch.from_numpy(out).reshape(*x.shape[:-1], self.out_features)
