@@ -12,9 +12,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepshrink.core.errors import FormatError
-from deepshrink.runtime import SparseLinear, from_coo, kernels
+from deepshrink.runtime import SparseLinear, from_coo, kernels, sparse
 from deepshrink.runtime.columns import RUN, ColumnBlocks, column_blocks
 from deepshrink.runtime.layout import SparseRows
+
+
+@pytest.fixture(autouse=True)
+def column_form_for_small_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests use small layers; by default only layers of COLUMN_FORM_MIN_NNZ non-zeros get the column form."""
+    monkeypatch.setattr(sparse, "COLUMN_FORM_MIN_NNZ", 0)
 
 
 @pytest.fixture(params=["serial", "parallel"])
@@ -54,6 +60,7 @@ def test_column_blocks_hold_the_weight_and_the_layer_matches_dense(
     layout = codebook_layout(rng, rows, cols, density, codebook)
     blocks = column_blocks(layout)
     assert blocks is not None and blocks.nnz == layout.nnz
+    blocks.validate("fc")
     assert blocks.entries.size % RUN == 0 and not np.any(blocks.runptr % RUN)
     assert blocks.block_rows <= 1 << (16 - blocks.code_bits)
     np.testing.assert_array_equal(blocks.to_dense(), layout.to_dense())
@@ -75,7 +82,7 @@ def test_batch1_entry_runs_either_layout_to_the_same_result(mode: str, use_colum
     for min_work in (0, 1 << 62):  # parallel / serial builds
         out = np.full(2100, np.nan, dtype=np.float32)
         kernels.batch1(x[0], layer.bias_array, out, np.empty(70, dtype=np.int64), 70 if use_columns else -1,
-                       min_work, min_work, *layer._batch1[1:])
+                       min_work, min_work, *layer._batch1[1])
         np.testing.assert_allclose(out, reference(layout, x, layer.bias_array)[0], rtol=1e-5, atol=1e-5)
 
 
@@ -124,3 +131,11 @@ def test_validate_rejects_inconsistent_column_blocks() -> None:
                    dataclasses.replace(blocks, block_rows=1 << 14)):
         with pytest.raises(FormatError):
             broken.validate("fc")
+
+
+def test_small_layers_keep_only_the_row_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sparse, "COLUMN_FORM_MIN_NNZ", 100)
+    rng = np.random.default_rng(8)
+    small, large = codebook_layout(rng, 10, 20, 0.4, 8), codebook_layout(rng, 20, 20, 0.5, 8)
+    assert small.nnz < 100 <= large.nnz
+    assert SparseLinear(small).column_layout is None and SparseLinear(large).column_layout is not None

@@ -90,7 +90,37 @@ class ColumnBlocks:
         return out
 
 
-def column_blocks(layout: SparseRows, name: str = "weight", threads: int | None = None) -> ColumnBlocks | None:
+@numba.njit(cache=True, nogil=True)
+def _count_runs(indptr, indices, block_rows, n_blocks, counts):
+    """counts[j * n_blocks + b] = entries of column j in row block b."""
+    for r in range(indptr.shape[0] - 1):
+        b = r // block_rows
+        for k in range(indptr[r], indptr[r + 1]):
+            counts[np.int64(indices[k]) * n_blocks + b] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_runs(indptr, indices, codes, block_rows, code_bits, n_blocks, starts, pad_code, entries):
+    """A stable counting sort of the CSR entries into their runs (rows stay increasing within a run), then
+    each run's padding: the 0.0 centroid's code on the run's last row. Only the output is allocated, so
+    building the layout costs no weight-sized temporaries."""
+    n_runs = starts.shape[0] - 1
+    cursor = starts[:-1].copy()
+    for r in range(indptr.shape[0] - 1):
+        b = r // block_rows
+        local = (r - b * block_rows) << code_bits
+        for k in range(indptr[r], indptr[r + 1]):
+            run = np.int64(indices[k]) * n_blocks + b
+            entries[cursor[run]] = local | codes[k]
+            cursor[run] += 1
+    for run in range(n_runs):
+        if cursor[run] > starts[run]:
+            last = (entries[cursor[run] - 1] >> code_bits) << code_bits
+            for pos in range(cursor[run], starts[run + 1]):
+                entries[pos] = last | pad_code
+
+
+def column_blocks(layout: SparseRows, threads: int | None = None) -> ColumnBlocks | None:
     """The column-blocked copy of a codebook layout, or None where the kernel cannot read it (pruned-only
     values, more than 511 centroids, more than 2**31 entries, a big-endian host).
 
@@ -108,30 +138,17 @@ def column_blocks(layout: SparseRows, name: str = "weight", threads: int | None 
     n_blocks = max(-(-n_rows // (1 << (16 - code_bits))), min(threads, n_rows // MIN_BLOCK_ROWS), 1)
     block_rows = max(-(-n_rows // n_blocks), 1)
     n_blocks = -(-n_rows // block_rows)
-    rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(layout.indptr))
-    block = rows // block_rows
-    run = layout.indices.astype(np.int64) * n_blocks + block
-    order = np.argsort(run, kind="stable")  # rows stay increasing within a run
-    counts = np.bincount(run, minlength=n_blocks * n_cols)
-    padded = -(-counts // RUN) * RUN
+    counts = np.zeros(n_cols * n_blocks, dtype=np.int64)
+    _count_runs(layout.indptr, layout.indices, block_rows, n_blocks, counts)
     starts = np.zeros(counts.size + 1, dtype=np.int64)
-    np.cumsum(padded, out=starts[1:])
+    np.cumsum(-(-counts // RUN) * RUN, out=starts[1:])
     if starts[-1] >= 1 << 31:
         return None
-    value = ((rows - block * block_rows) << code_bits) | layout.codes.astype(np.int64)
-    first = np.zeros(counts.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=first[1:])
-    sorted_runs = run[order]
     entries = np.empty(int(starts[-1]), dtype=np.uint16)
-    entries[starts[sorted_runs] + np.arange(order.size) - first[sorted_runs]] = value[order]
-    # padding: the run's last row with the 0.0 centroid
-    n_pads = padded - counts
-    pad_runs = np.repeat(np.arange(counts.size), n_pads)
-    pad_first = np.cumsum(n_pads) - n_pads
-    pad_pos = starts[pad_runs] + counts[pad_runs] + np.arange(pad_runs.size) - pad_first[pad_runs]
-    last_row = entries[starts[pad_runs] + counts[pad_runs] - 1].astype(np.int64) >> code_bits
-    entries[pad_pos] = (last_row << code_bits) | (table.shape[0] - 1)
+    _fill_runs(layout.indptr, layout.indices, layout.codes, block_rows, code_bits, n_blocks, starts,
+               table.shape[0] - 1, entries)
     blocks = ColumnBlocks((n_rows, n_cols), block_rows, code_bits, n_blocks, starts.astype(np.int32), entries, table,
                           int(entries.shape[0]) - layout.nnz)
-    blocks.validate(name)
+    # built from a validated layout by the code above (tests check ``validate`` on it); validating here would
+    # allocate several weight-sized temporaries at every load
     return blocks

@@ -23,6 +23,10 @@ from .columns import ColumnBlocks, column_blocks
 from .layout import SparseRows, from_coo, from_export, group_rows
 from .registry import register_layer_builder
 
+COLUMN_FORM_MIN_NNZ = 20_000
+"""Non-zeros from which a SparseLinear also keeps the column form: below, skipping zero inputs saves less than the
+extra call overhead (measured: 300x784 at 8% no gain, 500x800 at 7% 14% faster with half the inputs zero)."""
+
 SKIP_ZERO_INPUTS_BELOW = 0.6
 """Input density (non-zero fraction) under which a batch-1 SparseLinear runs the column-blocked kernel that skips
 zero inputs: measured break-even against the row kernel on AlexNet FC6-8 shapes is 0.64-0.73 (BENCHMARKS.md)."""
@@ -80,8 +84,9 @@ class SparseLinear(_SparseLayer):
 
     A codebook weight is held row-grouped (:func:`~deepshrink.runtime.layout.group_rows`, rows padded to
     whole groups of 8 entries) for the faster batch-1 kernel; batch > 1 runs the same arrays (padding adds 0).
-    With ``skip_zero_inputs`` it is also held by column (:mod:`~deepshrink.runtime.columns`, 2 more bytes per
-    non-zero), and a batch-1 input with at most :data:`SKIP_ZERO_INPUTS_BELOW` non-zeros runs the column kernel.
+    With ``skip_zero_inputs`` a layer of at least :data:`COLUMN_FORM_MIN_NNZ` non-zeros is also held by column
+    (:mod:`~deepshrink.runtime.columns`, 2 more bytes per non-zero), and a batch-1 input with at most
+    :data:`SKIP_ZERO_INPUTS_BELOW` non-zeros runs the column kernel.
     """
 
     def __init__(self, weight: SparseRows, bias: Tensor | np.ndarray | None = None, name: str = "weight", *,
@@ -89,9 +94,10 @@ class SparseLinear(_SparseLayer):
         super().__init__(group_rows(weight, name), bias, name)
         self.out_features, self.in_features = weight.shape
         # the fused batch-1 entry pairs the column form with the row-grouped one; without the latter
-        # (pruned-only values, > 65,536 inputs, > 255 centroids) there is no column form either
-        grouped = self.weight_layout.group == 8
-        self.column_layout: ColumnBlocks | None = column_blocks(weight, name) if skip_zero_inputs and grouped else None
+        # (pruned-only values, > 65,536 inputs, > 255 centroids) there is no column form either, nor for
+        # small layers (COLUMN_FORM_MIN_NNZ)
+        wanted = skip_zero_inputs and self.weight_layout.group == 8 and weight.nnz >= COLUMN_FORM_MIN_NNZ
+        self.column_layout: ColumnBlocks | None = column_blocks(weight) if wanted else None
         self._batch1 = self._batch1_arguments()
 
     @property
@@ -100,14 +106,14 @@ class SparseLinear(_SparseLayer):
         extra = self.column_layout.nbytes if self.column_layout is not None else 0
         return super().nbytes + extra
 
-    def _batch1_arguments(self) -> tuple[Any, ...] | None:
+    def _batch1_arguments(self) -> tuple[int, tuple[Any, ...]] | None:
         """``max_nonzero`` and the layouts as :func:`~deepshrink.runtime.kernels.batch1` takes them, when both exist."""
         rows, cols = self.weight_layout, self.column_layout
         if cols is None or rows.group != 8:
             return None
-        return (int(SKIP_ZERO_INPUTS_BELOW * self.in_features), rows.indptr, rows.indices.view(np.uint64),
-                rows.codes.view(np.uint64), rows.table, cols.runptr, cols.n_blocks, cols.entries.view(np.uint64),
-                cols.table, cols.block_rows, cols.code_bits)
+        return (int(SKIP_ZERO_INPUTS_BELOW * self.in_features),
+                (rows.indptr, rows.indices.view(np.uint64), rows.codes.view(np.uint64), rows.table, cols.runptr,
+                 cols.n_blocks, cols.entries.view(np.uint64), cols.table, cols.block_rows, cols.code_bits))
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
@@ -115,10 +121,11 @@ class SparseLinear(_SparseLayer):
         array = _as_input(x).reshape(-1, self.in_features)
         if array.shape[0] == 1 and self._batch1 is not None:
             out = np.empty((1, self.out_features), dtype=np.float32)
-            several = numba.get_num_threads() > 1
-            rows_work = kernels.PARALLEL_MIN_WORK if several else 1 << 62
-            columns_work = max(kernels.COLUMN_PARALLEL_MIN_WORK, rows_work) if several else 1 << 62
-            max_nonzero, *layouts = self._batch1
+            rows_work = columns_work = 1 << 62  # serial; numba's thread count is asked only for big layers
+            if self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
+                rows_work = kernels.PARALLEL_MIN_WORK
+                columns_work = max(kernels.COLUMN_PARALLEL_MIN_WORK, rows_work)
+            max_nonzero, layouts = self._batch1
             kernels.batch1(array[0], self.bias_array, out[0], np.empty(self.in_features, dtype=np.int64), max_nonzero,
                            rows_work, columns_work, *layouts)
         else:
