@@ -22,6 +22,7 @@ from . import kernels
 from .columns import ColumnBlocks, column_blocks
 from .layout import SparseRows, from_coo, from_export, group_rows
 from .registry import register_layer_builder
+from .simd import SlicedWindows, sliced_windows
 
 COLUMN_FORM_MIN_NNZ = 20_000
 """Non-zeros from which a SparseLinear also keeps the column form: below, skipping zero inputs saves less than the
@@ -84,26 +85,31 @@ class SparseLinear(_SparseLayer):
 
     A codebook weight is held row-grouped (:func:`~deepshrink.runtime.layout.group_rows`, rows padded to
     whole groups of 8 entries) for the faster batch-1 kernel; batch > 1 runs the same arrays (padding adds 0).
-    With ``skip_zero_inputs`` a layer of at least :data:`COLUMN_FORM_MIN_NNZ` non-zeros is also held by column
-    (:mod:`~deepshrink.runtime.columns`, 2 more bytes per non-zero), and a batch-1 input with at most
-    :data:`SKIP_ZERO_INPUTS_BELOW` non-zeros runs the column kernel.
+    Batch 1 on an AVX-512 host (codebooks of at most 32 centroids): the weight is also held as sliced windows
+    (:mod:`~deepshrink.runtime.simd`, inputs and centroids permuted in registers, 16 rows per instruction),
+    which runs every batch-1 call. Elsewhere, with ``skip_zero_inputs`` a layer of at least
+    :data:`COLUMN_FORM_MIN_NNZ` non-zeros is also held by column (:mod:`~deepshrink.runtime.columns`, 2 more
+    bytes per non-zero), and a batch-1 input with at most :data:`SKIP_ZERO_INPUTS_BELOW` non-zeros runs the
+    column kernel.
     """
 
     def __init__(self, weight: SparseRows, bias: Tensor | np.ndarray | None = None, name: str = "weight", *,
-                 skip_zero_inputs: bool = True) -> None:
+                 skip_zero_inputs: bool = True, simd: bool = True) -> None:
         super().__init__(group_rows(weight, name), bias, name)
         self.out_features, self.in_features = weight.shape
+        self.simd_layout: SlicedWindows | None = sliced_windows(weight) if simd else None
         # the fused batch-1 entry pairs the column form with the row-grouped one; without the latter
         # (pruned-only values, > 65,536 inputs, > 255 centroids) there is no column form either, nor for
-        # small layers (COLUMN_FORM_MIN_NNZ)
-        wanted = skip_zero_inputs and self.weight_layout.group == 8 and weight.nnz >= COLUMN_FORM_MIN_NNZ
+        # small layers (COLUMN_FORM_MIN_NNZ) or where the SIMD form runs batch 1
+        wanted = (skip_zero_inputs and self.simd_layout is None and self.weight_layout.group == 8
+                  and weight.nnz >= COLUMN_FORM_MIN_NNZ)
         self.column_layout: ColumnBlocks | None = column_blocks(weight) if wanted else None
         self._batch1 = self._batch1_arguments()
 
     @property
     def nbytes(self) -> int:
-        """Resident bytes: both layouts (rows for dense inputs and batches, columns for sparse inputs) + bias."""
-        extra = self.column_layout.nbytes if self.column_layout is not None else 0
+        """Resident bytes: the row layout (batches) + the batch-1 form (SIMD or columns, if any) + bias."""
+        extra = sum(f.nbytes for f in (self.column_layout, self.simd_layout) if f is not None)
         return super().nbytes + extra
 
     def _batch1_arguments(self) -> tuple[int, tuple[Any, ...]] | None:
@@ -119,7 +125,10 @@ class SparseLinear(_SparseLayer):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
         array = _as_input(x).reshape(-1, self.in_features)
-        if array.shape[0] == 1 and self._batch1 is not None:
+        if array.shape[0] == 1 and self.simd_layout is not None:
+            parallel = self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1
+            out = self.simd_layout.forward(array[0], self.bias_array, parallel)
+        elif array.shape[0] == 1 and self._batch1 is not None:
             out = np.empty((1, self.out_features), dtype=np.float32)
             rows_work = columns_work = 1 << 62  # serial; numba's thread count is asked only for big layers
             if self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
