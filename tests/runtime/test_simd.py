@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepshrink.runtime import SparseLinear, from_coo, simd
+from deepshrink.runtime import SparseLinear, from_coo, simd, sparse
 from deepshrink.runtime.layout import SparseRows
 
 needs_avx512 = pytest.mark.skipif(not simd.available(), reason="the host has no AVX-512 (scalar kernels run there)")
@@ -39,8 +39,10 @@ def test_sliced_windows_hold_the_weight_and_match_dense(rows: int, cols: int, de
 
 
 @needs_avx512
-def test_linear_layer_runs_batch1_through_the_simd_form() -> None:
+def test_linear_layer_runs_batch1_through_the_simd_form(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1)
+    assert SparseLinear(codebook_layout(rng, 50, 300, 0.1, 32)).simd_layout is None  # small: row kernel
+    monkeypatch.setattr(sparse, "SIMD_FORM_MIN_NNZ", 0)
     layout = codebook_layout(rng, 50, 300, 0.1, 32)
     layer = SparseLinear(layout, torch.randn(50))
     assert layer.simd_layout is not None and layer.column_layout is None
@@ -56,6 +58,9 @@ def test_layouts_and_hosts_without_the_simd_form(monkeypatch: pytest.MonkeyPatch
     direct = from_coo((4, 9), np.array([0, 3]), np.array([2, 8]), None, np.ones(2, np.float32))
     assert simd.sliced_windows(direct) is None
     assert simd.sliced_windows(codebook_layout(rng, 6, 40, 0.5, 33)) is None  # > 32 centroids
+    unsorted = SparseRows((1, 64), np.array([0, 2]), np.array([40, 3], np.uint16), np.array([0, 1], np.uint8),
+                          np.ones(2, np.float32), False)
+    assert simd.sliced_windows(unsorted) is None  # columns must increase within a row
     monkeypatch.setattr(simd, "available", lambda: False)
     layout = codebook_layout(rng, 6, 40, 0.5, 8)
     assert simd.sliced_windows(layout) is None

@@ -188,26 +188,52 @@ def sliced_windows(layout: SparseRows) -> SlicedWindows | None:
 def _build_unchecked(layout: SparseRows) -> SlicedWindows | None:
     n_rows, n_cols = layout.shape
     n_slices, n_windows = -(-n_rows // LANES), -(-n_cols // WINDOW)
-    rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(layout.indptr))
-    cols = layout.indices.astype(np.int64)
-    key = rows * n_windows + cols // WINDOW  # non-decreasing in CSR order
-    per_group = np.bincount(key, minlength=n_rows * n_windows)
-    group_start = np.cumsum(per_group) - per_group
-    rank = np.arange(key.size) - group_start[key]
-    padded = np.zeros((n_slices * LANES, n_windows), dtype=np.int64)
-    padded[:n_rows] = per_group.reshape(n_rows, n_windows)
-    counts = padded.reshape(n_slices, LANES, n_windows).max(axis=1).reshape(-1)
-    if counts.size and counts.max() > 255:
-        return None
+    counts = np.zeros(n_slices * n_windows, dtype=np.int64)
+    if not _count_layers(layout.indptr, layout.indices, n_windows, counts) or (counts.size and counts.max() > 255):
+        return None  # columns not increasing within a row, or a block needing 256 layers or more
     cumulative = np.zeros(counts.size + 1, dtype=np.int64)
     np.cumsum(counts, out=cumulative[1:])
     entries = np.zeros(int(cumulative[-1]) * LANES, dtype=np.uint16)
-    slot = (cumulative[(rows // LANES) * n_windows + cols // WINDOW] + rank) * LANES + rows % LANES
-    entries[slot] = (cols % WINDOW) | (layout.codes.astype(np.int64) << 5) | _REAL
+    _fill_layers(layout.indptr, layout.indices, layout.codes, n_windows, cumulative, entries)
     table = np.zeros(MAX_CENTROIDS, dtype=np.float32)
     table[: layout.table.shape[0]] = layout.table
     return SlicedWindows(layout.shape, counts.astype(np.uint8), cumulative[::n_windows].copy(), entries, table,
                          layout.nnz)
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_layers(indptr, indices, n_windows, counts):
+    """counts[s * n_windows + w] = the most non-zeros any row of slice s has in window w; False when a row's
+    columns are not increasing (the layout promises they are)."""
+    for r in range(indptr.shape[0] - 1):
+        base = (r // LANES) * n_windows
+        k, end, previous = indptr[r], indptr[r + 1], np.int64(-1)
+        while k < end:
+            window = np.int64(indices[k]) // WINDOW
+            run = 0
+            while k < end and np.int64(indices[k]) // WINDOW == window:
+                if np.int64(indices[k]) <= previous:
+                    return False
+                previous = np.int64(indices[k])
+                run += 1
+                k += 1
+            counts[base + window] = max(counts[base + window], run)
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _fill_layers(indptr, indices, codes, n_windows, first, entries):
+    """Each row's non-zeros of window w go to its lane in the block's consecutive layers (no temporaries)."""
+    for r in range(indptr.shape[0] - 1):
+        base, lane = (r // LANES) * n_windows, r % LANES
+        k, end = indptr[r], indptr[r + 1]
+        while k < end:
+            window = np.int64(indices[k]) // WINDOW
+            layer = first[base + window]
+            while k < end and np.int64(indices[k]) // WINDOW == window:
+                entries[layer * LANES + lane] = (np.int64(indices[k]) % WINDOW) | (np.int64(codes[k]) << 5) | _REAL
+                layer += 1
+                k += 1
 
 
 @functools.cache

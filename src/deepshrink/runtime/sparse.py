@@ -28,6 +28,10 @@ COLUMN_FORM_MIN_NNZ = 20_000
 """Non-zeros from which a SparseLinear also keeps the column form: below, skipping zero inputs saves less than the
 extra call overhead (measured: 300x784 at 8% no gain, 500x800 at 7% 14% faster with half the inputs zero)."""
 
+SIMD_FORM_MIN_NNZ = 10_000
+"""Non-zeros from which a SparseLinear also keeps the AVX-512 sliced-window form (smaller layers: no gain over the
+row kernel, measured 7.9 vs 8.2 us at 100x300, and ~2x the entries' bytes)."""
+
 SKIP_ZERO_INPUTS_BELOW = 0.6
 """Input density (non-zero fraction) under which a batch-1 SparseLinear runs the column-blocked kernel that skips
 zero inputs: measured break-even against the row kernel on AlexNet FC6-8 shapes is 0.64-0.73 (BENCHMARKS.md)."""
@@ -85,7 +89,8 @@ class SparseLinear(_SparseLayer):
 
     A codebook weight is held row-grouped (:func:`~deepshrink.runtime.layout.group_rows`, rows padded to
     whole groups of 8 entries) for the faster batch-1 kernel; batch > 1 runs the same arrays (padding adds 0).
-    Batch 1 on an AVX-512 host (codebooks of at most 32 centroids): the weight is also held as sliced windows
+    Batch 1 on an AVX-512 host (codebooks of at most 32 centroids, layers of at least :data:`SIMD_FORM_MIN_NNZ`
+    non-zeros): the weight is also held as sliced windows
     (:mod:`~deepshrink.runtime.simd`, inputs and centroids permuted in registers, 16 rows per instruction),
     which runs every batch-1 call. Elsewhere, with ``skip_zero_inputs`` a layer of at least
     :data:`COLUMN_FORM_MIN_NNZ` non-zeros is also held by column (:mod:`~deepshrink.runtime.columns`, 2 more
@@ -97,7 +102,8 @@ class SparseLinear(_SparseLayer):
                  skip_zero_inputs: bool = True, simd: bool = True) -> None:
         super().__init__(group_rows(weight, name), bias, name)
         self.out_features, self.in_features = weight.shape
-        self.simd_layout: SlicedWindows | None = sliced_windows(weight) if simd else None
+        wants_simd = simd and weight.nnz >= SIMD_FORM_MIN_NNZ
+        self.simd_layout: SlicedWindows | None = sliced_windows(weight) if wants_simd else None
         # the fused batch-1 entry pairs the column form with the row-grouped one; without the latter
         # (pruned-only values, > 65,536 inputs, > 255 centroids) there is no column form either, nor for
         # small layers (COLUMN_FORM_MIN_NNZ) or where the SIMD form runs batch 1
