@@ -28,9 +28,10 @@ COLUMN_FORM_MIN_NNZ = 20_000
 """Non-zeros from which a SparseLinear also keeps the column form: below, skipping zero inputs saves less than the
 extra call overhead (measured: 300x784 at 8% no gain, 500x800 at 7% 14% faster with half the inputs zero)."""
 
-SIMD_FORM_MIN_NNZ = 10_000
-"""Non-zeros from which a SparseLinear also keeps the AVX-512 sliced-window form (smaller layers: no gain over the
-row kernel, measured 7.9 vs 8.2 us at 100x300, and ~2x the entries' bytes)."""
+SIMD_FORM_MIN_NNZ = 20_000
+"""Non-zeros from which a SparseLinear also keeps the AVX-512 sliced-window form. Measured on the trained LeNets
+(1 thread, batch 1): LeNet-5 fc1 (28k) 16.0 vs 20.8 us with the row kernel for +115 KB; LeNet-300-100 fc1 (18.8k)
+14.6 vs 15.7 us for +92 KB, not worth its bytes."""
 
 SKIP_ZERO_INPUTS_BELOW = 0.6
 """Input density (non-zero fraction) under which a batch-1 SparseLinear runs the column-blocked kernel that skips
