@@ -58,7 +58,15 @@ def _i64(builder: Any, value: Any) -> Any:
 @intrinsic
 def _slice_dot(typingctx: Any, y: Any, slice_index: Any, counts: Any, n_windows: Any, entries: Any, first_layer: Any,
                x: Any, table: Any) -> Any:
-    """``y[16 s : 16 s + 16] = sum over windows w, layers l of x[window] * table`` for slice ``s`` (no bias)."""
+    """``y[16 s : 16 s + 16] = sum over windows w, layers l of x[window] * table`` for slice ``s`` (no bias).
+
+    Typed only for C-contiguous arrays of the layout's dtypes: the code reads them through raw vector loads."""
+    def c_array(t: Any, dtype: Any) -> bool:
+        return isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == dtype
+
+    if not (all(c_array(t, types.float32) for t in (y, x, table)) and c_array(counts, types.uint8)
+            and c_array(entries, types.uint16)):
+        return None
     signature = types.void(y, slice_index, counts, n_windows, entries, first_layer, x, table)
 
     def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
@@ -121,9 +129,14 @@ def _slice_dot(typingctx: Any, y: Any, slice_index: Any, counts: Any, n_windows:
     return signature, codegen
 
 
-def _sliced(counts, first_layer, entries, xpad, table, ypad, n_windows):
+def _sliced(counts, first_layer, entries, xpad, table, ypad, n_windows, rows, bias, out):
+    """Every slice's 16 sums into ``ypad``, then ``out[rows[slot]] = ypad[slot] + bias[...]`` for its real lanes."""
+    n_rows = rows.shape[0]
     for s in prange(first_layer.shape[0] - 1):
         _slice_dot(ypad, s, counts, n_windows, entries, first_layer[s], xpad, table)  # type: ignore[call-arg]
+        for slot in range(s * LANES, min(n_rows, (s + 1) * LANES)):
+            r = rows[slot]
+            out[r] = ypad[slot] + bias[r]
 
 
 _OPTS: dict[str, Any] = {"cache": True, "nogil": True, "boundscheck": False}
@@ -157,15 +170,17 @@ class SlicedWindows:
                    + self.table.nbytes)
 
     def forward(self, x: np.ndarray, bias: np.ndarray, parallel: bool) -> np.ndarray:
-        """``W x + bias`` for one float32 input vector; returns (1, rows)."""
-        xpad = np.zeros(self.n_windows * WINDOW, dtype=np.float32)
-        xpad[: x.shape[0]] = x
+        """``W x + bias`` for one float32 input vector (C-contiguous); returns (1, rows)."""
+        if x.shape[0] == self.n_windows * WINDOW and x.dtype == np.float32 and x.flags.c_contiguous:
+            xpad = x  # whole windows: the kernel reads x in place
+        else:
+            xpad = np.zeros(self.n_windows * WINDOW, dtype=np.float32)
+            xpad[: x.shape[0]] = x
         ypad = np.empty(self.n_slices * LANES, dtype=np.float32)
-        kernel = sliced_parallel if parallel else sliced_serial
-        kernel(self.counts, self.first_layer, self.entries, xpad, self.table, ypad, self.n_windows)
         out = np.empty((1, self.shape[0]), dtype=np.float32)
-        out[0, self.rows] = ypad[: self.shape[0]]
-        out += bias
+        kernel = sliced_parallel if parallel else sliced_serial
+        kernel(self.counts, self.first_layer, self.entries, xpad, self.table, ypad, self.n_windows, self.rows, bias,
+               out[0])
         return out
 
     def to_dense(self) -> np.ndarray:
