@@ -4,7 +4,8 @@ Each layer: random weights (Gaussian, He scale), magnitude-pruned to the paper's
 survivors clustered into 32 shared values (k-means, linear init: ``deepshrink.share.kmeans_1d``). Contenders on
 the same input, same thread count, interleaved rounds (median reported):
 
-* ``runtime``       deepshrink's SparseLinear (CSR, uint16 columns + uint8 codes, rows padded to groups of 8, numba)
+* ``runtime``       deepshrink's SparseLinear: batch 1 the AVX-512 sliced-window kernel where the host has it
+                    (else CSR rows / the zero-skipping column kernel), batch 64 the CSR rows (numba)
 * ``dense_fp32``    torch ``nn.Linear`` with the same (dequantized) weights
 * ``torch_csr``     torch's CSR sparse matmul (``torch.sparse_csr_tensor`` fp32 values) of the same weights
 * ``dynamic_int8``  ``torch.ao.quantization.quantize_dynamic`` of the dense layer
@@ -79,6 +80,8 @@ def bench_layer(name: str, args: argparse.Namespace) -> dict[str, Any]:
     layout = fast.weight_layout
     row: dict[str, Any] = {"shape": [n_out, n_in], "density": layout.density, "nnz": layout.nnz,
                            "inputs": args.inputs,
+                           "batch1_form": "simd" if fast.simd_layout is not None else
+                           "columns" if fast.column_layout is not None else "rows",
                            "input_density": EIE_INPUT_DENSITY[name] if args.inputs == "relu" else 1.0,
                            "bytes": {"runtime": fast.nbytes, "runtime_rows_only": layout.nbytes, "dense_fp32": n_out * n_in * 4,
                                      "torch_csr": int(csr.values().nbytes + csr.col_indices().nbytes
