@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepshrink.core.errors import FormatError
-from deepshrink.runtime import SparseLinear, from_coo, kernels, sparse
+from deepshrink.runtime import SparseLinear, columns, from_coo, kernels, sparse
 from deepshrink.runtime.columns import RUN, ColumnBlocks, column_blocks
 from deepshrink.runtime.layout import SparseRows
 
@@ -29,7 +29,7 @@ def column_form_for_small_layers(monkeypatch: pytest.MonkeyPatch) -> None:
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "parallel":
         monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 0)
-        monkeypatch.setattr(kernels, "COLUMN_PARALLEL_MIN_WORK", 0)
+        monkeypatch.setattr(columns, "COLUMN_PARALLEL_MIN_WORK", 0)
         numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
     else:
         monkeypatch.setattr(kernels, "PARALLEL_MIN_WORK", 1 << 62)
@@ -83,7 +83,7 @@ def test_batch1_entry_runs_either_layout_to_the_same_result(mode: str, use_colum
     x = sparse_input(rng, 70, 0.4)
     for min_work in (0, 1 << 62):  # parallel / serial builds
         out = np.full(2100, np.nan, dtype=np.float32)
-        kernels.batch1(x[0], layer.bias_array, out, np.empty(70, dtype=np.int64), 70 if use_columns else -1,
+        columns.batch1(x[0], layer.bias_array, out, np.empty(70, dtype=np.int64), 70 if use_columns else -1,
                        min_work, min_work, *layer._batch1[1])
         np.testing.assert_allclose(out, reference(layout, x, layer.bias_array)[0], rtol=1e-5, atol=1e-5)
 

@@ -191,9 +191,9 @@ def test_row_grouping_skips_layouts_the_grouped_kernel_cannot_read() -> None:
 def test_parallel_and_serial_builds_have_their_own_cache_entries() -> None:
     """numba's cache files a build under its function's qualified name, not its flags: a shared name would let the
     serial build serve the parallel one (or back) from the cache."""
-    from deepshrink.runtime import simd
+    from deepshrink.runtime import columns, simd
 
-    pairs = [(m, n[: -len("_parallel")]) for m in (kernels, simd) for n in dir(m)
+    pairs = [(m, n[: -len("_parallel")]) for m in (kernels, columns, simd) for n in dir(m)
              if n.endswith("_parallel") and not n.startswith("_")]
     assert {"spmv", "spmv_grouped", "spmv_columns", "spmm", "conv2d", "im2col", "sliced"} <= {n for _, n in pairs}
     for module, name in pairs:

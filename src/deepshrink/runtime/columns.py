@@ -25,8 +25,11 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from numba import prange
 
 from ..core.errors import FormatError
+from . import kernels
+from .intrinsics import prefetch
 from .layout import SparseRows
 
 RUN = 4
@@ -152,3 +155,104 @@ def column_blocks(layout: SparseRows, threads: int | None = None) -> ColumnBlock
     # built from a validated layout by the code above (tests check ``validate`` on it); validating here would
     # allocate several weight-sized temporaries at every load
     return blocks
+
+
+COLUMN_PARALLEL_MIN_WORK = 150_000
+"""Entries the column kernel visits below which its serial build wins (measured on the 2-core VM: the two
+threads sweep interleaved runs of each column, so small layers gain nothing from the second one)."""
+
+
+PREFETCH_COLUMNS = 4
+"""Non-zero input columns the column kernels prefetch ahead (2-8 measured alike on AlexNet FC shapes)."""
+
+
+def _spmv_columns(runptr, n_blocks, entries64, table, x, bias, y, block_rows, code_bits, nonzero, n):
+    """Batch-1 ``y = W x + bias`` from column blocks (:mod:`deepshrink.runtime.columns`), visiting only the
+    ``n`` columns listed in ``nonzero`` (the non-zero inputs: EIE's activation sparsity).
+
+    Each row block (one task; it owns its rows of ``y``) scatters ``x[j] * table[code]`` of every entry of those
+    columns into its rows, four entries per 64-bit load, prefetching the run :data:`PREFETCH_COLUMNS` columns
+    ahead. A NaN input must be listed as non-zero so that it propagates like in a dense product.
+    """
+    mask = (1 << code_bits) - 1
+    n_rows = y.shape[0]
+    for b in prange(n_blocks):
+        r0 = b * block_rows
+        r1 = min(n_rows, r0 + block_rows)
+        out = y[r0:r1]
+        for r in range(r1 - r0):
+            out[r] = bias[r0 + r]
+        for t in range(n):
+            if t + PREFETCH_COLUMNS < n:
+                ahead = nonzero[t + PREFETCH_COLUMNS] * n_blocks + b
+                for q in range(runptr[ahead] >> 2, runptr[ahead + 1] >> 2, 8):
+                    prefetch(entries64, q)  # type: ignore[call-arg]
+            j = nonzero[t]
+            v = x[j]
+            k = j * n_blocks + b
+            for g in range(runptr[k] >> 2, runptr[k + 1] >> 2):
+                w = entries64[g]
+                e0 = w & 0xFFFF
+                e1 = (w >> 16) & 0xFFFF
+                e2 = (w >> 32) & 0xFFFF
+                e3 = w >> 48
+                out[e0 >> code_bits] += v * table[e0 & mask]
+                out[e1 >> code_bits] += v * table[e1 & mask]
+                out[e2 >> code_bits] += v * table[e2 & mask]
+                out[e3 >> code_bits] += v * table[e3 & mask]
+
+
+def _spmv_columns_serial(runptr, n_blocks, entries64, table, x, bias, y, block_rows, code_bits, nonzero, n):
+    """:func:`_spmv_columns` on one thread: column by column, all blocks of a column in turn, i.e. one
+    ascending sweep over the entries (the runs are stored column-major), prefetched a few columns ahead."""
+    mask = (1 << code_bits) - 1
+    for r in range(y.shape[0]):
+        y[r] = bias[r]
+    for t in range(n):
+        if t + PREFETCH_COLUMNS < n:
+            ahead = nonzero[t + PREFETCH_COLUMNS] * n_blocks
+            for q in range(runptr[ahead] >> 2, runptr[ahead + n_blocks] >> 2, 8):
+                prefetch(entries64, q)  # type: ignore[call-arg]
+        j = nonzero[t]
+        v = x[j]
+        for b in range(n_blocks):
+            out = y[b * block_rows:]
+            k = j * n_blocks + b
+            for g in range(runptr[k] >> 2, runptr[k + 1] >> 2):
+                w = entries64[g]
+                e0 = w & 0xFFFF
+                e1 = (w >> 16) & 0xFFFF
+                e2 = (w >> 32) & 0xFFFF
+                e3 = w >> 48
+                out[e0 >> code_bits] += v * table[e0 & mask]
+                out[e1 >> code_bits] += v * table[e1 & mask]
+                out[e2 >> code_bits] += v * table[e2 & mask]
+                out[e3 >> code_bits] += v * table[e3 & mask]
+
+
+def _batch1(x, bias, y, nonzero, max_nonzero, min_parallel_rows, min_parallel_columns, indptr, cols64, codes64, row_table, runptr,
+            n_blocks, entries64, col_table, block_rows, code_bits):
+    """One compiled entry for batch-1 Linear holding both layouts: list the non-zero inputs, then run the
+    column kernel when there are at most ``max_nonzero`` of them, else the row-grouped kernel; each in its
+    parallel build when the entries it will visit reach ``min_parallel_columns`` / ``min_parallel_rows``
+    (:data:`COLUMN_PARALLEL_MIN_WORK` / :data:`PARALLEL_MIN_WORK`; a huge value on one thread). One numba call per layer (not several numpy and Python steps) keeps the per-call overhead small,
+    which matters when a forward pass has evicted the interpreter's state from the caches."""
+    n = 0
+    for j in range(x.shape[0]):
+        nonzero[n] = j
+        n += x[j] != 0
+    if n <= max_nonzero:
+        visited = entries64.shape[0] * 4 * n // max(x.shape[0], 1)
+        if visited >= min_parallel_columns:
+            spmv_columns_parallel(runptr, n_blocks, entries64, col_table, x, bias, y, block_rows, code_bits, nonzero, n)
+        else:
+            spmv_columns_serial(runptr, n_blocks, entries64, col_table, x, bias, y, block_rows, code_bits, nonzero, n)
+    elif cols64.shape[0] * 4 >= min_parallel_rows:
+        kernels.spmv_grouped_parallel(indptr, cols64, codes64, row_table, x, bias, y)
+    else:
+        kernels.spmv_grouped_serial(indptr, cols64, codes64, row_table, x, bias, y)
+
+
+spmv_columns_parallel = kernels.parallel_build(_spmv_columns, kernels.SCALAR_OPTS)
+spmv_columns_serial = numba.njit(**kernels.SCALAR_OPTS)(_spmv_columns_serial)
+batch1 = numba.njit(**kernels.SCALAR_OPTS)(_batch1)

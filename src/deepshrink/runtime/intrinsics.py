@@ -1,6 +1,6 @@
 """LLVM intrinsics numba does not expose: a software prefetch for the sparse kernels.
 
-The column kernel (:func:`deepshrink.runtime.kernels._spmv_columns_serial`) knows which weight runs it reads
+The column kernel (:func:`deepshrink.runtime.columns._spmv_columns_serial`) knows which weight runs it reads
 next (the columns of the next non-zero inputs) long before it reads them, while the hardware prefetchers see
 only an irregular, ascending sweep; when the weight comes from DRAM (as in a real network, where the other
 layers' weights have evicted it) a prefetch a few columns ahead hides most of the memory latency.

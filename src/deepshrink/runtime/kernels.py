@@ -22,17 +22,10 @@ import numba
 import numpy as np
 from numba import prange
 
-from .intrinsics import prefetch
-
 _OPTS: dict[str, Any] = {"cache": True, "fastmath": True, "nogil": True, "boundscheck": False, "error_model": "numpy"}
 
 PARALLEL_MIN_WORK = 60_000
 """Multiply-adds below which the serial kernel wins (a numba parallel launch costs a few microseconds)."""
-
-COLUMN_PARALLEL_MIN_WORK = 150_000
-"""Entries the column kernel visits below which its serial build wins (measured on the 2-core VM: the two
-threads sweep interleaved runs of each column, so small layers gain nothing from the second one)."""
-
 
 def _spmv(indptr, indices, codes, table, direct, x, bias, y):
     """y[r] = bias[r] + sum_j value_j * x[indices[j]] for one input vector (batch 1).
@@ -100,97 +93,6 @@ def _spmv_grouped(indptr, cols64, codes64, table, x, bias, y):
             a2 += table[(k >> 48) & 0xFF] * x[(u >> 32) & 0xFFFF]
             a3 += table[k >> 56] * x[u >> 48]
         y[r] = ((a0 + a1) + (a2 + a3)) + bias[r]
-
-
-PREFETCH_COLUMNS = 4
-"""Non-zero input columns the column kernels prefetch ahead (2-8 measured alike on AlexNet FC shapes)."""
-
-
-def _spmv_columns(runptr, n_blocks, entries64, table, x, bias, y, block_rows, code_bits, nonzero, n):
-    """Batch-1 ``y = W x + bias`` from column blocks (:mod:`deepshrink.runtime.columns`), visiting only the
-    ``n`` columns listed in ``nonzero`` (the non-zero inputs: EIE's activation sparsity).
-
-    Each row block (one task; it owns its rows of ``y``) scatters ``x[j] * table[code]`` of every entry of those
-    columns into its rows, four entries per 64-bit load, prefetching the run :data:`PREFETCH_COLUMNS` columns
-    ahead. A NaN input must be listed as non-zero so that it propagates like in a dense product.
-    """
-    mask = (1 << code_bits) - 1
-    n_rows = y.shape[0]
-    for b in prange(n_blocks):
-        r0 = b * block_rows
-        r1 = min(n_rows, r0 + block_rows)
-        out = y[r0:r1]
-        for r in range(r1 - r0):
-            out[r] = bias[r0 + r]
-        for t in range(n):
-            if t + PREFETCH_COLUMNS < n:
-                ahead = nonzero[t + PREFETCH_COLUMNS] * n_blocks + b
-                for q in range(runptr[ahead] >> 2, runptr[ahead + 1] >> 2, 8):
-                    prefetch(entries64, q)  # type: ignore[call-arg]
-            j = nonzero[t]
-            v = x[j]
-            k = j * n_blocks + b
-            for g in range(runptr[k] >> 2, runptr[k + 1] >> 2):
-                w = entries64[g]
-                e0 = w & 0xFFFF
-                e1 = (w >> 16) & 0xFFFF
-                e2 = (w >> 32) & 0xFFFF
-                e3 = w >> 48
-                out[e0 >> code_bits] += v * table[e0 & mask]
-                out[e1 >> code_bits] += v * table[e1 & mask]
-                out[e2 >> code_bits] += v * table[e2 & mask]
-                out[e3 >> code_bits] += v * table[e3 & mask]
-
-
-def _spmv_columns_serial(runptr, n_blocks, entries64, table, x, bias, y, block_rows, code_bits, nonzero, n):
-    """:func:`_spmv_columns` on one thread: column by column, all blocks of a column in turn, i.e. one
-    ascending sweep over the entries (the runs are stored column-major), prefetched a few columns ahead."""
-    mask = (1 << code_bits) - 1
-    for r in range(y.shape[0]):
-        y[r] = bias[r]
-    for t in range(n):
-        if t + PREFETCH_COLUMNS < n:
-            ahead = nonzero[t + PREFETCH_COLUMNS] * n_blocks
-            for q in range(runptr[ahead] >> 2, runptr[ahead + n_blocks] >> 2, 8):
-                prefetch(entries64, q)  # type: ignore[call-arg]
-        j = nonzero[t]
-        v = x[j]
-        for b in range(n_blocks):
-            out = y[b * block_rows:]
-            k = j * n_blocks + b
-            for g in range(runptr[k] >> 2, runptr[k + 1] >> 2):
-                w = entries64[g]
-                e0 = w & 0xFFFF
-                e1 = (w >> 16) & 0xFFFF
-                e2 = (w >> 32) & 0xFFFF
-                e3 = w >> 48
-                out[e0 >> code_bits] += v * table[e0 & mask]
-                out[e1 >> code_bits] += v * table[e1 & mask]
-                out[e2 >> code_bits] += v * table[e2 & mask]
-                out[e3 >> code_bits] += v * table[e3 & mask]
-
-
-def _batch1(x, bias, y, nonzero, max_nonzero, min_parallel_rows, min_parallel_columns, indptr, cols64, codes64, row_table, runptr,
-            n_blocks, entries64, col_table, block_rows, code_bits):
-    """One compiled entry for batch-1 Linear holding both layouts: list the non-zero inputs, then run the
-    column kernel when there are at most ``max_nonzero`` of them, else the row-grouped kernel; each in its
-    parallel build when the entries it will visit reach ``min_parallel_columns`` / ``min_parallel_rows``
-    (:data:`COLUMN_PARALLEL_MIN_WORK` / :data:`PARALLEL_MIN_WORK`; a huge value on one thread). One numba call per layer (not several numpy and Python steps) keeps the per-call overhead small,
-    which matters when a forward pass has evicted the interpreter's state from the caches."""
-    n = 0
-    for j in range(x.shape[0]):
-        nonzero[n] = j
-        n += x[j] != 0
-    if n <= max_nonzero:
-        visited = entries64.shape[0] * 4 * n // max(x.shape[0], 1)
-        if visited >= min_parallel_columns:
-            spmv_columns_parallel(runptr, n_blocks, entries64, col_table, x, bias, y, block_rows, code_bits, nonzero, n)
-        else:
-            spmv_columns_serial(runptr, n_blocks, entries64, col_table, x, bias, y, block_rows, code_bits, nonzero, n)
-    elif cols64.shape[0] * 4 >= min_parallel_rows:
-        spmv_grouped_parallel(indptr, cols64, codes64, row_table, x, bias, y)
-    else:
-        spmv_grouped_serial(indptr, cols64, codes64, row_table, x, bias, y)
 
 
 COLUMN_TILE = 512
@@ -262,7 +164,8 @@ def _conv2d(indptr, indices, codes, table, direct, xpad, bias, y, kh, kw, sh, sw
                         dst[k] += v * row[base + k * sw]
 
 
-_SCALAR = {**_OPTS, "fastmath": False}
+SCALAR_OPTS: dict[str, Any] = {**_OPTS, "fastmath": False}
+"""Options of the batch-1 kernels: no fastmath, whose vectorizer would turn their lookups into slower gathers."""
 
 
 def _im2col(xpad, kh, kw, sh, sw, dh, dw, oh, ow, out):
@@ -284,7 +187,7 @@ def _im2col(xpad, kh, kw, sh, sw, dh, dw, oh, ow, out):
                     dst[base + j] = row[kj * dw + j * sw]
 
 
-def _variant(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
+def cache_safe_copy(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
     """A copy of ``fn`` under the name ``fn.__name__ + suffix``.
 
     numba's on-disk cache files a compiled function under its qualified name and first line, and its index key
@@ -298,22 +201,20 @@ def _variant(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
     return copy
 
 
-def _parallel(fn: Callable[..., Any], opts: dict[str, Any]) -> Callable[..., Any]:
-    return numba.njit(parallel=True, **opts)(_variant(fn, "_parallel"))
+def parallel_build(fn: Callable[..., Any], opts: dict[str, Any]) -> Callable[..., Any]:
+    """``fn`` compiled with ``parallel=True`` under its own cache name (:func:`cache_safe_copy`)."""
+    return numba.njit(parallel=True, **opts)(cache_safe_copy(fn, "_parallel"))
 
 
-spmv_parallel = _parallel(_spmv, _SCALAR)
-spmv_serial = numba.njit(**_SCALAR)(_spmv)
-spmv_grouped_parallel = _parallel(_spmv_grouped, _SCALAR)
-spmv_grouped_serial = numba.njit(**_SCALAR)(_spmv_grouped)
-spmv_columns_parallel = numba.njit(parallel=True, **_SCALAR)(_spmv_columns)
-spmv_columns_serial = numba.njit(**_SCALAR)(_spmv_columns_serial)
-batch1 = numba.njit(**_SCALAR)(_batch1)
-spmm_parallel = _parallel(_spmm, _OPTS)
+spmv_parallel = parallel_build(_spmv, SCALAR_OPTS)
+spmv_serial = numba.njit(**SCALAR_OPTS)(_spmv)
+spmv_grouped_parallel = parallel_build(_spmv_grouped, SCALAR_OPTS)
+spmv_grouped_serial = numba.njit(**SCALAR_OPTS)(_spmv_grouped)
+spmm_parallel = parallel_build(_spmm, _OPTS)
 spmm_serial = numba.njit(**_OPTS)(_spmm)
-conv2d_parallel = _parallel(_conv2d, _OPTS)
+conv2d_parallel = parallel_build(_conv2d, _OPTS)
 conv2d_serial = numba.njit(**_OPTS)(_conv2d)
-im2col_parallel = _parallel(_im2col, _OPTS)
+im2col_parallel = parallel_build(_im2col, _OPTS)
 im2col_serial = numba.njit(**_OPTS)(_im2col)
 
 

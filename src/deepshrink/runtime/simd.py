@@ -30,7 +30,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .kernels import _variant
+from .kernels import parallel_build
 from .layout import SparseRows
 
 LANES = 16
@@ -141,7 +141,7 @@ def _sliced(counts, first_layer, entries, xpad, table, ypad, n_windows, rows, bi
 
 _OPTS: dict[str, Any] = {"cache": True, "nogil": True, "boundscheck": False}
 sliced_serial = numba.njit(**_OPTS)(_sliced)
-sliced_parallel = numba.njit(parallel=True, **_OPTS)(_variant(_sliced, "_parallel"))  # own cache entry
+sliced_parallel = parallel_build(_sliced, _OPTS)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.errors import FormatError, UnsupportedLayerError
-from . import kernels
+from . import columns, kernels
 from .columns import ColumnBlocks, column_blocks
 from .layout import SparseRows, from_coo, from_export, group_rows
 from .registry import register_layer_builder
@@ -120,7 +120,7 @@ class SparseLinear(_SparseLayer):
         return super().nbytes + extra
 
     def _batch1_arguments(self) -> tuple[int, tuple[Any, ...]] | None:
-        """``max_nonzero`` and the layouts as :func:`~deepshrink.runtime.kernels.batch1` takes them, when both exist."""
+        """``max_nonzero`` and the layouts as :func:`~deepshrink.runtime.columns.batch1` takes them, when both exist."""
         rows, cols = self.weight_layout, self.column_layout
         if cols is None or rows.group != 8:
             return None
@@ -140,9 +140,9 @@ class SparseLinear(_SparseLayer):
             rows_work = columns_work = 1 << 62  # serial; numba's thread count is asked only for big layers
             if self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
                 rows_work = kernels.PARALLEL_MIN_WORK
-                columns_work = max(kernels.COLUMN_PARALLEL_MIN_WORK, rows_work)
+                columns_work = max(columns.COLUMN_PARALLEL_MIN_WORK, rows_work)
             max_nonzero, layouts = self._batch1
-            kernels.batch1(array[0], self.bias_array, out[0], np.empty(self.in_features, dtype=np.int64), max_nonzero,
+            columns.batch1(array[0], self.bias_array, out[0], np.empty(self.in_features, dtype=np.int64), max_nonzero,
                            rows_work, columns_work, *layouts)
         else:
             out = self._run_linear(array)
