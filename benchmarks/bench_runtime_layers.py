@@ -80,8 +80,7 @@ def bench_layer(name: str, args: argparse.Namespace) -> dict[str, Any]:
     layout = fast.weight_layout
     row: dict[str, Any] = {"shape": [n_out, n_in], "density": layout.density, "nnz": layout.nnz,
                            "inputs": args.inputs,
-                           "batch1_form": "simd" if fast.simd_layout is not None else
-                           "columns" if fast.column_layout is not None else "rows",
+                           "batch1_form": fast.batch1_form,
                            "input_density": EIE_INPUT_DENSITY[name] if args.inputs == "relu" else 1.0,
                            "bytes": {"runtime": fast.nbytes, "runtime_rows_only": layout.nbytes, "dense_fp32": n_out * n_in * 4,
                                      "torch_csr": int(csr.values().nbytes + csr.col_indices().nbytes

@@ -45,7 +45,8 @@ def test_linear_layer_runs_batch1_through_the_simd_form(monkeypatch: pytest.Monk
     monkeypatch.setattr(sparse, "SIMD_FORM_MIN_NNZ", 0)
     layout = codebook_layout(rng, 50, 300, 0.1, 32)
     layer = SparseLinear(layout, torch.randn(50))
-    assert layer.simd_layout is not None and layer.column_layout is None
+    assert layer.simd_layout is not None and layer.column_layout is None and layer.batch1_form == "simd"
+    assert "batch-1 kernel=simd" in repr(layer)
     assert layer.nbytes > SparseLinear(layout, simd=False).nbytes
     x = torch.randn(1, 300)
     want = x.double() @ torch.from_numpy(layout.to_dense()).double().T + torch.from_numpy(layer.bias_array).double()

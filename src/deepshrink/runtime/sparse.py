@@ -148,8 +148,15 @@ class SparseLinear(_SparseLayer):
             out = self._run_linear(array)
         return torch.from_numpy(out) if x.dim() == 2 else torch.from_numpy(out).reshape(*x.shape[:-1], self.out_features)
 
+    @property
+    def batch1_form(self) -> str:
+        """Which kernel runs a batch-1 call: ``simd`` (AVX-512 sliced windows), ``columns`` (zero-input skipping
+        when the input is mostly zero, else rows) or ``rows``."""
+        return "simd" if self.simd_layout is not None else "columns" if self.column_layout is not None else "rows"
+
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, {self._describe()}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, {self._describe()}, "
+                f"batch-1 kernel={self.batch1_form}")
 
 
 def _pair(value: Any) -> tuple[int, int]:
