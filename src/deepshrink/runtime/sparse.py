@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..core.errors import FormatError, UnsupportedLayerError
 from . import columns, kernels
+from .batched import columns_product
 from .columns import ColumnBlocks, column_blocks
 from .layout import SparseRows, from_coo, from_export, group_rows
 from .registry import register_layer_builder
@@ -77,6 +78,8 @@ class _SparseLayer(nn.Module):
 
     def _run_linear(self, x2: np.ndarray) -> np.ndarray:
         w = self.weight_layout
+        if x2.shape[0] > 1 and not w.direct:  # register-blocked sparse x dense (runtime/batched.py)
+            return columns_product(w.indptr, w.indices, w.codes, w.table, np.ascontiguousarray(x2.T), self.bias_array).T
         return kernels.linear_forward(w.indptr, w.indices, w.codes, w.table, w.direct, x2, self.bias_array, w.group)
 
     def _describe(self) -> str:
@@ -231,7 +234,10 @@ class SparseConv2d(_SparseLayer):
         n = xpad.shape[0]
         patches = kernels.im2col(_as_input(xpad), self.kernel_size, self.stride, self.dilation, (oh, ow))
         w = self.weight_layout
-        yt = kernels.columns_forward(w.indptr, w.indices, w.codes, w.table, w.direct, patches, self.bias_array)
+        if w.direct:
+            yt = kernels.columns_forward(w.indptr, w.indices, w.codes, w.table, w.direct, patches, self.bias_array)
+        else:
+            yt = columns_product(w.indptr, w.indices, w.codes, w.table, patches, self.bias_array)
         return torch.from_numpy(yt).view(self.out_channels, n, oh, ow).permute(1, 0, 2, 3)
 
     def extra_repr(self) -> str:
