@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from deepshrink.data import load_dataset
-from deepshrink.recipes import RecipeContext, load_recipe, parse_recipe, run_recipe
+from deepshrink.recipes import RecipeContext, frozen_copy, load_recipe, parse_recipe, run_recipe
 from deepshrink.train import evaluate, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,8 @@ def bench_model(arch: str, seed: int, paper_bits: bool = True, reuse_pruned: boo
     data = {"train": load_dataset("fashion-mnist", "train"), "val": load_dataset("fashion-mnist", "val")}
     context = RecipeContext(model=model, train_data=data["train"], val_data=data["val"],
                             base_lr=float(meta.get("config", {}).get("lr", 0.05)), seed=seed, quiet=True,
-                            meta={"dataset": "fashion-mnist", "recipe": recipe.name})
+                            meta={"dataset": "fashion-mnist", "recipe": recipe.name},
+                            teacher=frozen_copy(model))  # stages with `distill` learn from the dense baseline
     started = time.perf_counter()
     pruned_path = OUT / f"{arch}-pruned.pt"
     if reuse_pruned and pruned_path.is_file():  # the same recipe prefix, written by an earlier run
