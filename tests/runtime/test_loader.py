@@ -188,3 +188,18 @@ def test_bench_cli_on_test_images_and_without_a_dataset(lenets: dict[str, nn.Mod
     assert report["inputs"] == "test" and report["input_shape"] == [1, 28, 28] and report["max_abs_diff_vs_dense"] < 1e-4
     failed = CliRunner().invoke(app, ["bench", str(without), "--inputs", "test", "--repeats", "2"])
     assert failed.exit_code != 0 and "pass --dataset" in str(failed.exception)
+
+
+def test_demo_runtime_line_times_the_written_file(lenets: dict[str, nn.Module], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = pytest.importorskip("deepshrink.codec")
+    from torch.utils.data import TensorDataset
+
+    from deepshrink.cli import demo
+
+    path = tmp_path / "demo.dsz"
+    codec.save_compressed(lenets["lenet300"], path)
+    monkeypatch.setattr(demo, "OUT", path)
+    images = TensorDataset(torch.randn(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+    line = demo._runtime_line(codec.load_compressed(path), images)
+    assert "batch 1, 1 thread" in line and "outputs equal" in line and "x)" in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -70,4 +71,28 @@ def demo(
     typer.echo(f"baseline {baseline}: test top-1 {base:.4f}, {report['fp32_bytes']:,} bytes fp32")
     typer.echo(f"compressed {OUT}: test top-1 {accuracy:.4f} ({100 * (accuracy - base):+.2f} pp), "
                f"{report['bytes']:,} bytes, {report['ratio']}x smaller")
-    typer.echo(f"done in {time.perf_counter() - started:.0f}s; check with: deepshrink eval {OUT} --dataset fashion-mnist")
+    typer.echo(_runtime_line(model, test))
+    typer.echo(f"done in {time.perf_counter() - started:.0f}s; check with: deepshrink eval {OUT} --dataset fashion-mnist; "
+               f"deepshrink bench {OUT} --inputs test")
+
+
+def _runtime_line(dense: Any, test: Any) -> str:
+    """Batch-1 latency of the file through ``deepshrink.runtime`` next to the dense model (same weights, 1 thread)."""
+    import copy
+
+    import torch
+
+    from ..core.state import bake_
+    from ..runtime import load as load_runtime
+    from ..runtime.measure import compare, set_threads
+
+    set_threads(1)
+    dense = bake_(copy.deepcopy(dense)).eval()  # plain fp32 layers holding the quantized values
+    fast = load_runtime(OUT)
+    x = test[0][0].unsqueeze(0)
+    timings = compare({"runtime": lambda: fast(x), "dense": lambda: dense(x)}, repeats=200)
+    with torch.inference_mode():
+        same = bool(torch.allclose(fast(x), dense(x), atol=1e-4))
+    runtime_ms, dense_ms = timings["runtime"]["median_ms"], timings["dense"]["median_ms"]
+    return (f"runtime (computes from the compressed form), batch 1, 1 thread: {runtime_ms:.3f} ms vs dense fp32 "
+            f"{dense_ms:.3f} ms ({dense_ms / runtime_ms:.2f}x), outputs {'equal' if same else 'DIFFER'} to 1e-4")
