@@ -52,6 +52,9 @@ def test_linear_layer_runs_batch1_through_the_simd_form(monkeypatch: pytest.Monk
     want = x.double() @ torch.from_numpy(layout.to_dense()).double().T + torch.from_numpy(layer.bias_array).double()
     torch.testing.assert_close(layer(x).double(), want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(layer(x[0]).double(), want[0], rtol=1e-5, atol=1e-5)  # unbatched input
+    batch = torch.randn(sparse.SIMD_MAX_BATCH, 300)  # small batches: one sample at a time through the same kernel
+    want = batch.double() @ torch.from_numpy(layout.to_dense()).double().T + torch.from_numpy(layer.bias_array).double()
+    torch.testing.assert_close(layer(batch).double(), want, rtol=1e-5, atol=1e-5)
 
 
 def test_layouts_and_hosts_without_the_simd_form(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,6 +34,11 @@ SIMD_FORM_MIN_NNZ = 20_000
 (1 thread, batch 1): LeNet-5 fc1 (28k) 16.0 vs 20.8 us with the row kernel for +115 KB; LeNet-300-100 fc1 (18.8k)
 14.6 vs 15.7 us for +92 KB, not worth its bytes."""
 
+SIMD_MAX_BATCH = 4
+"""Batches up to this size run the AVX-512 batch-1 kernel once per sample: measured (1 thread, AlexNet FC6 / FC8
+shapes) 1.7 / 0.23 ms at batch 2 and 3.6 / 0.46 ms at batch 4 against 4.7 / 1.3 and 4.4 / 0.84 ms for the blocked
+batch kernel, which pads every batch to 16 columns; from batch 8 the blocked kernel wins."""
+
 SKIP_ZERO_INPUTS_BELOW = 0.6
 """Input density (non-zero fraction) under which a batch-1 SparseLinear runs the column-blocked kernel that skips
 zero inputs: measured break-even against the row kernel on AlexNet FC6-8 shapes is 0.64-0.73 (BENCHMARKS.md)."""
@@ -92,14 +97,15 @@ class SparseLinear(_SparseLayer):
     """``nn.Linear`` computed from a CSR (+codebook) weight: ``x @ W.T + b`` without a dense ``W``.
 
     A codebook weight is held row-grouped (:func:`~deepshrink.runtime.layout.group_rows`, rows padded to
-    whole groups of 8 entries) for the faster batch-1 kernel; batch > 1 runs the same arrays (padding adds 0).
-    Batch 1 on an AVX-512 host (codebooks of at most 32 centroids, layers of at least :data:`SIMD_FORM_MIN_NNZ`
-    non-zeros): the weight is also held as sliced windows
-    (:mod:`~deepshrink.runtime.simd`, inputs and centroids permuted in registers, 16 rows per instruction),
-    which runs every batch-1 call. Elsewhere, with ``skip_zero_inputs`` a layer of at least
-    :data:`COLUMN_FORM_MIN_NNZ` non-zeros is also held by column (:mod:`~deepshrink.runtime.columns`, 2 more
-    bytes per non-zero), and a batch-1 input with at most :data:`SKIP_ZERO_INPUTS_BELOW` non-zeros runs the
-    column kernel.
+    whole groups of 8 entries); batches run it through the register-blocked kernel (:mod:`.batched`), batch 1
+    through the row kernel unless a faster form exists:
+
+    * on an AVX-512 host (at most 32 centroids, at least :data:`SIMD_FORM_MIN_NNZ` non-zeros) the weight is also
+      held as sliced windows (:mod:`.simd`: inputs and centroids permuted in registers, 16 rows per instruction),
+      which run batch 1 and batches of up to :data:`SIMD_MAX_BATCH` (one sample at a time);
+    * elsewhere, with ``skip_zero_inputs`` and at least :data:`COLUMN_FORM_MIN_NNZ` non-zeros, it is also held
+      by column (:mod:`.columns`, 2 bytes per non-zero), and a batch-1 input with at most
+      :data:`SKIP_ZERO_INPUTS_BELOW` non-zeros runs the column kernel, which skips the zero inputs.
     """
 
     def __init__(self, weight: SparseRows, bias: Tensor | np.ndarray | None = None, name: str = "weight", *,
@@ -135,9 +141,10 @@ class SparseLinear(_SparseLayer):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
         array = _as_input(x).reshape(-1, self.in_features)
-        if array.shape[0] == 1 and self.simd_layout is not None:
+        if array.shape[0] <= SIMD_MAX_BATCH and self.simd_layout is not None:
             parallel = self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1
-            out = self.simd_layout.forward(array[0], self.bias_array, parallel)
+            rows = [self.simd_layout.forward(sample, self.bias_array, parallel) for sample in array]
+            out = rows[0] if len(rows) == 1 else np.concatenate(rows)
         elif array.shape[0] == 1 and self._batch1 is not None:
             out = np.empty((1, self.out_features), dtype=np.float32)
             rows_work = columns_work = 1 << 62  # serial; numba's thread count is asked only for big layers
