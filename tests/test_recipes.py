@@ -28,7 +28,7 @@ TINY = {
         {"retrain": {"epochs": 1}},
         {"share": {"bits": {"fc": 3}, "init": "linear"}},
         {"finetune": {"epochs": 1, "lr": 1.0e-3}},
-        {"encode": {"entropy": "huffman"}},
+        {"encode": {"entropy": "huffman", "index_bits": "auto", "index_coding": "auto"}},
     ],
 }
 
@@ -50,6 +50,8 @@ def test_parse_builds_ordered_stages() -> None:
         ({"stages": [{"prune": {"sparsity": 0.5, "retrain": {"epoch": 1}}}]}, r"retrain key.*epoch"),
         ({"stages": [{"prune": {"sparsity": 1.5}}]}, r"sparsity"),
         ({"stages": [{"encode": {"entropy": "zip"}}]}, r"entropy"),
+        ({"stages": [{"encode": {"index_coding": "mask"}}]}, r"index_coding"),
+        ({"stages": [{"encode": {"index_bits": {"lstm": 4}}}]}, r"index_bits"),
         ({"stagez": []}, r"unknown top-level key 'stagez'"),
         ({"stages": []}, r"non-empty list"),
     ],

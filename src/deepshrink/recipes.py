@@ -395,21 +395,27 @@ def _build_finetune(options: Mapping[str, Any]) -> StageFn:
     return run
 
 
-@register_stage("encode", {"entropy", "index_bits"})
+@register_stage("encode", {"entropy", "index_bits", "index_coding"})
 def _build_encode(options: Mapping[str, Any]) -> StageFn:
-    """Write the ``.dsz`` file: relative sparse index + codebook indices, Huffman or ANS coded."""
+    """Write the ``.dsz`` file: relative sparse index (or, with ``index_coding: auto``, the context-modelled mask
+    where smaller) + codebook indices, Huffman or ANS coded; ``index_bits: auto`` picks each layer's index width."""
     entropy = options.get("entropy", "huffman")
     if entropy not in ("huffman", "ans", "raw"):
         raise ConfigError(f"entropy must be one of huffman, ans, raw; got {entropy!r}")
     index_bits = options.get("index_bits")
-    if index_bits is not None and (not isinstance(index_bits, Mapping) or set(index_bits) - {"conv", "fc"}):
-        raise ConfigError(f"index_bits must be a mapping with keys conv and/or fc, got {index_bits!r}")
+    if index_bits is not None and index_bits != "auto" and (
+            not isinstance(index_bits, Mapping) or set(index_bits) - {"conv", "fc"}):
+        raise ConfigError(f"index_bits must be 'auto' or a mapping with keys conv and/or fc, got {index_bits!r}")
+    index_coding = options.get("index_coding", "relative")
+    if index_coding not in ("relative", "auto"):
+        raise ConfigError(f"index_coding must be relative (the paper's index) or auto (per layer the smaller of it "
+                          f"and the context-modelled mask), got {index_coding!r}")
 
     def run(ctx: RecipeContext) -> dict[str, Any]:
         if ctx.out is None:
             raise ConfigError("the 'encode' stage needs an output path (--out FILE.dsz)")
         codec = importlib.import_module("deepshrink.codec")
-        kwargs: dict[str, Any] = {"entropy": entropy}
+        kwargs: dict[str, Any] = {"entropy": entropy, "index_coding": index_coding}
         if "index_bits" in options:
             kwargs["index_bits"] = options["index_bits"]
         if ctx.meta and "meta" in inspect.signature(codec.save_compressed).parameters:

@@ -3,10 +3,11 @@
 from .checkpoint import load_checkpoint, load_into, read_checkpoint, save_checkpoint
 from .distributed import init_distributed, is_main_process, shutdown
 from .evaluate import evaluate, recalibrate_batchnorm_
-from .loop import Callback, History, TrainConfig, fit, make_optimizer
+from .loop import Callback, DistillationLoss, History, TrainConfig, fit, make_optimizer
 
 __all__ = [
     "Callback",
+    "DistillationLoss",
     "History",
     "TrainConfig",
     "evaluate",
