@@ -25,6 +25,19 @@ def test_round_trip(shape: list[int], density: float, seed: int) -> None:
     np.testing.assert_array_equal(decode_mask_ctx(model, data, tuple(shape), rows, pbar), mask)
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 1 << 16])
+def test_decoding_a_few_rows_at_a_time_gives_the_same_mask(chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepshrink.codec import maskctx
+
+    monkeypatch.setattr(maskctx, "DECODE_CHUNK", chunk)  # 1: one row per step; 7: partial rows round up
+    rng = np.random.default_rng(chunk)
+    mask = rng.random((37, 23)) < np.outer(rng.random(37), rng.random(23))
+    mask[5] = False  # an empty row and column are skipped by the model
+    mask[:, 3] = False
+    model, data, rows, pbar = encode_mask_ctx(mask)
+    np.testing.assert_array_equal(decode_mask_ctx(model, data, mask.shape, rows, pbar), mask)
+
+
 def test_structured_masks_cost_less_than_their_global_entropy() -> None:
     rng = np.random.default_rng(0)
     rates = np.outer(np.linspace(0.01, 0.5, 200), np.linspace(0.05, 1, 300))

@@ -24,6 +24,9 @@ __all__ = ["LEVELS", "MAX_POSITIONS_PER_BYTE", "decode_mask_ctx", "encode_mask_c
 
 LEVELS = np.array([0] + [round(65536 * 2 ** (-(15 - q) / 2)) for q in range(1, 15)] + [65535], dtype=np.int64)
 """Row / column density per level, in units of 2**-16: 0, then 2**-7 ... 1 in steps of sqrt(2)."""
+DECODE_CHUNK = 1 << 16
+"""Positions whose probabilities the decoder builds at once (a few rows): decoding a layer never holds float64
+probabilities for the whole weight (8 bytes per position would exceed the dense fp32 weight itself)."""
 MAX_POSITIONS_PER_BYTE = 256
 """Coded positions per data byte at most (>= 1/32 bit each), so a reader bounds its work by the file."""
 
@@ -79,15 +82,19 @@ def decode_mask_ctx(model: bytes, data: bytes, shape: tuple[int, ...], rows: int
         raise FormatError(f"context mask data of {len(data)} bytes cannot code {live} positions")
     grid = np.zeros((rows, cols), dtype=bool)
     if live:
+        live_rows, live_cols = np.flatnonzero(qr), qc > 0
+        chunk = max(1, DECODE_CHUNK // int(np.count_nonzero(live_cols)))  # live rows decoded per step
         try:
             coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
-            bits = np.asarray(coder.decode(_model(), _probabilities(qr, qc, pbar)), dtype=bool)
+            for start in range(0, live_rows.size, chunk):
+                part = live_rows[start:start + chunk]  # the probabilities of a few rows at a time, not the whole grid
+                bits = np.asarray(coder.decode(_model(), _probabilities(qr[part], qc, pbar)), dtype=bool)
+                grid[np.ix_(part, live_cols)] = bits.reshape(part.size, -1)
             empty = coder.is_empty()
         except (ValueError, RuntimeError, OverflowError) as exc:
             raise FormatError(f"context mask data is malformed: {exc}") from exc
         if not empty:
             raise FormatError("context mask data holds more than its positions")
-        grid[np.ix_(qr > 0, qc > 0)] = bits.reshape(int(np.count_nonzero(qr)), int(np.count_nonzero(qc)))
     elif data:
         raise FormatError("context mask of an empty model holds data")
     return grid.reshape(shape)
