@@ -132,13 +132,23 @@ def test_load_reads_a_dsz_file(lenets: dict[str, nn.Module], tmp_path: Path) -> 
         torch.testing.assert_close(rt.load(path)(x), lenets["lenet5"](x), rtol=1e-5, atol=1e-5)
 
 
-def test_compact_reader_never_builds_weight_shaped_arrays(lenets: dict[str, nn.Module], tmp_path: Path) -> None:
+@pytest.mark.parametrize("index_coding", ["relative", "auto"])  # auto: context-modelled masks where smaller
+def test_compact_reader_never_builds_weight_shaped_arrays(lenets: dict[str, nn.Module], tmp_path: Path,
+                                                          index_coding: str) -> None:
     codec = pytest.importorskip("deepshrink.codec")
+    from deepshrink.codec.container import Container
     from deepshrink.runtime.reader import read_compact
 
     model = lenets["lenet300"]
+    if index_coding == "auto":  # rows and columns of very different densities, as trained layers have
+        model = build_model("lenet300")
+        with torch.no_grad():
+            model.fc1.weight.mul_(torch.outer(torch.rand(300), torch.rand(784)) ** 2)
+        model = compress(model, LENET300)
     path = tmp_path / "lenet300.dsz"
-    codec.save_compressed(model, path)
+    codec.save_compressed(model, path, entropy="ans", index_coding=index_coding)
+    if index_coding == "auto":
+        assert any("mask" in e for e in Container.open(path).header["weights"].values())
     compact = read_compact(path)
     full = codec.read_compressed(path)
     for name, entry in compact.weights.items():

@@ -3,7 +3,8 @@
 :func:`deepshrink.codec.read_compressed` returns export dicts whose integer arrays have the weight's full
 shape (``index`` with -1 at pruned positions, 8 bytes per weight); at LeNet sizes that transient is larger
 than the dense fp32 model. For sparse ``codebook`` and ``sparse`` weights this reader decodes the relative
-index into the kept positions and the value stream into one symbol per kept weight, and hands those on as
+index (or the context-modelled mask, through a 1-byte-per-weight boolean grid) into the kept positions and the
+value stream into one symbol per kept weight, and hands those on as
 ``{"kind": ..., "shape", "positions", "codes" | "values", ...}``. Every other entry is decoded by the codec's
 own reader, with all of its size checks.
 """
@@ -38,19 +39,23 @@ class CompactFile:
 
 def _compact_weight(reader: SectionReader, fqn: str, entry: Any) -> dict[str, Any] | None:
     """The compact form of a sparse codebook / sparse-float entry, or None to let the codec decode it."""
-    if not isinstance(entry, dict) or entry.get("kind") not in ("codebook", "sparse") or "index" not in entry:
+    if not isinstance(entry, dict) or entry.get("kind") not in ("codebook", "sparse") or not (
+            "index" in entry or "mask" in entry):
         return None
     where = f"weight {fqn!r}"
     shape = reader.shape(entry, where)
     numel = int(np.prod(shape, dtype=np.int64))
-    index = entry["index"]
-    bits = expect(index, "bits", int, f"{reader.name}: {where} index")
-    if not 1 <= bits <= MAX_INDEX_BITS:
-        raise FormatError(f"{reader.name}: {where} has index width {bits} (1..{MAX_INDEX_BITS} allowed)")
-    try:
-        positions = decode_positions(reader.stream(index, f"{where} index", fqn, "index", numel), bits, numel)
-    except FormatError as exc:
-        raise FormatError(f"{reader.name}: {where}: {exc}") from exc
+    if "index" in entry:
+        index = entry["index"]
+        bits = expect(index, "bits", int, f"{reader.name}: {where} index")
+        if not 1 <= bits <= MAX_INDEX_BITS:
+            raise FormatError(f"{reader.name}: {where} has index width {bits} (1..{MAX_INDEX_BITS} allowed)")
+        try:
+            positions = decode_positions(reader.stream(index, f"{where} index", fqn, "index", numel), bits, numel)
+        except FormatError as exc:
+            raise FormatError(f"{reader.name}: {where}: {exc}") from exc
+    else:  # context-modelled mask: a boolean grid (1 byte per weight, transient), then the kept positions
+        positions = np.flatnonzero(reader.ctx_mask(entry["mask"], where, fqn, shape))
     if entry["kind"] == "sparse":
         values = reader.raw(expect(entry, "values", dict, where), f"{where} values", fqn, "values")
         if values.dtype != np.float32 or values.shape != positions.shape:
