@@ -166,6 +166,22 @@ PREFETCH_COLUMNS = 4
 """Non-zero input columns the column kernels prefetch ahead (2-8 measured alike on AlexNet FC shapes)."""
 
 
+@numba.njit(inline="always", **kernels.SCALAR_OPTS)
+def _scatter_run(out, entries64, g0, g1, v, table, code_bits):
+    """``out[row] += v * table[code]`` for the entries of one run, four per 64-bit word ``g0 .. g1 - 1``."""
+    mask = (1 << code_bits) - 1
+    for g in range(g0, g1):
+        w = entries64[g]
+        e0 = w & 0xFFFF
+        e1 = (w >> 16) & 0xFFFF
+        e2 = (w >> 32) & 0xFFFF
+        e3 = w >> 48
+        out[e0 >> code_bits] += v * table[e0 & mask]
+        out[e1 >> code_bits] += v * table[e1 & mask]
+        out[e2 >> code_bits] += v * table[e2 & mask]
+        out[e3 >> code_bits] += v * table[e3 & mask]
+
+
 def _spmv_columns(runptr, n_blocks, entries64, table, x, bias, y, block_rows, code_bits, nonzero, n):
     """Batch-1 ``y = W x + bias`` from column blocks (:mod:`deepshrink.runtime.columns`), visiting only the
     ``n`` columns listed in ``nonzero`` (the non-zero inputs: EIE's activation sparsity).
@@ -174,7 +190,6 @@ def _spmv_columns(runptr, n_blocks, entries64, table, x, bias, y, block_rows, co
     columns into its rows, four entries per 64-bit load, prefetching the run :data:`PREFETCH_COLUMNS` columns
     ahead. A NaN input must be listed as non-zero so that it propagates like in a dense product.
     """
-    mask = (1 << code_bits) - 1
     n_rows = y.shape[0]
     for b in prange(n_blocks):
         r0 = b * block_rows
@@ -190,22 +205,12 @@ def _spmv_columns(runptr, n_blocks, entries64, table, x, bias, y, block_rows, co
             j = nonzero[t]
             v = x[j]
             k = j * n_blocks + b
-            for g in range(runptr[k] >> 2, runptr[k + 1] >> 2):
-                w = entries64[g]
-                e0 = w & 0xFFFF
-                e1 = (w >> 16) & 0xFFFF
-                e2 = (w >> 32) & 0xFFFF
-                e3 = w >> 48
-                out[e0 >> code_bits] += v * table[e0 & mask]
-                out[e1 >> code_bits] += v * table[e1 & mask]
-                out[e2 >> code_bits] += v * table[e2 & mask]
-                out[e3 >> code_bits] += v * table[e3 & mask]
+            _scatter_run(out, entries64, runptr[k] >> 2, runptr[k + 1] >> 2, v, table, code_bits)
 
 
 def _spmv_columns_serial(runptr, n_blocks, entries64, table, x, bias, y, block_rows, code_bits, nonzero, n):
     """:func:`_spmv_columns` on one thread: column by column, all blocks of a column in turn, i.e. one
     ascending sweep over the entries (the runs are stored column-major), prefetched a few columns ahead."""
-    mask = (1 << code_bits) - 1
     for r in range(y.shape[0]):
         y[r] = bias[r]
     for t in range(n):
@@ -218,16 +223,7 @@ def _spmv_columns_serial(runptr, n_blocks, entries64, table, x, bias, y, block_r
         for b in range(n_blocks):
             out = y[b * block_rows:]
             k = j * n_blocks + b
-            for g in range(runptr[k] >> 2, runptr[k + 1] >> 2):
-                w = entries64[g]
-                e0 = w & 0xFFFF
-                e1 = (w >> 16) & 0xFFFF
-                e2 = (w >> 32) & 0xFFFF
-                e3 = w >> 48
-                out[e0 >> code_bits] += v * table[e0 & mask]
-                out[e1 >> code_bits] += v * table[e1 & mask]
-                out[e2 >> code_bits] += v * table[e2 & mask]
-                out[e3 >> code_bits] += v * table[e3 & mask]
+            _scatter_run(out, entries64, runptr[k] >> 2, runptr[k + 1] >> 2, v, table, code_bits)
 
 
 def _batch1(x, bias, y, nonzero, max_nonzero, min_parallel_rows, min_parallel_columns, indptr, cols64, codes64, row_table, runptr,
