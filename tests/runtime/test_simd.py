@@ -55,6 +55,7 @@ def test_linear_layer_runs_batch1_through_the_simd_form(monkeypatch: pytest.Monk
     batch = torch.randn(sparse.SIMD_MAX_BATCH, 300)  # small batches: one sample at a time through the same kernel
     want = batch.double() @ torch.from_numpy(layout.to_dense()).double().T + torch.from_numpy(layer.bias_array).double()
     torch.testing.assert_close(layer(batch).double(), want, rtol=1e-5, atol=1e-5)
+    assert layer(torch.zeros(0, 300)).shape == (0, 50)  # an empty batch
 
 
 def test_layouts_and_hosts_without_the_simd_form(monkeypatch: pytest.MonkeyPatch) -> None:

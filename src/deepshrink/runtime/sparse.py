@@ -141,7 +141,7 @@ class SparseLinear(_SparseLayer):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
         array = _as_input(x).reshape(-1, self.in_features)
-        if array.shape[0] <= SIMD_MAX_BATCH and self.simd_layout is not None:
+        if 0 < array.shape[0] <= SIMD_MAX_BATCH and self.simd_layout is not None:
             parallel = self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1
             rows = [self.simd_layout.forward(sample, self.bias_array, parallel) for sample in array]
             out = rows[0] if len(rows) == 1 else np.concatenate(rows)
