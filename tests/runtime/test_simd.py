@@ -69,3 +69,15 @@ def test_layouts_and_hosts_without_the_simd_form(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(simd, "available", lambda: False)
     layout = codebook_layout(rng, 6, 40, 0.5, 8)
     assert simd.sliced_windows(layout) is None
+
+
+def test_environment_switch_turns_the_simd_kernel_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEEPSHRINK_RUNTIME_SIMD", "0")
+    simd.available.cache_clear()
+    try:
+        assert not simd.available()
+        layout = codebook_layout(np.random.default_rng(4), 6, 40, 0.5, 8)
+        assert simd.sliced_windows(layout) is None
+    finally:
+        monkeypatch.delenv("DEEPSHRINK_RUNTIME_SIMD")
+        simd.available.cache_clear()

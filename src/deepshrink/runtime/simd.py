@@ -19,6 +19,7 @@ here is unused and the scalar kernels run).
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -262,8 +263,9 @@ def _fill_layers(indptr, indices, codes, rows, n_windows, first, entries):
 @functools.cache
 def available() -> bool:
     """Whether this host runs the AVX-512 kernel: the CPU reports AVX-512F and a tiny product compiles and
-    matches its dense reference (any failure, e.g. an LLVM without these intrinsics, means no)."""
-    if sys.byteorder != "little":
+    matches its dense reference (any failure, e.g. an LLVM without these intrinsics, means no).
+    ``DEEPSHRINK_RUNTIME_SIMD=0`` in the environment turns it off (the scalar kernels run, as on other CPUs)."""
+    if sys.byteorder != "little" or os.environ.get("DEEPSHRINK_RUNTIME_SIMD", "1") == "0":
         return False
     try:
         import llvmlite.binding as llvm
