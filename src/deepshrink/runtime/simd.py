@@ -200,8 +200,9 @@ class SlicedWindows:
 
 def sliced_windows(layout: SparseRows) -> SlicedWindows | None:
     """The sliced-window copy of a codebook layout, or None where it cannot run (no AVX-512, pruned-only values,
-    more than 32 centroids, a block needing 256 layers or more)."""
-    if layout.direct or layout.n_pad or layout.table.shape[0] > MAX_CENTROIDS or not available():
+    more than 32 centroids, an empty shape, a block needing 256 layers or more)."""
+    if (layout.direct or layout.n_pad or layout.table.shape[0] > MAX_CENTROIDS or 0 in layout.shape
+            or not available()):
         return None
     return _build_unchecked(layout)
 
