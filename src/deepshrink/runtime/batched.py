@@ -23,7 +23,7 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .kernels import PARALLEL_MIN_WORK, parallel_build, pick
+from .kernels import parallel_build, pick
 
 LANES = 16
 BLOCK = 4
@@ -173,4 +173,4 @@ def columns_product(indptr: np.ndarray, indices: np.ndarray, codes: np.ndarray, 
     return np.ascontiguousarray(blocked_forward(indptr, indices, codes, table, padded, bias)[:, :columns])
 
 
-__all__ = ["BLOCK", "LANES", "PARALLEL_MIN_WORK", "blocked_forward", "columns_product", "padded_width"]
+__all__ = ["BLOCK", "LANES", "blocked_forward", "columns_product", "padded_width"]
