@@ -18,9 +18,8 @@ from .core import (
 from .data import load_dataset
 from .io import load_model
 from .models import build_model
+from .core.version import __version__
 from .train import TrainConfig, evaluate, fit, load_checkpoint, save_checkpoint
-
-__version__ = "0.1.0"
 
 # Technique and codec entry points load lazily: importing the codec or runtime pulls in numba and constriction
 # (about a second per process), which ``import deepshrink`` alone should not pay.

@@ -9,9 +9,9 @@ from typing import Any
 from torch import nn
 
 from .core.errors import FormatError
+from .core.version import DSZ_MAGIC
 
-DSZ_MAGIC = b"\x89DSZ\r\n\x1a\n"
-"""First eight bytes of every ``.dsz`` file (PNG-style: catches text-mode and truncation damage)."""
+__all__ = ["DSZ_MAGIC", "is_compressed_file", "load_model"]
 
 
 def is_compressed_file(path: str | os.PathLike[str]) -> bool:

@@ -1,7 +1,7 @@
 """Test-local value transforms (one per exported kind) and small compressed models for the codec tests.
 
-The technique packages (share / fixedpoint / ternary) are written in parallel, so these minimal transforms
-stand in for them: each follows the ``ValueTransform`` contract of ``core/state.py`` exactly.
+These minimal transforms stand in for the technique packages' own (the codec must not depend on them): each
+follows the ``ValueTransform`` contract of ``core/state.py`` and exports one registered kind.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from deepshrink.codec import model_io
+from deepshrink.codec import load as codec_load
 from deepshrink.core import STATE_CLASSES, ValueTransform, get_mask, set_mask, set_value_transform
 from deepshrink.models import build_model
 
@@ -89,7 +89,7 @@ def transforms(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, type[Value
     """Register the test transforms for the duration of a test (and make the loader find exactly these)."""
     for cls in TRANSFORMS.values():
         STATE_CLASSES[cls.__name__] = cls
-    monkeypatch.setattr(model_io, "value_transform_for_kind", lambda kind: TRANSFORMS.get(kind))
+    monkeypatch.setattr(codec_load, "restorer_for", lambda kind: TRANSFORMS.get(kind))
     yield TRANSFORMS
     for cls in TRANSFORMS.values():
         STATE_CLASSES.pop(cls.__name__, None)

@@ -73,7 +73,7 @@ def sample(tmp_path: Path, transforms: dict) -> bytes:
 
 def test_sample_reads_back(sample: bytes) -> None:
     cf = read_compressed_bytes(sample)
-    assert {w["kind"] for w in cf.weights.values()} == {"codebook", "fixedpoint", "ternary", "sparse"}
+    assert {w.kind for w in cf.weights.values()} == {"codebook", "fixedpoint", "ternary", "sparse"}
     header, sections = _split(sample)
     rebuilt = read_compressed_bytes(_join(header, sections))  # the fuzzer's re-checksummed form reads back
     assert rebuilt.weights.keys() == cf.weights.keys()

@@ -14,14 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from deepshrink.codec import (
-    load_compressed,
-    load_compressed_with_meta,
-    model_io,
-    read_compressed,
-    save_compressed,
-)
-from deepshrink.core import ConfigError, DeepShrinkError, get_mask, get_value_transform
+from deepshrink.codec import load as codec_load
+from deepshrink.codec import load_compressed, load_compressed_with_meta, read_compressed, save_compressed
+from deepshrink.core import ConfigError, DeepShrinkError, get_mask, get_value_transform, restorer_for
 from deepshrink.io import DSZ_MAGIC, load_model
 
 from .codec_helpers import CodebookT, assert_same_bits, effective_weights, prune_, quantize_
@@ -70,9 +65,9 @@ def test_pruned_only_keeps_mask_and_zero_valued_kept_weights(tmp_path: Path, mak
     assert torch.equal(get_mask(loaded.fc2), get_mask(model.fc2))
     assert get_mask(loaded.fc3) is None
     cf = read_compressed(tmp_path / "p.dsz")
-    assert cf.weights["fc1.weight"]["kind"] == "sparse"
-    assert cf.weights["fc1.weight"]["values"].dtype == np.float32
-    assert cf.weights["fc3.weight"]["kind"] == "dense"
+    assert cf.weights["fc1.weight"].kind == "sparse"
+    assert cf.weights["fc1.weight"].values().dtype == np.float32
+    assert cf.weights["fc3.weight"].kind == "dense"
     assert cf.header["weights"]["fc1.weight"]["index"]["bits"] == 3
 
 
@@ -109,14 +104,17 @@ def test_read_compressed_export_forms_keep_extras(tmp_path: Path, make_model: Ca
     quantize_(model.fc3, "ternary")
     save_compressed(model, tmp_path / "f.dsz")
     cf = read_compressed(tmp_path / "f.dsz")
-    cb = cf.weights["fc1.weight"]
-    assert cb["kind"] == "codebook" and cb["index"].dtype == np.int64 and cb["index"].shape == (24, 64)
-    assert cb["centroids"].dtype == np.float32 and cb["mask"].dtype == bool
+    stored = cf.weights["fc1.weight"]
+    cb, mask = stored.export(), stored.mask()
+    assert stored.kind == "codebook" and cb["index"].dtype == np.int64 and cb["index"].shape == (24, 64)
+    assert cb["centroids"].dtype == np.float32 and mask is not None and mask.dtype == bool
     assert cb["act_bits"] == 8 and cb["note"] == "kept verbatim" and cb["act_scale"] == 0.125
-    assert np.all(cb["index"][~cb["mask"]] == -1)
-    fx = cf.weights["fc2.weight"]
-    assert fx["bits"] == 8 and fx["frac_len"] == 6 and fx["act_frac_len"] == [3, 4] and "mask" not in fx
-    tern = cf.weights["fc3.weight"]
+    assert np.all(cb["index"][~mask] == -1)
+    assert stored.kept == int(mask.sum()) and stored.data.shape == (stored.kept,)  # one symbol per kept weight
+    fx = cf.weights["fc2.weight"].export()
+    assert fx["bits"] == 8 and fx["frac_len"] == 6 and fx["act_frac_len"] == [3, 4]
+    assert cf.weights["fc2.weight"].mask() is None
+    tern = cf.weights["fc3.weight"].export()
     assert set(np.unique(tern["code"])) <= {-1, 0, 1} and np.float32(tern["wp"]) == np.float32(model.fc3
                                                                                                .parametrizations
                                                                                                .weight[0].wp)
@@ -131,22 +129,22 @@ def test_fallback_without_transform_class_is_still_exact(tmp_path: Path, make_mo
     quantize_(model.fc1, "codebook")
     before = effective_weights(model)
     save_compressed(model, tmp_path / "c.dsz")
-    monkeypatch.setattr(model_io, "value_transform_for_kind", lambda kind: None)
-    monkeypatch.setattr(model_io, "TECHNIQUE_PACKAGES", {})
+    monkeypatch.setattr(codec_load, "restorer_for", lambda kind: None)
     loaded = load_compressed(tmp_path / "c.dsz")
     assert get_value_transform(loaded.fc1) is None and get_mask(loaded.fc1) is not None
     assert_same_bits(before, effective_weights(loaded))
 
 
-def test_transform_lookup_uses_registry_then_allow_list(transforms: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.undo()  # the real registry lookup, with the test classes registered
-    from deepshrink.core import STATE_CLASSES
+def test_restorers_come_from_the_technique_registry() -> None:
+    from deepshrink.core.plugins import TECHNIQUE_PACKAGES
+    from deepshrink.fixedpoint import FixedPoint
+    from deepshrink.share import SharedWeights
+    from deepshrink.ternary import Ternary
 
-    STATE_CLASSES[CodebookT.__name__] = CodebookT
-    assert issubclass(model_io._transform_class("codebook"), torch.nn.Module)
-    assert model_io._transform_class("no-such-kind") is None
-    assert set(model_io.TECHNIQUE_PACKAGES.values()) == {"deepshrink.share", "deepshrink.fixedpoint",
-                                                          "deepshrink.ternary"}
+    assert restorer_for("codebook") is SharedWeights and restorer_for("fixedpoint") is FixedPoint
+    assert restorer_for("ternary") is Ternary and restorer_for("no-such-kind") is None
+    assert set(TECHNIQUE_PACKAGES) == {"deepshrink.prune", "deepshrink.share", "deepshrink.fixedpoint",
+                                       "deepshrink.ternary", "deepshrink.lowrank"}
 
 
 class Custom(nn.Module):

@@ -13,7 +13,8 @@ from deepshrink.cli import app
 from deepshrink.codec import load_compressed, save_compressed
 from deepshrink.core import get_value_transform
 from deepshrink.data import load_dataset
-from deepshrink.fixedpoint import DynamicFixedPoint, FixedPoint, IntegerModel, quantize_
+from deepshrink.fixedpoint import DynamicFixedPoint, FixedPoint, quantize_
+from deepshrink.runtime import IntegerModel
 from deepshrink.train import evaluate
 
 from .conftest import TinyCNN, randomize_
@@ -44,7 +45,7 @@ def test_formats_round_trip_through_dsz(tmp_path: Path) -> None:
 
 def test_runtime_loads_integer_kernels(tmp_path: Path) -> None:
     from deepshrink import runtime
-    from deepshrink.fixedpoint import IntegerLayer
+    from deepshrink.runtime import IntegerLayer
     from deepshrink.models import build_model
 
     model = build_model("lenet300", in_features=64, num_classes=10)

@@ -17,7 +17,7 @@ from deepshrink.fixedpoint import (
     requantize,
     rounding_shift,
 )
-from deepshrink.fixedpoint.formats import from_int, int_range, to_int
+from deepshrink.core.fixed_point import from_int, int_range, to_int
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,17 +12,8 @@ from torch import nn
 
 from deepshrink.core import UnsupportedLayerError
 from deepshrink.core.state import set_value_transform
-from deepshrink.fixedpoint import (
-    DynamicFixedPoint,
-    FixedPoint,
-    FixedPointFormat,
-    IntegerLayer,
-    IntegerModel,
-    QTensor,
-    quantize_,
-    swap_integer_layers_,
-)
-from deepshrink.fixedpoint.simulate import install_hooks
+from deepshrink.fixedpoint import DynamicFixedPoint, FixedPoint, FixedPointFormat, install_hooks, quantize_
+from deepshrink.runtime import IntegerLayer, IntegerModel, QTensor, swap_integer_layers_
 
 from .conftest import TinyCNN, TinyMLP, randomize_
 

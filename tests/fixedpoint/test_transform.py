@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from deepshrink.core import FormatError, dequantize, get_value_transform, latent_weight, set_mask
-from deepshrink.core.state import STATE_CLASSES, value_transform_for_kind
-from deepshrink.fixedpoint import DynamicFixedPoint, FixedPoint, IntegerModel, install_all_hooks, quantize_
+from deepshrink.core.state import STATE_CLASSES
+from deepshrink.core.techniques import restorer_for
+from deepshrink.fixedpoint import DynamicFixedPoint, FixedPoint, install_all_hooks, quantize_
+from deepshrink.runtime import IntegerModel
 from deepshrink.train import load_into, read_checkpoint, save_checkpoint
 
 from .conftest import TinyCNN, randomize_
@@ -24,7 +26,7 @@ def _quantized(bits: int | dict[str, int] = 8) -> TinyCNN:
 
 def test_registered_for_files() -> None:
     assert STATE_CLASSES["FixedPoint"] is FixedPoint
-    assert value_transform_for_kind("fixedpoint") is FixedPoint
+    assert restorer_for("fixedpoint") is FixedPoint
 
 
 @pytest.mark.parametrize("bits", [4, 8, 16, {"conv": 8, "fc": 4}])

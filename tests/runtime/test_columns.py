@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepshrink.core.errors import FormatError
-from deepshrink.runtime import SparseLinear, columns, from_coo, kernels, sparse
+from deepshrink.runtime import SparseLinear, columns, from_coo, kernels, policy
 from deepshrink.runtime.columns import RUN, ColumnBlocks, column_blocks
 from deepshrink.runtime.layout import SparseRows
 
@@ -21,8 +21,8 @@ from deepshrink.runtime.layout import SparseRows
 def column_form_for_small_layers(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tests use small layers; by default only layers of COLUMN_FORM_MIN_NNZ non-zeros get the column form,
     and on AVX-512 hosts none does (the SIMD form runs batch 1): both off here, as on other hosts."""
-    monkeypatch.setattr(sparse, "COLUMN_FORM_MIN_NNZ", 0)
-    monkeypatch.setattr(sparse, "sliced_windows", lambda layout: None)
+    monkeypatch.setattr(policy, "COLUMN_FORM_MIN_NNZ", 0)
+    monkeypatch.setattr(policy, "sliced_windows", lambda layout: None)
 
 
 @pytest.fixture(params=["serial", "parallel"])
@@ -136,7 +136,7 @@ def test_validate_rejects_inconsistent_column_blocks() -> None:
 
 
 def test_small_layers_keep_only_the_row_form(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sparse, "COLUMN_FORM_MIN_NNZ", 100)
+    monkeypatch.setattr(policy, "COLUMN_FORM_MIN_NNZ", 100)
     rng = np.random.default_rng(8)
     small, large = codebook_layout(rng, 10, 20, 0.4, 8), codebook_layout(rng, 20, 20, 0.5, 8)
     assert small.nnz < 100 <= large.nnz

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+import deepshrink.codec as codec
 import deepshrink.runtime as rt
-from deepshrink.core import UnsupportedLayerError, dequantize, set_mask
+from deepshrink.core import set_mask, stored_from_export
 from deepshrink.core.errors import FormatError
 from deepshrink.models import build_model
 from deepshrink.share import WeightSharing, share_weights_
@@ -57,16 +58,18 @@ def test_runtime_matches_dense_quantized_model(lenets: dict[str, nn.Module], arc
     assert rt.measure.resident_bytes(fast) < sum(p.numel() * 4 for p in build_model(arch).parameters()) / 4
 
 
-def test_from_exports_on_meta_skeleton_with_dense_and_sparse_kinds(lenets: dict[str, nn.Module]) -> None:
+def test_from_stored_on_meta_skeleton_with_dense_and_sparse_kinds(lenets: dict[str, nn.Module]) -> None:
     model = lenets["lenet300"]
-    weights, tensors = rt.exports_from_model(model)
-    assert weights["fc1.weight"]["kind"] == "codebook"
+    weights, tensors = rt.stored_from_model(model)
+    assert weights["fc1.weight"].kind == "codebook"
     # fc2 stored pruned-only (sparse floats), fc3 stored dense: both kinds the file may hold
     fc2 = model.fc2.weight.detach()
-    weights["fc2.weight"] = {"kind": "sparse", "mask": (fc2 != 0).numpy(), "values": fc2[fc2 != 0].numpy()}
-    weights["fc3.weight"] = {"kind": "dense", "array": model.fc3.weight.detach().numpy().copy()}
-    fast = rt.from_exports(("lenet300", {}), weights, tensors)
+    weights["fc2.weight"] = stored_from_export({"kind": "sparse", "mask": (fc2 != 0).numpy(),
+                                                "values": fc2[fc2 != 0].numpy()})
+    weights["fc3.weight"] = stored_from_export({"kind": "dense", "array": model.fc3.weight.detach().numpy().copy()})
+    fast = rt.from_stored(("lenet300", {}), weights, tensors)
     assert rt.runtime_layers(fast) == {"fc1": "SparseLinear (codebook)", "fc2": "SparseLinear (sparse)"}
+    assert fast.runtime_report.kept == {}
     assert isinstance(fast.fc3, nn.Linear) and not fast.fc3.weight.is_meta
     assert fast.fc2.weight_layout.direct
     x = torch.randn(3, 784)
@@ -74,54 +77,56 @@ def test_from_exports_on_meta_skeleton_with_dense_and_sparse_kinds(lenets: dict[
         torch.testing.assert_close(fast(x), model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_fallback_builders_run_fixedpoint_and_ternary_from_codes() -> None:
+def test_palette_builder_runs_fixedpoint_and_ternary_from_codes() -> None:
     rng = np.random.default_rng(0)
     skeleton = nn.Sequential(nn.Linear(20, 7), nn.Conv2d(2, 3, 3))
     ints = rng.integers(-40, 40, (7, 20)) * (rng.random((7, 20)) < 0.3)
     code = rng.integers(-1, 2, (3, 2, 3, 3)).astype(np.int8)
-    fixed = {"kind": "fixedpoint", "int": ints, "bits": 8, "frac_len": 5}
-    tern = {"kind": "ternary", "code": code, "wp": 0.7, "wn": 0.3}
-    lin = rt.FALLBACK_BUILDERS["fixedpoint"](skeleton[0], fixed, None, "0.weight")
-    conv = rt.FALLBACK_BUILDERS["ternary"](skeleton[1], tern, torch.ones(3), "1.weight")
+    fixed = stored_from_export({"kind": "fixedpoint", "int": ints, "bits": 8, "frac_len": 5})
+    tern = stored_from_export({"kind": "ternary", "code": code, "wp": 0.7, "wn": 0.3})
+    lin = rt.LAYER_BUILDERS[rt.ANY_LOOKUP](skeleton[0], fixed, None, "0.weight")
+    conv = rt.LAYER_BUILDERS[rt.ANY_LOOKUP](skeleton[1], tern, torch.ones(3), "1.weight")
+    assert isinstance(lin, rt.SparseLinear) and isinstance(conv, rt.SparseConv2d)
+    assert lin.weight_layout.nnz == int(np.count_nonzero(ints))  # exact zeros are left out
     x = torch.randn(2, 20)
-    torch.testing.assert_close(lin(x), x @ torch.from_numpy(dequantize(fixed)).T, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lin(x), x @ torch.from_numpy(fixed.dense()).T, rtol=1e-5, atol=1e-5)
     img = torch.randn(1, 2, 6, 6)
-    want = torch.nn.functional.conv2d(img, torch.from_numpy(dequantize(tern)), torch.ones(3))
+    want = torch.nn.functional.conv2d(img, torch.from_numpy(tern.dense()), torch.ones(3))
     torch.testing.assert_close(conv(img), want, rtol=1e-5, atol=1e-5)
 
 
-def test_registry_prefers_specialised_builders_and_names_unknown_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_registry_dispatches_on_kind_and_keeps_layers_it_cannot_reproduce(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
 
-    def special(module: nn.Module, exported: dict[str, Any], bias: torch.Tensor | None, name: str) -> nn.Module:
+    def special(module: nn.Module, weight: Any, bias: torch.Tensor | None, name: str) -> nn.Module:
         calls.append(name)
         return nn.Identity()
 
-    monkeypatch.setitem(rt.FALLBACK_BUILDERS, "toy", lambda *a: nn.ReLU())
-    assert isinstance(rt.builder_for("toy")(nn.Linear(1, 1), {}, None, "w"), nn.ReLU)
-    monkeypatch.setitem(rt.LAYER_BUILDERS, "toy", special)
-    fast = rt.from_exports(nn.Sequential(nn.Linear(2, 2)), {"0.weight": {"kind": "toy"}}, {"0.bias": np.zeros(2)})
+    monkeypatch.setitem(rt.LAYER_BUILDERS, "ternary", special)
+    tern = stored_from_export({"kind": "ternary", "code": np.ones((2, 2), np.int8), "wp": 1.0, "wn": 1.0})
+    fast = rt.from_stored(nn.Sequential(nn.Linear(2, 2)), {"0.weight": tern}, {"0.bias": np.zeros(2, np.float32)})
     assert calls == ["0.weight"] and isinstance(fast[0], nn.Identity)
-    with pytest.raises(UnsupportedLayerError, match="nope"):
-        rt.builder_for("nope", "fc9.weight")
+    # a layer no builder reproduces (BatchNorm) keeps its class, gets its decoded weight, and is reported
+    sparse = stored_from_export({"kind": "sparse", "mask": np.array([True, False, True]),
+                                 "values": np.array([1.0, 2.0], np.float32)})
+    bn = rt.from_stored(nn.Sequential(nn.BatchNorm1d(3)), {"0.weight": sparse}, {
+        "0.bias": np.zeros(3, np.float32), "0.running_mean": np.zeros(3, np.float32),
+        "0.running_var": np.ones(3, np.float32), "0.num_batches_tracked": np.zeros((), np.int64)})
+    assert isinstance(bn[0], nn.BatchNorm1d) and bn[0].weight.tolist() == [1.0, 0.0, 2.0]
+    assert "BatchNorm1d" in bn.runtime_report.kept["0"]
 
 
 def test_loader_errors_name_the_tensor(lenets: dict[str, nn.Module]) -> None:
-    weights, tensors = rt.exports_from_model(lenets["lenet300"])
+    weights, tensors = rt.stored_from_model(lenets["lenet300"])
     with pytest.raises(FormatError, match=r"fc3\.bias"):
-        rt.from_exports(("lenet300", {}), weights, {k: v for k, v in tensors.items() if k != "fc3.bias"})
+        rt.from_stored(("lenet300", {}), weights, {k: v for k, v in tensors.items() if k != "fc3.bias"})
     with pytest.raises(FormatError, match=r"fc9\.weight"):
-        rt.from_exports(("lenet300", {}), {**weights, "fc9.weight": weights["fc1.weight"]}, tensors)
+        rt.from_stored(("lenet300", {}), {**weights, "fc9.weight": weights["fc1.weight"]}, tensors)
     with pytest.raises(FormatError, match="extra"):
-        rt.from_exports(("lenet300", {}), weights, {**tensors, "extra": torch.zeros(1)})
-    with pytest.raises(UnsupportedLayerError, match="BatchNorm"):
-        rt.from_exports(nn.Sequential(nn.BatchNorm1d(3)), {"0.weight": {"kind": "sparse", "mask": np.ones(3, bool),
-                                                                         "values": np.ones(3, np.float32)}},
-                        {"0.bias": np.zeros(3, np.float32)})
+        rt.from_stored(("lenet300", {}), weights, {**tensors, "extra": torch.zeros(1)})
 
 
 def test_load_reads_a_dsz_file(lenets: dict[str, nn.Module], tmp_path: Path) -> None:
-    codec = pytest.importorskip("deepshrink.codec")
     path = tmp_path / "lenet5.dsz"
     codec.save_compressed(lenets["lenet5"], path, meta={"dataset": "fashion-mnist"})
     fast, meta = rt.load_with_meta(path)
@@ -133,11 +138,9 @@ def test_load_reads_a_dsz_file(lenets: dict[str, nn.Module], tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("index_coding", ["relative", "auto"])  # auto: context-modelled masks where smaller
-def test_compact_reader_never_builds_weight_shaped_arrays(lenets: dict[str, nn.Module], tmp_path: Path,
-                                                          index_coding: str) -> None:
-    codec = pytest.importorskip("deepshrink.codec")
+def test_reader_never_builds_weight_shaped_arrays(lenets: dict[str, nn.Module], tmp_path: Path,
+                                                  index_coding: str) -> None:
     from deepshrink.codec.container import Container
-    from deepshrink.runtime.reader import read_compact
 
     model = lenets["lenet300"]
     if index_coding == "auto":  # rows and columns of very different densities, as trained layers have
@@ -149,21 +152,15 @@ def test_compact_reader_never_builds_weight_shaped_arrays(lenets: dict[str, nn.M
     codec.save_compressed(model, path, entropy="ans", index_coding=index_coding)
     if index_coding == "auto":
         assert any("mask" in e for e in Container.open(path).header["weights"].values())
-    compact = read_compact(path)
-    full = codec.read_compressed(path)
-    for name, entry in compact.weights.items():
-        assert entry["kind"] == "codebook" and "index" not in entry
-        arrays = [v for v in entry.values() if isinstance(v, np.ndarray)]
-        assert max(a.size for a in arrays) == int((full.weights[name]["index"] >= 0).sum())
-        layout, shape = rt.from_export(entry, name)
-        reference, _ = rt.from_export(full.weights[name], name)
-        assert shape == full.weights[name]["index"].shape
-        assert np.array_equal(layout.to_dense(), reference.to_dense())
-        assert np.array_equal(layout.to_dense().reshape(shape), dequantize(full.weights[name]))
+    for name, stored in codec.read_compressed(path).weights.items():
+        assert stored.kind == "codebook" and stored.positions is not None
+        kept = int((getattr(model.get_submodule(name.rpartition(".")[0]), "weight") != 0).sum())
+        assert stored.data.size == stored.positions.size == kept  # one symbol per kept weight, no full-shape array
+        layout = rt.sparse_rows(stored, name)
+        assert np.array_equal(layout.to_dense().reshape(stored.shape), stored.dense())
 
 
 def test_bench_cli_reports_speedup(lenets: dict[str, nn.Module], tmp_path: Path) -> None:
-    codec = pytest.importorskip("deepshrink.codec")
     import json
 
     from typer.testing import CliRunner
@@ -182,7 +179,6 @@ def test_bench_cli_reports_speedup(lenets: dict[str, nn.Module], tmp_path: Path)
 
 
 def test_bench_cli_on_test_images_and_without_a_dataset(lenets: dict[str, nn.Module], tmp_path: Path) -> None:
-    codec = pytest.importorskip("deepshrink.codec")
     import json
 
     from typer.testing import CliRunner
@@ -202,7 +198,6 @@ def test_bench_cli_on_test_images_and_without_a_dataset(lenets: dict[str, nn.Mod
 
 def test_demo_runtime_line_times_the_written_file(lenets: dict[str, nn.Module], tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    codec = pytest.importorskip("deepshrink.codec")
     from torch.utils.data import TensorDataset
 
     from deepshrink.cli import demo

@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepshrink.runtime import SparseLinear, from_coo, simd, sparse
+from deepshrink.runtime import SparseLinear, from_coo, policy, simd
 from deepshrink.runtime.layout import SparseRows
 
 needs_avx512 = pytest.mark.skipif(not simd.available(), reason="the host has no AVX-512 (scalar kernels run there)")
@@ -42,7 +42,7 @@ def test_sliced_windows_hold_the_weight_and_match_dense(rows: int, cols: int, de
 def test_linear_layer_runs_batch1_through_the_simd_form(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1)
     assert SparseLinear(codebook_layout(rng, 50, 300, 0.1, 32)).simd_layout is None  # small: row kernel
-    monkeypatch.setattr(sparse, "SIMD_FORM_MIN_NNZ", 0)
+    monkeypatch.setattr(policy, "SIMD_FORM_MIN_NNZ", 0)
     layout = codebook_layout(rng, 50, 300, 0.1, 32)
     layer = SparseLinear(layout, torch.randn(50))
     assert layer.simd_layout is not None and layer.column_layout is None and layer.batch1_form == "simd"
@@ -52,7 +52,7 @@ def test_linear_layer_runs_batch1_through_the_simd_form(monkeypatch: pytest.Monk
     want = x.double() @ torch.from_numpy(layout.to_dense()).double().T + torch.from_numpy(layer.bias_array).double()
     torch.testing.assert_close(layer(x).double(), want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(layer(x[0]).double(), want[0], rtol=1e-5, atol=1e-5)  # unbatched input
-    batch = torch.randn(sparse.SIMD_MAX_BATCH, 300)  # small batches: one sample at a time through the same kernel
+    batch = torch.randn(policy.SIMD_MAX_BATCH, 300)  # small batches: one sample at a time through the same kernel
     want = batch.double() @ torch.from_numpy(layout.to_dense()).double().T + torch.from_numpy(layer.bias_array).double()
     torch.testing.assert_close(layer(batch).double(), want, rtol=1e-5, atol=1e-5)
     assert layer(torch.zeros(0, 300)).shape == (0, 50)  # an empty batch

@@ -16,7 +16,7 @@ from deepshrink.core import (
     get_value_transform,
     prepare_for_state_dict,
     set_mask,
-    value_transform_for_kind,
+    restorer_for,
 )
 from deepshrink.data import load_dataset
 from deepshrink.share import SharedWeights, WeightSharing, bits_for, finetune_centroids, share_weights_
@@ -85,7 +85,7 @@ def test_export_dequantizes_to_forward_bit_for_bit_and_rebuilds() -> None:
     assert isinstance(step, SharedWeights) and step.bits == 4
     exported = step.export(layer.weight)
     assert np.array_equal(dequantize(exported).view(np.uint32), layer.weight.detach().numpy().view(np.uint32))
-    assert value_transform_for_kind("codebook") is SharedWeights
+    assert restorer_for("codebook") is SharedWeights
     rebuilt = SharedWeights.from_export(exported)
     assert torch.equal(rebuilt.index, step.index) and torch.equal(rebuilt.centroids, step.centroids)
     fresh = nn.Linear(64, 24)

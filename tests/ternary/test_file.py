@@ -10,13 +10,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+import deepshrink.codec as codec
 from deepshrink.core import get_value_transform
 from deepshrink.data import load_dataset
 from deepshrink.models import build_model
 from deepshrink.ternary import TTQ, TWN, Ternary, masked_latent, ternarize_, ternary_param_groups
 from deepshrink.train import TrainConfig, fit, save_checkpoint
-
-codec = pytest.importorskip("deepshrink.codec")
 
 
 def _trained_ternary(config: TTQ | TWN) -> nn.Module:
@@ -34,7 +33,7 @@ def test_file_weights_equal_trained_model_bit_for_bit(tmp_path, entropy: str) ->
     path = tmp_path / "m.dsz"
     codec.save_compressed(model, path, entropy=entropy)
     stored = codec.read_compressed(path)
-    entry = stored.weights["fc2.weight"]
+    entry = stored.weights["fc2.weight"].export()
     transform = get_value_transform(model.fc2)
     assert isinstance(transform, Ternary)
     exported = transform.export(masked_latent(model.fc2))
@@ -67,7 +66,7 @@ def test_symmetric_baseline_file_round_trip(tmp_path) -> None:  # type: ignore[n
     codec.save_compressed(model, path)
     loaded = codec.load_compressed(path)
     assert torch.equal(loaded.fc2.weight, model.fc2.weight)
-    entry = codec.read_compressed(path).weights["fc2.weight"]
+    entry = codec.read_compressed(path).weights["fc2.weight"].export()
     assert entry["wp"] == entry["wn"]
 
 
@@ -93,18 +92,17 @@ def test_cli_ternary_writes_dsz(tmp_path) -> None:  # type: ignore[no-untyped-de
 
 
 def test_runtime_builder_uses_the_add_subtract_kernel() -> None:
-    registry = pytest.importorskip("deepshrink.runtime.registry")
-    import deepshrink.runtime.ternary  # noqa: F401  (registers the builder)
-    from deepshrink.ternary.kernel import TernaryConv2d, TernaryLinear
+    from deepshrink.core import stored_from_export
+    from deepshrink.runtime import TernaryConv2d, TernaryLinear, build_layer
 
-    builder = registry.builder_for("ternary")
     code = np.random.default_rng(0).integers(-1, 2, size=(4, 6)).astype(np.int8)
     exported = {"kind": "ternary", "code": code, "wp": 0.5, "wn": 0.25}
-    linear = builder(nn.Linear(6, 4), exported, None, "fc.weight")
+    linear = build_layer(nn.Linear(6, 4), stored_from_export(exported), None, "fc.weight")
     assert isinstance(linear, TernaryLinear)
     conv_code = np.random.default_rng(1).integers(-1, 2, size=(3, 2, 3, 3)).astype(np.int8)
-    conv = builder(nn.Conv2d(2, 3, 3, padding=1), {**exported, "code": conv_code}, torch.zeros(3), "conv.weight")
+    conv = build_layer(nn.Conv2d(2, 3, 3, padding=1), stored_from_export({**exported, "code": conv_code}),
+                       torch.zeros(3), "conv.weight")
     assert isinstance(conv, TernaryConv2d)
     x = torch.randn(1, 6)
-    dense = x @ torch.from_numpy(codec.effective_weight({**exported})).T
+    dense = x @ torch.from_numpy(stored_from_export(exported).dense()).T
     torch.testing.assert_close(linear(x), dense)

@@ -21,8 +21,8 @@ from deepshrink.ternary import (
     ternary_layers,
     twn_scale,
 )
-from deepshrink.ternary.kernel import TernaryConv2d, TernaryRows, ternary_matmul
-from deepshrink.ternary.runtime import to_runtime
+from deepshrink.core import stored_from_export
+from deepshrink.runtime import TernaryConv2d, TernaryRows, from_model, ternary_matmul
 
 
 @settings(max_examples=25, deadline=None)
@@ -47,7 +47,7 @@ def test_conv_equals_dense(cin: int, cout: int, k: int, stride: int, pad: int, s
     exported = {"kind": "ternary", "code": code, "wp": 0.3, "wn": 0.7}
     x = torch.from_numpy(rng.standard_normal((2, cin, *size)).astype(np.float32))
     dense = F.conv2d(x, torch.from_numpy(dequantize(exported)), conv.bias, stride=stride, padding=pad)
-    out = TernaryConv2d.from_conv(conv, exported)(x)
+    out = TernaryConv2d.from_conv(conv, stored_from_export(exported), conv.bias)(x)
     torch.testing.assert_close(out, dense.detach(), rtol=1e-5, atol=1e-5)
 
 
@@ -55,7 +55,8 @@ def test_grouped_conv_is_refused_with_a_clear_error() -> None:
     conv = nn.Conv2d(4, 4, 3, groups=2)
     code = np.zeros(tuple(conv.weight.shape), np.int8)
     with pytest.raises(UnsupportedLayerError, match="groups=1"):
-        TernaryConv2d.from_conv(conv, {"code": code, "wp": 1.0, "wn": 1.0})
+        TernaryConv2d.from_conv(conv, stored_from_export({"kind": "ternary", "code": code, "wp": 1.0, "wn": 1.0}),
+                                None)
 
 
 def test_fold_scale_is_a_per_row_affine_map() -> None:
@@ -78,7 +79,7 @@ def test_runtime_model_matches_the_ternary_model(arch: str) -> None:
             model(torch.randn(4, 1, 16, 16))  # non-trivial BatchNorm statistics to fold
     ternarize_(model, TTQ())
     model.eval()
-    runtime = to_runtime(model)
+    runtime = from_model(model, example=torch.randn(1, 1, 16, 16))  # BatchNorms fold into per-channel Wp/Wn
     kinds = {type(m).__name__ for m in runtime.modules()}
     assert "TernaryConv2d" in kinds
     if arch == "resnet20":

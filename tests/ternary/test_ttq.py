@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from deepshrink.core import ConfigError, dequantize, get_mask, get_value_transform, latent_weight, set_mask
-from deepshrink.core.state import value_transform_for_kind
+from deepshrink.core.techniques import restorer_for
 from deepshrink.data import load_dataset
 from deepshrink.models import build_model
 from deepshrink.ternary import (
@@ -188,7 +188,7 @@ def test_checkpoint_and_export_round_trip_bit_for_bit(tmp_path) -> None:  # type
     exported = get_value_transform(model.fc2).export(masked_latent(model.fc2))  # type: ignore[union-attr]
     exported["wn"] = -0.5  # even a negative scale (the base attach would flip codes) reproduces exactly
     fresh = _tiny_mlp()
-    cls = value_transform_for_kind("ternary")
+    cls = restorer_for("ternary")
     assert cls is Ternary
     cls.attach(fresh.fc2, exported)
     assert np.array_equal(fresh.fc2.weight.detach().numpy().view(np.int32), dequantize(exported).view(np.int32))

@@ -2,7 +2,7 @@
 
 Layout (all integers little-endian; see docs/format.md)::
 
-    0   8 bytes   magic  89 44 53 5A 0D 0A 1A 0A  (deepshrink.io.DSZ_MAGIC)
+    0   8 bytes   magic  89 44 53 5A 0D 0A 1A 0A  (deepshrink.core.version.DSZ_MAGIC)
     8   u32       format version (1)
     12  u32       flags: bit 0 = header is zlib-deflated; other bits must be 0
     16  u32       stored header length H
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import FormatError
-from ..io import DSZ_MAGIC
+from ..core.version import DSZ_MAGIC
 
 __all__ = ["FORMAT", "VERSION", "Container", "SectionWriter", "expect"]
 

@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from .model_io import DEFAULT_INDEX_BITS, CompressedFile, read_compressed
+from ..core.kinds import StoredWeight, kind_of
+from .decode import CompressedFile, read_compressed
+from .encode import DEFAULT_INDEX_BITS
 from .sparse import encode_positions
 
 __all__ = ["file_stats", "format_table"]
@@ -22,19 +24,18 @@ def _bits(nbytes: int, count: int) -> float | None:
     return round(8.0 * nbytes / count, 3) if count else None
 
 
-def _layer(name: str, header_entry: dict[str, Any], weight: dict[str, Any], parts: dict[str, int],
+def _layer(name: str, header_entry: dict[str, Any], weight: StoredWeight, parts: dict[str, int],
            index_bits: dict[str, Any]) -> dict[str, Any]:
     numel = int(np.prod(header_entry["shape"], dtype=np.int64))
-    kind = weight["kind"]
-    mask = weight.get("mask")
-    kept = int(mask.sum()) if mask is not None else numel
+    kind = weight.kind
+    kept = weight.kept
     total = sum(parts.values())
     row: dict[str, Any] = {"name": name, "kind": kind, "shape": header_entry["shape"], "layer": header_entry["layer"],
                            "weights": numel, "kept": kept, "kept_pct": round(100.0 * kept / numel, 2) if numel else 0.0,
                            "bytes": total, "fp32_bytes": 4 * numel}
     values = header_entry.get("values", {})
     value_bytes = parts.get("values", 0) + parts.get("values_table", 0)
-    if kind in ("dense", "sparse"):
+    if kind_of(kind).symbol_key is None:  # float values stored raw
         width = 16 if header_entry.get("dtype", values.get("dtype")) == "float16" else 32
         row.update(weight_bits_fixed=width, weight_bits=_bits(value_bytes, kept), weight_coding="raw")
     else:
@@ -52,7 +53,7 @@ def _layer(name: str, header_entry: dict[str, Any], weight: dict[str, Any], part
         # context-modelled mask: its bits are given per entry of the fixed-width relative index it replaces
         stated = index_bits.get(header_entry["layer"])
         bits = int(stated) if isinstance(stated, int) else int(DEFAULT_INDEX_BITS[header_entry["layer"]])
-        entries = int(encode_positions(weight["mask"], bits).size)
+        entries = int(encode_positions(weight.mask(), bits).size)
         row.update(index_bits_fixed=bits, index_coding="ctx", index_entries=entries, fillers=entries - kept,
                    index_bits=_bits(parts.get("index", 0) + parts.get("index_table", 0), entries))
         fixed_bytes += (entries * bits + 7) // 8

@@ -4,7 +4,8 @@ from .atomic import atomic_open, atomic_save, atomic_write_bytes, atomic_write_t
 from .edits import EDITS, record_edit, recorded_edits, register_edit, replay_edits, set_submodule
 from .errors import ConfigError, DataError, DeepShrinkError, FormatError, UnsupportedLayerError
 from .fold import find_bn_pairs, fold_batchnorm_
-from .quantized import dequantize
+from .kinds import KINDS, Palette, StoredWeight, ValueKind, dequantize, kind_of, register_kind, stored_from_export
+from .layer_call import layer_call, plain_type, register_equivalent
 from .select import SUPPORTED_LAYERS, Selection, Selector, layer_kind, layer_type_name, select_layers
 from .state import (
     STATE_CLASSES,
@@ -22,12 +23,14 @@ from .state import (
     register_state_class,
     set_mask,
     set_value_transform,
-    value_transform_for_kind,
 )
+from .techniques import TECHNIQUES, Technique, compress_, register_technique, restorer_for, technique_for
 from .summary import LayerRow, Summary, summary
 
 __all__ = [
     "EDITS",
+    "KINDS",
+    "TECHNIQUES",
     "STATE_CLASSES",
     "SUPPORTED_LAYERS",
     "ConfigError",
@@ -36,10 +39,14 @@ __all__ = [
     "FormatError",
     "LayerRow",
     "Mask",
+    "Palette",
     "Selection",
     "Selector",
+    "StoredWeight",
+    "Technique",
     "Summary",
     "UnsupportedLayerError",
+    "ValueKind",
     "ValueTransform",
     "WeightState",
     "apply_masks_",
@@ -48,6 +55,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "bake_",
+    "compress_",
     "compression_spec",
     "dequantize",
     "find_bn_pairs",
@@ -55,19 +63,27 @@ __all__ = [
     "get_mask",
     "get_value_transform",
     "iter_states",
+    "kind_of",
     "latent_weight",
+    "layer_call",
     "layer_kind",
     "layer_type_name",
+    "plain_type",
     "prepare_for_state_dict",
     "record_edit",
     "recorded_edits",
     "register_edit",
+    "register_equivalent",
+    "register_kind",
     "register_state_class",
+    "register_technique",
     "replay_edits",
+    "restorer_for",
     "select_layers",
     "set_mask",
     "set_submodule",
     "set_value_transform",
+    "stored_from_export",
     "summary",
-    "value_transform_for_kind",
+    "technique_for",
 ]

@@ -1,40 +1,88 @@
-"""Fold BatchNorm into the preceding convolution/linear layer (before fixed point, ternary or export)."""
+"""Fold BatchNorm into the layer before it (before fixed point, low-rank or export), found by running the model.
+
+A BatchNorm folds into a Linear/Conv when it reads that layer's output and nothing else does. Layers of the
+user's own classes fold too when their output is linear in their weight per output channel (checked on the
+example: a conv subclass computing TF-"same" padding in ``forward`` folds; one that standardises its weight does
+not). A BatchNorm that cannot fold stays float and is listed with the reason.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import fx, nn
+from torch import Tensor, nn
 
 from .edits import record_edit, register_edit, set_submodule
 from .errors import UnsupportedLayerError
-from .state import iter_states
+from .graph import Call, ExecutionGraph, trace_calls
+from .layer_call import layer_call, plain_type
+from .state import get_value_transform, latent_weight
+
+__all__ = ["FoldReport", "find_bn_pairs", "fold_batchnorm_"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d)
 _FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
-def find_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
-    """``(layer_fqn, bn_fqn)`` pairs where a BatchNorm reads only the output of a conv/linear layer."""
+@dataclass
+class FoldReport:
+    """Pairs folded ``(layer, bn)`` and BatchNorms left float with the reason."""
+
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)
+
+    def __iter__(self):  # unpacks like the list of pairs it used to be
+        return iter(self.pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def _channel_linear(module: nn.Module, x: Tensor) -> bool:
+    """Whether scaling output channel ``c``'s weights and bias by ``s_c`` scales that output channel by ``s_c``."""
+    weight = module.weight.detach().double()  # type: ignore[union-attr]
+    bias = getattr(module, "bias", None)
+    bias = bias.detach().double() if isinstance(bias, Tensor) else torch.zeros(weight.shape[0], dtype=torch.float64)
+    scale = torch.linspace(0.5, 2.0, weight.shape[0], dtype=torch.float64)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
     try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception as exc:  # tracing fails on data-dependent control flow
-        raise UnsupportedLayerError(f"cannot trace {type(model).__name__} to find conv+BatchNorm pairs: {exc}") from exc
-    modules = dict(model.named_modules())
-    pairs = []
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(node.target), _BN):
+        base = layer_call(module, x.double(), weight, bias)
+        scaled = layer_call(module, x.double(), weight * scale.reshape(shape), bias * scale)
+    except (UnsupportedLayerError, RuntimeError):
+        return False
+    expected = base * scale.reshape((1, -1) + (1,) * (base.dim() - 2))
+    return bool(torch.allclose(scaled, expected, rtol=1e-9, atol=1e-9 * float(base.abs().max() or 1.0)))
+
+
+def _pairs(graph: ExecutionGraph) -> FoldReport:
+    report = FoldReport()
+    for call in graph.calls:
+        if call.module is None or not isinstance(call.module, _BN):
             continue
-        source = node.args[0]
-        if (
-            isinstance(source, fx.Node)
-            and source.op == "call_module"
-            and isinstance(modules.get(source.target), _FOLDABLE)
-            and len(source.users) == 1
-        ):
-            pairs.append((str(source.target), str(node.target)))
-    return pairs
+        producer = graph.producer.get(call.inputs[0]) if call.inputs else None
+        source: Call | None = graph.calls[producer] if producer is not None else None
+        if source is None or source.module is None or not isinstance(source.module, _FOLDABLE):
+            report.kept.append((call.name, "its input is not the output of a Linear/Conv layer"))
+        elif len(graph.readers(source.outputs[0])) != 1 or len(graph.calls_of(source.name)) != 1:
+            report.kept.append((call.name, f"the output of {source.name!r} is also used elsewhere"))
+        elif plain_type(source.module) is None and not _channel_linear(source.module, _input_of(graph, source)):
+            report.kept.append((call.name, f"{type(source.module).__name__} {source.name!r} is not linear in its weight"))
+        else:
+            report.pairs.append((source.name, call.name))
+    return report
+
+
+def _input_of(graph: ExecutionGraph, call: Call) -> Tensor:
+    tensor = graph.tensor(call.inputs[0])
+    assert tensor is not None
+    return tensor
+
+
+def find_bn_pairs(model: nn.Module, example: Any) -> FoldReport:
+    """``(layer_fqn, bn_fqn)`` pairs where a BatchNorm reads only a Linear/Conv layer's output, found on ``example``."""
+    return _pairs(trace_calls(model, example))
 
 
 @register_edit("fold_bn")
@@ -46,28 +94,41 @@ def _replay_fold(model: nn.Module, params: dict[str, Any]) -> None:
 
 
 @torch.no_grad()
-def fold_batchnorm_(model: nn.Module) -> list[tuple[str, str]]:
-    """Fold every foldable BatchNorm into its layer in place (BN becomes Identity); returns the pairs.
+def fold_batchnorm_(model: nn.Module, example: Any, *, skip_unfoldable: bool = False) -> FoldReport:
+    """Fold every foldable BatchNorm into its layer in place (the BN becomes Identity); returns what was folded.
 
-    Uses the running statistics, so the model must be in its trained state; call before attaching
-    compression state (a layer already carrying state is refused to keep masks and codebooks exact).
+    ``example`` is one input batch (a tensor, a feature dict, ...) the model is run on to find the pairs. Uses the
+    running statistics, so the model must be in its trained state. A mask is kept (pruned weights stay zero); a
+    value transform must absorb the per-channel scale itself (``scale_channels_``, e.g. ternary weights) or the
+    fold is refused (fold before quantizing), or, with ``skip_unfoldable``, that BatchNorm stays float.
     """
-    pairs = find_bn_pairs(model)
-    stateful = {fqn for fqn, *_ in iter_states(model)}
-    for layer_name, bn_name in pairs:
-        if layer_name in stateful:
-            raise UnsupportedLayerError(f"fold BatchNorm before compressing: {layer_name!r} already carries state")
+    report = find_bn_pairs(model, example)
+    folded = []
+    for layer_name, bn_name in report.pairs:
         layer: Any = model.get_submodule(layer_name)
+        transform = get_value_transform(layer)
+        absorb = getattr(transform, "scale_channels_", None)
+        if transform is not None and absorb is None:
+            why = f"{layer_name!r} carries {type(transform).__name__}, which cannot absorb a per-channel scale"
+            if not skip_unfoldable:
+                raise UnsupportedLayerError(f"fold BatchNorm before quantizing: {why}")
+            report.kept.append((bn_name, why))
+            continue
         bn: Any = model.get_submodule(bn_name)
         mean, var = bn.running_mean, bn.running_var
         inv_std = 1.0 / torch.sqrt(var + bn.eps)
         scale = bn.weight * inv_std if bn.affine else inv_std
         shift = bn.bias if bn.affine else torch.zeros_like(mean)
-        shape = (-1,) + (1,) * (layer.weight.dim() - 1)
-        layer.weight.mul_(scale.reshape(shape))
+        if absorb is not None:
+            absorb(scale)
+        else:
+            weight = latent_weight(layer)
+            weight.mul_(scale.reshape((-1,) + (1,) * (weight.dim() - 1)))
         old_bias = layer.bias if layer.bias is not None else torch.zeros_like(mean)
         new_bias = (old_bias - mean) * scale + shift
         layer.bias = nn.Parameter(new_bias.detach().clone())
         set_submodule(model, bn_name, nn.Identity())
         record_edit(model, "fold_bn", layer=layer_name, bn=bn_name)
-    return pairs
+        folded.append((layer_name, bn_name))
+    report.pairs = folded
+    return report

@@ -37,7 +37,6 @@ __all__ = [
     "register_state_class",
     "set_mask",
     "set_value_transform",
-    "value_transform_for_kind",
 ]
 
 STATE_CLASSES: dict[str, type[WeightState]] = {}
@@ -90,14 +89,9 @@ class Mask(WeightState):
 class ValueTransform(WeightState):
     """Base of value transforms (codebook, fixed point, ternary): at most one per weight, after the mask.
 
-    Subclasses implement ``forward`` (differentiable, keeping masked positions at zero), ``bits`` and
-    ``export``. ``export`` returns the integer form the codec stores; its schema is one of
-
-    * ``{"kind": "codebook", "index": int64 array (-1 = zero), "centroids": float32 (K,)}``
-    * ``{"kind": "fixedpoint", "int": int64 array, "bits": int, "frac_len": int}``
-    * ``{"kind": "ternary", "code": int8 array in {-1, 0, 1}, "wp": float, "wn": float}``
-
-    and :func:`deepshrink.core.quantized.dequantize` of it equals ``forward``'s output bit for bit.
+    Subclasses set ``kind`` (a name in the kind registry, :mod:`deepshrink.core.kinds`, which defines the export
+    dict's schema) and implement ``forward`` (differentiable, keeping masked positions at zero), ``bits`` and
+    ``export``. :func:`deepshrink.core.kinds.dequantize` of the export equals ``forward``'s output bit for bit.
     """
 
     kind: ClassVar[str] = "value"
@@ -125,20 +119,12 @@ class ValueTransform(WeightState):
 
         Transforms with more state than the weight (e.g. activation formats) override this.
         """
-        from .quantized import dequantize
+        from .kinds import dequantize
 
         with torch.no_grad():
             values = torch.from_numpy(dequantize(exported))
             latent_weight(module, name).copy_(values.reshape(latent_weight(module, name).shape))
         set_value_transform(module, cls.from_export(exported), name)
-
-
-def value_transform_for_kind(kind: str) -> type[ValueTransform] | None:
-    """The registered value-transform class whose ``kind`` is ``kind`` (None if its package is not imported)."""
-    for cls in STATE_CLASSES.values():
-        if issubclass(cls, ValueTransform) and cls.kind == kind:
-            return cls
-    return None
 
 
 def _chain(module: nn.Module, name: str) -> Any:

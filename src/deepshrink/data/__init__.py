@@ -1,5 +1,6 @@
 """Local datasets (never downloaded) and loaders."""
 
+from .calibration import calibration_batches
 from .datasets import FASHION_MNIST_DIR, INFO, SPLITS, DatasetInfo, dataset_info, load_dataset, make_loader
 from .idx import parse_idx, read_idx
 
@@ -8,6 +9,7 @@ __all__ = [
     "INFO",
     "SPLITS",
     "DatasetInfo",
+    "calibration_batches",
     "dataset_info",
     "load_dataset",
     "make_loader",

@@ -1,6 +1,9 @@
-"""Dynamic fixed point (Qiu et al. 2016): formats, weight/data search, static baseline, integer inference."""
+"""Dynamic fixed point (Qiu et al. 2016): formats, weight/data search and the simulated model.
 
-from .formats import (
+Integer-only inference of the result lives in :mod:`deepshrink.runtime.integer`.
+"""
+
+from ..core.fixed_point import (
     FixedPointFormat,
     fake_quantize,
     overflow_free_frac_len,
@@ -8,28 +11,25 @@ from .formats import (
     rounding_shift,
     saturate,
 )
-from .integer import IntegerLayer, IntegerModel, QTensor, swap_integer_layers_
 from .quantize import DynamicFixedPoint, FixedPointReport, LayerFormat, parse_bits, quantize_
-from .simulate import fixed_point_of, install_all_hooks
-from .transform import FixedPoint
+from .technique import TECHNIQUE
+from .transform import FixedPoint, fixed_point_of, install_all_hooks, install_hooks
 
 __all__ = [
     "DynamicFixedPoint",
     "FixedPoint",
     "FixedPointFormat",
     "FixedPointReport",
-    "IntegerLayer",
-    "IntegerModel",
     "LayerFormat",
-    "QTensor",
+    "TECHNIQUE",
     "fake_quantize",
     "fixed_point_of",
     "install_all_hooks",
+    "install_hooks",
     "overflow_free_frac_len",
     "parse_bits",
     "quantize_",
     "requantize",
     "rounding_shift",
     "saturate",
-    "swap_integer_layers_",
 ]

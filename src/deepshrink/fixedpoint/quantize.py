@@ -12,10 +12,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from ..core.errors import ConfigError, UnsupportedLayerError
+from ..core.fixed_point import FixedPointFormat, check_bits, overflow_free_frac_len
 from ..core.fold import fold_batchnorm_
 from ..core.select import Selector, layer_kind, layer_type_name, select_layers
 from ..core.state import latent_weight, set_value_transform
-from .formats import FixedPointFormat, check_bits, overflow_free_frac_len
 from .search import (
     capture,
     execution_order,
@@ -27,8 +27,7 @@ from .search import (
     static_data_stage,
     weight_error,
 )
-from .simulate import fixed_point_of, install_hooks
-from .transform import FixedPoint
+from .transform import FixedPoint, fixed_point_of, install_hooks
 
 
 @dataclass(frozen=True)
@@ -130,10 +129,11 @@ class FixedPointReport:
     layers: list[LayerFormat] = field(default_factory=list)
     static: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    folded: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"scheme": "static" if self.static else "dynamic", "layers": [row.to_dict() for row in self.layers],
-                "skipped": [list(s) for s in self.skipped]}
+                "skipped": [list(s) for s in self.skipped], "folded_bn": [list(p) for p in self.folded]}
 
     def __str__(self) -> str:
         head = f"{'layer':<44} {'type':<7} {'b_w':>3} {'fl_w':>4} {'b_a':>3} {'fl_in':>5} {'fl_out':>6} {'w rel.err':>9}"
@@ -189,9 +189,12 @@ def _refine_weights_by_accuracy(model: nn.Module, order: list[str], modules: dic
         fp.set_weight_format(FixedPointFormat(bits, chosen))
 
 
-def _maybe_fold(model: nn.Module) -> None:
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        fold_batchnorm_(model)  # BatchNorm that cannot be folded stays float and is reported by the trace error
+def _maybe_fold(model: nn.Module, example: Any) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Fold BatchNorms into their layers; ``(folded pairs, BatchNorms left float with the reason)``."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return [], []
+    report = fold_batchnorm_(model, example)
+    return report.pairs, report.kept
 
 
 @torch.no_grad()
@@ -205,7 +208,7 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
     batches = _batches(calib)
     was_training = model.training
     model.eval()
-    _maybe_fold(model)
+    folded, float_bns = _maybe_fold(model, batches[0])
     selection = select_layers(model, select, exclude=exclude)
     modules = dict(selection.layers)
     if not modules:
@@ -247,7 +250,7 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
             greedy_data_stage(model, order, modules, ref_out, batches, act_bits, outputs, config.span)
     model.train(was_training)
 
-    report = FixedPointReport(static=config.static, skipped=list(selection.skipped))
+    report = FixedPointReport(static=config.static, skipped=[*selection.skipped, *float_bns], folded=list(folded))
     for name in [*order, *[n for n in modules if n not in order]]:
         fp = fixed_point_of(modules[name])
         assert fp is not None

@@ -19,19 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .formats import FixedPointFormat, fake_quantize, from_int, overflow_free_frac_len, to_int
-from .simulate import fixed_point_of
+from ..core.fixed_point import FixedPointFormat, fake_quantize, from_int, overflow_free_frac_len, to_int
+from ..core.graph import run_model
+from .transform import fixed_point_of
 
 Batch = Any
-
-
-def run_model(model: nn.Module, batch: Batch) -> Any:
-    """Call ``model`` on a calibration batch: a tensor, ``(inputs, labels)`` or a feature dict."""
-    if isinstance(batch, tuple | list):
-        return model(batch[0])
-    if isinstance(batch, dict):
-        return model(dict(batch))
-    return model(batch)
 
 
 def output_tensors(output: Any) -> list[Tensor]:

@@ -3,9 +3,10 @@
 Buffers (all int64 scalars, so they survive ``state_dict``, ``deepcopy`` and checkpoints):
 ``bits``/``frac_len`` for the weight, ``act_in_bits``/``act_in_frac_len`` for the layer's input and
 ``act_out_bits``/``act_out_frac_len`` for its output (``*_bits == 0``: that tensor stays float).
-The activation formats act through forward hooks (:mod:`deepshrink.fixedpoint.simulate`), installed by
-``quantize_``, by :meth:`FixedPoint.attach` (``.dsz`` files) and by :meth:`FixedPoint.on_attached`
-(checkpoints); :func:`~deepshrink.fixedpoint.install_all_hooks` re-adds them by hand (idempotent).
+The activation formats act through the forward hooks below (the pre-hook rounds the input to its format; the
+post-hook replaces the float32 output by :func:`~deepshrink.fixedpoint.simulate.exact_output`, keeping the
+float32 gradient: straight-through), installed by ``quantize_``, by :meth:`FixedPoint.attach` (``.dsz`` files)
+and by :meth:`FixedPoint.on_attached` (checkpoints); :func:`install_all_hooks` re-adds them (idempotent).
 """
 
 from __future__ import annotations
@@ -13,18 +14,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core.errors import FormatError
-from ..core.state import ValueTransform, register_state_class
-from .formats import FixedPointFormat, check_bits, from_int, to_int
+from ..core.fixed_point import FixedPointFormat, fake_quantize, from_int, to_int
+from ..core.kinds import stored_from_export
+from ..core.kinds.fixedpoint import ACT_KEYS, formats
+from ..core.state import ValueTransform, get_value_transform
+from .simulate import exact_output
 
-ACT_KEYS = ("act_in_bits", "act_in_frac_len", "act_out_bits", "act_out_frac_len")
-
-
-@register_state_class
 class FixedPoint(ValueTransform):
     """Dynamic fixed-point weight: ``round_half_up(w * 2**fl)`` saturated to ``bits``, straight-through gradient."""
 
@@ -100,18 +98,10 @@ class FixedPoint(ValueTransform):
 
     @classmethod
     def from_export(cls, exported: dict[str, Any]) -> FixedPoint:
-        try:
-            bits, frac_len = int(exported["bits"]), int(exported["frac_len"])
-            acts = [int(exported.get(key, 0)) for key in ACT_KEYS]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FormatError(f"fixedpoint entry lacks a valid bits/frac_len/act_* field: {exc}") from exc
-        ints = np.asarray(exported.get("int", np.zeros(0, dtype=np.int64)))
-        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        if ints.size and (int(ints.min()) < lo or int(ints.max()) > hi):
-            raise FormatError(f"fixedpoint integers out of the {bits}-bit range [{lo}, {hi}]")
-        act_in = FixedPointFormat(check_bits(acts[0], "act_in_bits"), acts[1]) if acts[0] else None
-        act_out = FixedPointFormat(check_bits(acts[2], "act_out_bits"), acts[3]) if acts[2] else None
-        return cls(bits, frac_len, act_in, act_out)
+        weight = stored_from_export(exported)
+        weight.value_kind.check(weight)
+        fmt, act_in, act_out = formats(weight)
+        return cls(fmt.bits, fmt.frac_len, act_in, act_out)
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, Tensor], weight_shape: torch.Size) -> FixedPoint:
@@ -121,14 +111,10 @@ class FixedPoint(ValueTransform):
     def attach(cls, module: nn.Module, exported: dict[str, Any], name: str = "weight") -> None:
         """Restore weight, weight format and activation formats from a file entry; install the activation hooks."""
         super().attach(module, exported, name)
-        from .simulate import install_hooks
-
         install_hooks(module)
 
     def on_attached(self, module: nn.Module, name: str) -> None:
         """Checkpoint load: the activation formats arrive with the buffers; the hooks that apply them go on now."""
-        from .simulate import install_hooks
-
         install_hooks(module)
 
     def extra_repr(self) -> str:
@@ -138,3 +124,44 @@ class FixedPoint(ValueTransform):
         if self.act_out is not None:
             parts.append(f"out={self.act_out}")
         return ", ".join(parts)
+
+
+def fixed_point_of(module: nn.Module) -> FixedPoint | None:
+    """The layer's :class:`FixedPoint` transform, or None."""
+    transform = get_value_transform(module) if hasattr(module, "parametrizations") else None
+    return transform if isinstance(transform, FixedPoint) else None
+
+
+def _pre_hook(module: nn.Module, args: tuple) -> tuple | None:
+    fp = fixed_point_of(module)
+    if fp is None or fp.act_in is None or not args:
+        return None
+    fmt = fp.act_in
+    return (fake_quantize(args[0], fmt.bits, fmt.frac_len), *args[1:])
+
+
+def _post_hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
+    fp = fixed_point_of(module)
+    if fp is None or fp.act_in is None or not args:
+        return None  # without an input format the float32 output is the simulation
+    exact = exact_output(module, args[0], fp.weight_format, fp.act_in, fp.act_out, output.dtype)
+    return exact + (output - output.detach())
+
+
+def install_hooks(module: nn.Module) -> None:
+    """Attach the activation hooks to one quantized layer (idempotent; survives ``deepcopy``)."""
+    if _pre_hook not in module._forward_pre_hooks.values():
+        module.register_forward_pre_hook(_pre_hook)
+    if _post_hook not in module._forward_hooks.values():
+        module.register_forward_hook(_post_hook)
+
+
+def install_all_hooks(model: nn.Module) -> int:
+    """Attach activation hooks to every layer of ``model`` carrying a ``FixedPoint`` weight (e.g. after
+    ``load_checkpoint``, which restores the formats but not hooks); returns how many layers."""
+    count = 0
+    for module in model.modules():
+        if fixed_point_of(module) is not None:
+            install_hooks(module)
+            count += 1
+    return count

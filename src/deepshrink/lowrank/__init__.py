@@ -4,10 +4,12 @@ Importing this package registers the ``lowrank_conv`` / ``lowrank_linear`` struc
 factorised models load with :func:`deepshrink.load_checkpoint`.
 """
 
+from .api import lowrank_
 from .fit import Factors, linear_fit, nonlinear_fit, pca_fit, response_eigenvalues, z_step
 from .modules import empty_conv_pair, empty_linear_pair, replace_conv_, replace_linear_
 from .ranks import LayerCost, select_ranks
 from .svd import SVDLinear, SVDReport, energy_rank, svd_conv_, svd_conv_factors, svd_linear_, truncated_svd
+from .technique import TECHNIQUE
 from .zhang import (
     METHODS,
     LowRankReport,
@@ -27,6 +29,7 @@ __all__ = [
     "LowRankReport",
     "SVDLinear",
     "SVDReport",
+    "TECHNIQUE",
     "ZhangLowRank",
     "calibration_images",
     "collect_responses",
@@ -35,6 +38,7 @@ __all__ = [
     "empty_linear_pair",
     "energy_rank",
     "linear_fit",
+    "lowrank_",
     "lowrank_conv_",
     "nonlinear_fit",
     "pca_fit",
@@ -50,5 +54,3 @@ __all__ = [
     "truncated_svd",
     "z_step",
 ]
-
-from . import stage as _stage  # noqa: F401  (registers the ``lowrank`` recipe stage)

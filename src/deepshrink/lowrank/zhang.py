@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ..core.errors import ConfigError, UnsupportedLayerError
+from ..core.graph import is_relu, trace_calls
 from ..core.select import Selector, select_layers
 from .fit import Factors, linear_fit, nonlinear_fit, response_eigenvalues
 from .modules import check_conv, replace_conv_
@@ -146,31 +147,14 @@ def conv_macs(model: nn.Module, example: Tensor) -> int:
     return sum(macs for _, macs in probe_convs(model, example).values())
 
 
-def relu_followed(model: nn.Module) -> set[str]:
-    """Fqns of convs whose output goes (through Identity/Dropout only) straight into a ReLU."""
-    try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception:  # untraceable models: nonlinear falls back to linear
-        return set()
-    modules = dict(model.named_modules())
-    passthrough = (nn.Identity, nn.Dropout)
-    relus = (torch.relu, torch.nn.functional.relu, torch.relu_)
+def relu_followed(model: nn.Module, example: Tensor) -> set[str]:
+    """Fqns of convs whose output goes (through Identity/Dropout only) straight into a ReLU, seen on ``example``."""
+    graph = trace_calls(model, example)
     found = set()
-    for node in graph.nodes:
-        if node.op != "call_module" or not isinstance(modules.get(str(node.target)), nn.Conv2d):
-            continue
-        current = node
-        while len(current.users) == 1:
-            (user,) = current.users
-            target = modules.get(str(user.target)) if user.op == "call_module" else None
-            if isinstance(target, nn.ReLU) or (user.op == "call_function" and user.target in relus) or (
-                user.op == "call_method" and user.target in ("relu", "relu_")
-            ):
-                found.add(str(node.target))
-                break
-            if not isinstance(target, passthrough):
-                break
-            current = user
+    for call in graph.module_calls(nn.Conv2d):
+        reader = graph.sole_reader(call, passthrough=(nn.Identity, nn.Dropout))
+        if reader is not None and is_relu(reader):
+            found.add(call.name)
     return found
 
 
@@ -278,7 +262,7 @@ def lowrank_conv_(
         assert config.speedup is not None
         fixed = report.macs_before - sum(c.original for c in costs.values())
         ranks = select_ranks(eigen, costs, int(report.macs_before / config.speedup), fixed)
-    relu = relu_followed(model) if config.nonlinear else set()
+    relu = relu_followed(model, images[:1].to(_device(model))) if config.nonlinear else set()
     for n in order:
         rank = ranks[n]
         report.ranks[n] = rank

@@ -18,6 +18,7 @@ from .sensitivity import (
     sensitivity_sweep,
     write_sensitivity,
 )
+from .technique import TECHNIQUE
 
 __all__ = [
     "DEFAULT_SPARSITIES",
@@ -28,6 +29,7 @@ __all__ = [
     "OBDPrune",
     "PruneReport",
     "RandomPrune",
+    "TECHNIQUE",
     "Sensitivity",
     "Thresholds",
     "choose_thresholds",

@@ -1,51 +1,58 @@
 """The compressed-model runtime: CPU kernels that compute straight from the compressed form.
 
 ``load(path)`` turns a ``.dsz`` file into an ``nn.Module`` whose compressed layers run numba kernels on
-sparse positions + small codebook indices (decoded once, at load time, into a CSR layout with narrow
-indices); layers stored dense stay ordinary torch layers. Every module in this package is imported on
-first use, so ``runtime/<name>.py`` files register their layer builders (``register_layer_builder``)
-without editing this one.
+sparse positions + small codebook codes (decoded once, at load time, into a CSR layout with narrow indices),
+integer kernels (fixed point) or add/subtract kernels (ternary); layers stored dense stay ordinary torch
+layers, and layers of the user's own classes keep their class, fed their decoded weights. Every inference
+code path of deepshrink lives in this package; builders are registered per value kind (:mod:`.registry`).
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-import warnings
-
-from .layout import SparseRows, from_coo, from_export
-from .loader import exports_from_model, from_exports, from_model, load, load_with_meta, runtime_layers
-from .registry import FALLBACK_BUILDERS, LAYER_BUILDERS, builder_for, register_layer_builder
-from .sparse import SparseConv2d, SparseLinear
-
-
-def _discover() -> None:
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        try:
-            importlib.import_module(f"{__name__}.{info.name}")
-        except ImportError as exc:  # a half-finished plugin must not take the whole runtime down
-            warnings.warn(f"deepshrink.runtime.{info.name} could not be imported: {exc}", RuntimeWarning,
-                          stacklevel=2)
-
-
-_discover()
+from . import builders, integer, ternary  # register the layer builders of every kind
+from .integer import IntegerLayer, IntegerModel, QTensor, swap_integer_layers_
+from .layout import SparseRows, from_coo, sparse_rows
+from .loader import (
+    RuntimeReport,
+    from_model,
+    from_stored,
+    load,
+    load_with_meta,
+    meta_skeleton,
+    runtime_layers,
+    stored_from_model,
+)
+from .modules import SparseConv2d, SparseLinear
+from .registry import ANY_LOOKUP, LAYER_BUILDERS, build_layer, register_layer_builder
+from .ternary import TernaryConv2d, TernaryLinear, TernaryRows, ternary_matmul
 
 __all__ = [
-    "FALLBACK_BUILDERS",
+    "ANY_LOOKUP",
     "LAYER_BUILDERS",
+    "IntegerLayer",
+    "IntegerModel",
+    "QTensor",
+    "RuntimeReport",
     "SparseConv2d",
     "SparseLinear",
     "SparseRows",
-    "builder_for",
-    "exports_from_model",
+    "TernaryConv2d",
+    "TernaryLinear",
+    "TernaryRows",
+    "build_layer",
+    "builders",
     "from_coo",
-    "from_export",
-    "from_exports",
     "from_model",
+    "from_stored",
+    "integer",
     "load",
     "load_with_meta",
+    "meta_skeleton",
     "register_layer_builder",
     "runtime_layers",
+    "sparse_rows",
+    "stored_from_model",
+    "swap_integer_layers_",
+    "ternary",
+    "ternary_matmul",
 ]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import FormatError
+from ..core.kinds import StoredWeight
 
 _EMPTY_CODES = np.zeros(0, dtype=np.uint8)
 
@@ -174,42 +175,20 @@ def _matrix_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     return int(shape[0]), int(np.prod(shape[1:], dtype=np.int64))
 
 
-def from_export(exported: dict[str, Any], name: str = "weight") -> tuple[SparseRows, tuple[int, ...]]:
-    """``(layout, original shape)`` from a ``codebook`` or ``sparse`` export dict.
-
-    Compact entries (:mod:`deepshrink.runtime.reader`) carry ``shape`` and flat, increasing ``positions`` of
-    the kept weights with ``codes`` + ``centroids`` or ``values``; export dicts proper are weight-shaped:
-
-    ``codebook``: ``index`` (weight-shaped, -1 = zero) and ``centroids``. ``sparse`` (pruned, unquantized):
-    ``mask`` (bool) with ``values`` either one per non-zero in C order or dense-shaped. Only positions and
-    codes are gathered; no float matrix of the weight's shape is created.
-    """
-    kind = exported.get("kind")
-    if "positions" in exported and kind in ("codebook", "sparse"):
-        shape = tuple(int(d) for d in exported["shape"])
-        n_rows, n_cols = _matrix_shape(shape)
-        positions = np.asarray(exported["positions"], dtype=np.int64)
+def sparse_rows(weight: StoredWeight, name: str = "weight") -> SparseRows:
+    """The CSR layout of a stored weight: its kept positions with their palette codes (lookup kinds, one flat
+    table for all channel groups) or their float values (float kinds). No weight-shaped array is formed; entries
+    whose value is exactly zero by their code (-1) are left out."""
+    n_rows, n_cols = _matrix_shape(weight.shape)
+    positions = weight.flat_positions()
+    palette = weight.palette()
+    if palette is None:
+        values = weight.values()
         rows, cols = np.divmod(positions, max(n_cols, 1))
-        if kind == "codebook":
-            return from_coo((n_rows, n_cols), rows, cols, np.asarray(exported["codes"]),
-                            np.asarray(exported["centroids"]), name), shape
-        return from_coo((n_rows, n_cols), rows, cols, None, np.asarray(exported["values"]), name), shape
-    if kind == "codebook":
-        index = np.asarray(exported["index"])
-        shape = tuple(int(d) for d in index.shape)
-        flat = index.reshape(shape[0], -1)
-        rows, cols = np.nonzero(flat >= 0)
-        codes = flat[rows, cols]
-        layout = from_coo(_matrix_shape(shape), rows, cols, codes, np.asarray(exported["centroids"]), name)
-        return layout, shape
-    if kind == "sparse":
-        mask = np.asarray(exported["mask"], dtype=bool)
-        shape = tuple(int(d) for d in mask.shape)
-        values = np.asarray(exported["values"], dtype=np.float32)
-        rows, cols = np.nonzero(mask.reshape(shape[0], -1))
-        if values.shape == mask.shape and values.size != rows.size:
-            values = values.reshape(shape[0], -1)[rows, cols]
-        elif values.size != rows.size:
-            raise FormatError(f"{name}: {values.size} sparse values for {rows.size} non-zeros in the mask")
-        return from_coo(_matrix_shape(shape), rows, cols, None, values.reshape(-1), name), shape
-    raise FormatError(f"{name}: the sparse layout cannot hold export kind {kind!r} (codebook or sparse)")
+        return from_coo((n_rows, n_cols), rows, cols, None, values, name)
+    codes, table = palette.flat(weight)
+    live = codes >= 0
+    if not live.all():
+        positions, codes = positions[live], codes[live]
+    rows, cols = np.divmod(positions, max(n_cols, 1))
+    return from_coo((n_rows, n_cols), rows, cols, codes, table, name)

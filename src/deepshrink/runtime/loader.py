@@ -1,8 +1,8 @@
-"""Build runtime models: from export dicts, from a ``.dsz`` file, or from an in-memory compressed model.
+"""Build runtime models: from stored weights, from a ``.dsz`` file, or from an in-memory compressed model.
 
 The skeleton is constructed on the ``meta`` device, so no weight storage is allocated; compressed layers
-are swapped for runtime modules built from their export dicts, and the remaining raw tensors (dense
-weights, biases, BatchNorm statistics) are assigned in place with ``load_state_dict(..., assign=True)``.
+are swapped for runtime modules built from their stored form (:mod:`.registry`), and the remaining raw tensors
+(dense weights, biases, BatchNorm statistics) are assigned in place with ``load_state_dict(..., assign=True)``.
 """
 
 from __future__ import annotations
@@ -10,17 +10,23 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
-from ..core.edits import replay_edits, set_submodule
+from ..codec.decode import read_compressed
+from ..core.edits import recorded_edits, replay_edits, set_submodule
 from ..core.errors import ConfigError, FormatError
+from ..core.fold import fold_batchnorm_
+from ..core.kinds import StoredWeight, stored_from_export
+from ..core.layer_call import plain_type
 from ..core.state import get_mask, get_value_transform, iter_states, latent_weight
 from ..models.registry import arch_of, build_model
-from .registry import builder_for
+from .registry import build_layer
 
 Skeleton = nn.Module | tuple[str, Mapping[str, Any]]
 
@@ -41,7 +47,7 @@ def _skeleton(model: Skeleton, edits: list[dict[str, Any]] | None) -> nn.Module:
         with torch.device("meta"):
             skeleton = build_model(model[0], **dict(model[1]))
     else:
-        raise ConfigError(f"from_exports needs an nn.Module or (arch, kwargs), got {type(model).__name__}")
+        raise ConfigError(f"from_stored needs an nn.Module or (arch, kwargs), got {type(model).__name__}")
     if edits:
         replay_edits(skeleton, edits)
     return skeleton
@@ -58,84 +64,116 @@ def runtime_layers(model: nn.Module) -> dict[str, str]:
     return found
 
 
-def from_exports(
+@dataclass
+class RuntimeReport:
+    """Which layers compute from their compressed form (``replaced``: fqn -> module (kind)) and which kept their own
+    class, fed their decoded weights (``kept``: fqn -> why)."""
+
+    replaced: dict[str, str] = field(default_factory=dict)
+    kept: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {"replaced": dict(self.replaced), "kept": dict(self.kept)}
+
+
+def from_stored(
     model: Skeleton,
-    weights: Mapping[str, dict[str, Any]],
+    weights: Mapping[str, StoredWeight],
     tensors: Mapping[str, Any] | None = None,
     *,
     edits: list[dict[str, Any]] | None = None,
+    buffers_from: nn.Module | None = None,
 ) -> nn.Module:
-    """A runtime model from per-weight export dicts and raw tensors (eval mode, inference only).
+    """A runtime model from stored weights and raw tensors (eval mode, inference only).
 
     ``model`` is a skeleton module (best built on ``torch.device("meta")``) or ``(arch, kwargs)`` for the zoo;
-    ``weights`` maps tensor names (``"fc1.weight"``) to export dicts (``codebook``, ``sparse``, ``fixedpoint``,
-    ``ternary`` or ``{"kind": "dense", "array": ...}``); ``tensors`` holds everything else (biases, BN
-    statistics). A compressed layer's bias is handed to its runtime module.
+    ``weights`` maps tensor names (``"fc1.weight"``) to :class:`~deepshrink.core.kinds.StoredWeight`;
+    ``tensors`` holds everything else (biases, BN statistics). A compressed layer's bias is handed to its runtime
+    module; a layer the runtime cannot reproduce keeps its class and its decoded weight. Non-persistent buffers
+    (not in any state dict) come from ``buffers_from`` or, failing that, from a freshly constructed model.
+    The result carries a :class:`RuntimeReport` as ``runtime_report``.
     """
     skeleton = _skeleton(model, edits)
     tensors = dict(tensors or {})
     weights = dict(weights)
     for tensor_name in [n for n in weights if n.rpartition(".")[2] != "weight"]:
         # shared / quantized biases are tiny: hand them to their layer as the float values they stand for
-        tensors[tensor_name] = _dense_values(weights.pop(tensor_name), tensor_name)
+        tensors[tensor_name] = weights.pop(tensor_name).dense()
     modules = dict(skeleton.named_modules())
     state: dict[str, Tensor] = {}
-    for tensor_name, exported in weights.items():
+    report = RuntimeReport()
+    for tensor_name, weight in weights.items():
         module_fqn, _, attr = tensor_name.rpartition(".")
         module = modules.get(module_fqn)
         if module is None or not hasattr(module, attr):
             raise FormatError(f"the file has a weight {tensor_name!r}, which the model does not have")
-        kind = exported.get("kind") if isinstance(exported, dict) else None
-        if kind == "dense":
-            state[tensor_name] = _tensor(exported["array"])
-            continue
-        if attr != "weight":
-            raise FormatError(f"{tensor_name!r} is stored as {kind!r}; the runtime compresses weights only")
-        bias_name = f"{module_fqn}.bias" if module_fqn else "bias"
-        bias = _tensor(tensors.pop(bias_name)) if bias_name in tensors else None
+        if not module_fqn:
+            raise FormatError(f"{tensor_name!r}: the model itself is a single layer; wrap it in a container")
+        bias_name = f"{module_fqn}.bias"
+        bias = _tensor(tensors[bias_name]) if bias_name in tensors else None
         wants_bias = isinstance(getattr(module, "bias", None), Tensor)
         if wants_bias != (bias is not None):
             missing = "lacks" if wants_bias else "has a stray"
             raise FormatError(f"the file {missing} tensor {bias_name!r} for layer {module_fqn!r}")
-        replacement = builder_for(str(kind), tensor_name)(module, exported, bias, tensor_name)
-        replacement.deepshrink_runtime_kind = str(kind)  # type: ignore[assignment]
-        if module_fqn:
-            set_submodule(skeleton, module_fqn, replacement)
-        else:
-            raise FormatError(f"{tensor_name!r}: the model itself is a single layer; wrap it in a container")
+        replacement = build_layer(module, weight, bias, tensor_name)
+        if replacement is None:
+            state[tensor_name] = _tensor(weight.dense())
+            if weight.kind != DENSE:
+                report.kept[module_fqn] = _why_kept(module, weight)
+            continue
+        tensors.pop(bias_name, None)
+        replacement.deepshrink_runtime_kind = weight.kind  # type: ignore[assignment]
+        set_submodule(skeleton, module_fqn, replacement)
+        report.replaced[module_fqn] = f"{type(replacement).__name__} ({weight.kind})"
     state.update({name: _tensor(value) for name, value in tensors.items()})
     result = skeleton.load_state_dict(state, strict=False, assign=True)
     if result.unexpected_keys:
         raise FormatError(f"tensors {sorted(result.unexpected_keys)} do not belong to the model")
+    _fill_unsaved_buffers(skeleton, buffers_from, model)
     unset = [n for n, t in (*skeleton.named_parameters(), *skeleton.named_buffers()) if t.is_meta]
     if unset:
         raise FormatError(f"the file lacks tensors {unset} that the model needs")
     for parameter in skeleton.parameters():
         parameter.requires_grad_(False)
+    skeleton.runtime_report = report  # type: ignore[assignment]
     return skeleton.eval()
 
 
-def _dense_values(entry: Any, name: str) -> np.ndarray:
-    """The float32 values of a non-weight entry (full export form or the compact positions form)."""
-    if not isinstance(entry, dict):
-        raise FormatError(f"{name!r} is not a weight entry")
-    if "positions" in entry:
-        out = np.zeros(int(np.prod(entry["shape"])), dtype=np.float32)
-        values = entry["values"] if entry["kind"] == "sparse" else np.asarray(entry["centroids"])[entry["codes"]]
-        out[entry["positions"]] = values
-        return out.reshape(entry["shape"])
-    from ..codec import effective_weight
-
-    return effective_weight(entry)
+DENSE = "dense"
+"""The kind of weights stored without compression: kept in their layers, never reported."""
 
 
-def exports_from_model(model: nn.Module) -> tuple[dict[str, dict[str, Any]], dict[str, Tensor]]:
+def _why_kept(module: nn.Module, weight: StoredWeight) -> str:
+    if plain_type(module) is None and isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Embedding):
+        return f"{type(module).__name__} has a forward of its own: kept, fed its decoded {weight.kind} weight"
+    return f"no {weight.kind} kernel for {type(module).__name__}: kept, fed its decoded weight"
+
+
+def _fill_unsaved_buffers(skeleton: nn.Module, source: nn.Module | None, spec: Skeleton) -> None:
+    """Non-persistent buffers (absent from every state dict) still on the meta device: copied from ``source``, or
+    from a model constructed for real from the arch spec."""
+    missing = [n for n, b in skeleton.named_buffers() if b.is_meta]
+    if not missing:
+        return
+    if source is None and isinstance(spec, tuple):
+        source = build_model(spec[0], **dict(spec[1]))
+    if source is None:
+        return
+    available = dict(source.named_buffers())
+    for name in missing:
+        if name in available:
+            owner, _, attr = name.rpartition(".")
+            target = skeleton.get_submodule(owner) if owner else skeleton
+            target._buffers[attr] = available[name].detach().clone()
+
+
+def stored_from_model(model: nn.Module) -> tuple[dict[str, StoredWeight], dict[str, Tensor]]:
     """``(weights, tensors)`` of a model carrying compression state: what a ``.dsz`` file would hold.
 
-    Weights with a value transform export its integer form; pruned-only weights become ``sparse``;
+    Weights with a value transform are stored in its export's kind; pruned-only weights as ``sparse``;
     everything else (unpruned weights, biases, buffers) goes to ``tensors`` as plain tensors.
     """
-    weights: dict[str, dict[str, Any]] = {}
+    weights: dict[str, StoredWeight] = {}
     for fqn, module, name, _ in iter_states(model):
         key = f"{fqn}.{name}" if fqn else name
         mask = get_mask(module, name)
@@ -143,11 +181,14 @@ def exports_from_model(model: nn.Module) -> tuple[dict[str, dict[str, Any]], dic
         with torch.no_grad():
             latent = latent_weight(module, name).detach()
             masked = latent * mask.to(latent.dtype) if mask is not None else latent
+            mask_np = None if mask is None else mask.cpu().numpy().astype(bool)
             if transform is not None:
-                weights[key] = transform.export(masked)
-            elif mask is not None:
-                weights[key] = {"kind": "sparse", "mask": mask.cpu().numpy(),
-                                "values": masked[mask].cpu().numpy().astype(np.float32)}
+                exported = {k: v.detach().cpu().numpy() if isinstance(v, Tensor) else v
+                            for k, v in transform.export(masked).items()}
+                weights[key] = stored_from_export(exported, mask_np)
+            elif mask_np is not None:
+                weights[key] = stored_from_export(
+                    {"kind": "sparse", "mask": mask_np, "values": masked.cpu().numpy().astype(np.float32)})
     # not bake_(deepcopy(model)): a deep copy shares the parametrized class, and baking it would strip the
     # original's properties too
     state = {k: v for k, v in model.state_dict().items() if "parametrizations" not in k.split(".")}
@@ -159,34 +200,46 @@ def exports_from_model(model: nn.Module) -> tuple[dict[str, dict[str, Any]], dic
     return weights, tensors
 
 
-def from_model(model: nn.Module) -> nn.Module:
-    """The runtime version of an in-memory compressed model (its compressed weights never go dense again)."""
-    weights, tensors = exports_from_model(model)
+def from_model(model: nn.Module, example: Any = None) -> nn.Module:
+    """The runtime version of an in-memory compressed model (its compressed weights never go dense again).
+
+    With ``example`` (one input batch) BatchNorms are folded first, on a copy, into the layer before them where
+    that layer can take them (plain weights, masks, ternary scales), so they cost nothing at run time.
+    """
+    if example is not None:
+        model = copy.deepcopy(model)
+        fold_batchnorm_(model, example, skip_unfoldable=True)
+    weights, tensors = stored_from_model(model)
     arch = arch_of(model)
     if arch is not None:
-        skeleton: Skeleton = (arch[0], arch[1])
-        from ..core.edits import recorded_edits
-
-        return from_exports(skeleton, weights, tensors, edits=recorded_edits(model))
-    skeleton_module = copy.deepcopy(model).to("meta")
-    leftover = [f"{fqn}.{name}" for fqn, _, name, _ in iter_states(skeleton_module) if f"{fqn}.{name}" not in weights]
+        return from_stored((arch[0], arch[1]), weights, tensors, edits=recorded_edits(model), buffers_from=model)
+    leftover = [f"{fqn}.{name}" for fqn, _, name, _ in iter_states(model) if f"{fqn}.{name}" not in weights]
     if leftover:
         raise ConfigError(f"{leftover}: parametrized without a mask or value transform; bake_ the model first")
-    return from_exports(skeleton_module, weights, tensors)
+    return from_stored(meta_skeleton(model), weights, tensors, buffers_from=model)
+
+
+def meta_skeleton(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s structure on the meta device, without compression state or forward hooks."""
+    skeleton = copy.deepcopy(model).to("meta")
+    for _, module, name, _ in list(iter_states(skeleton)):
+        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+    for module in skeleton.modules():
+        module._forward_hooks.clear()
+        module._forward_pre_hooks.clear()
+    return skeleton
 
 
 def load_with_meta(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """``(runtime model, meta)`` from a ``.dsz`` file written by :mod:`deepshrink.codec`."""
-    from .reader import read_compact
-
-    compressed = read_compact(path)
+    compressed = read_compressed(path)
     header = dict(compressed.header)
     arch = header.get("arch")
     if not arch:
         raise FormatError(f"{path}: the file records no model arch; the runtime cannot rebuild it")
-    model = from_exports((str(arch), header.get("kwargs") or {}), compressed.weights, compressed.tensors,
-                         edits=header.get("edits") or [])
-    meta = dict(getattr(compressed, "meta", {}) or {})
+    model = from_stored((str(arch), header.get("kwargs") or {}), compressed.weights, compressed.tensors,
+                        edits=header.get("edits") or [])
+    meta = dict(compressed.meta)
     meta.setdefault("arch", arch)
     meta.setdefault("kwargs", header.get("kwargs") or {})
     return model, meta

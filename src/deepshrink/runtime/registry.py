@@ -1,53 +1,50 @@
-"""Layer builders keyed by export kind: how a compressed weight becomes a module that computes from it.
+"""Layer builders keyed by value kind: how a stored weight becomes a module that computes from it.
 
-A builder receives the skeleton layer (usually on the ``meta`` device: it carries the hyperparameters,
-never weights), the weight's export dict, the layer's bias (or None) and the weight's name, and returns the
-replacement module. Modules in this package register builders at import time and are discovered
-automatically, so ``runtime/fixedpoint.py`` or ``runtime/ternary.py`` add kernels without editing a
-shared file. A *fallback* builder serves a kind only until a specialised one registers.
+A builder receives the skeleton layer (usually on the ``meta`` device: it carries the hyperparameters, never
+weights), the :class:`~deepshrink.core.kinds.StoredWeight`, the layer's bias (or None) and the weight's name, and
+returns the replacement module, or None to keep the layer as it is, fed its decoded weight. A kind without a
+builder of its own runs through the generic palette builder (every lookup kind has a palette), and a kind
+without a palette (a float kind) keeps its layer.
+
+Only layers whose computation the runtime reproduces exactly are replaced: the exact ``nn.Linear``/``nn.Conv2d``
+classes and subclasses registered as equivalent (:func:`deepshrink.core.register_equivalent`). Any other layer
+(a subclass with its own ``forward``) keeps its class and gets its decoded weight; :func:`from_stored` lists it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ..core.errors import UnsupportedLayerError
+from ..core.kinds import StoredWeight
 
 
 class LayerBuilder(Protocol):
-    def __call__(
-        self, module: nn.Module, exported: dict[str, Any], bias: torch.Tensor | None, name: str
-    ) -> nn.Module: ...
+    def __call__(self, module: nn.Module, weight: StoredWeight, bias: Tensor | None, name: str) -> nn.Module | None: ...
 
 
 LAYER_BUILDERS: dict[str, LayerBuilder] = {}
-"""Specialised builders: export kind -> builder."""
+"""Builders by kind name, and under :data:`ANY_LOOKUP` the generic builder of lookup kinds."""
 
-FALLBACK_BUILDERS: dict[str, LayerBuilder] = {}
-"""Generic builders used for a kind only while no specialised builder is registered."""
+ANY_LOOKUP = "*lookup*"
+"""Key of the builder serving every kind that has a palette but no builder of its own."""
 
 
-def register_layer_builder(kind: str, *, fallback: bool = False) -> Callable[[LayerBuilder], LayerBuilder]:
-    """Decorator: build runtime modules for weights exported as ``kind``."""
+def register_layer_builder(kind: str) -> Callable[[LayerBuilder], LayerBuilder]:
+    """Decorator: build runtime modules for weights stored as ``kind``."""
 
     def wrap(fn: LayerBuilder) -> LayerBuilder:
-        (FALLBACK_BUILDERS if fallback else LAYER_BUILDERS)[kind] = fn
+        LAYER_BUILDERS[kind] = fn
         return fn
 
     return wrap
 
 
-def builder_for(kind: str, name: str = "weight") -> LayerBuilder:
-    """The builder for ``kind`` (specialised first); UnsupportedLayerError names the weight and the kinds known."""
-    builder = LAYER_BUILDERS.get(kind) or FALLBACK_BUILDERS.get(kind)
-    if builder is None:
-        known = sorted(set(LAYER_BUILDERS) | set(FALLBACK_BUILDERS) | {"dense"})
-        raise UnsupportedLayerError(
-            f"{name}: the runtime has no kernel for export kind {kind!r} (known: {', '.join(known)}); "
-            "import the package that provides it or store the weight dense"
-        )
-    return builder
+def build_layer(module: nn.Module, weight: StoredWeight, bias: Tensor | None, name: str) -> nn.Module | None:
+    """The runtime module for ``weight`` on ``module``: its kind's builder, else the palette builder, else None."""
+    builder = LAYER_BUILDERS.get(weight.kind)
+    if builder is None and weight.palette() is not None:
+        builder = LAYER_BUILDERS.get(ANY_LOOKUP)
+    return builder(module, weight, bias, name) if builder is not None else None

@@ -10,12 +10,14 @@ from .sharing import (
     centroid_parameters,
     share_weights_,
 )
+from .technique import TECHNIQUE
 
 __all__ = [
     "INITS",
     "KMeansResult",
     "SharedWeights",
     "SharingReport",
+    "TECHNIQUE",
     "WeightSharing",
     "bits_for",
     "centroid_parameters",

@@ -25,7 +25,6 @@ from ..core.select import Selector, layer_kind, select_layers
 from ..core.state import (
     ValueTransform,
     get_mask,
-    register_state_class,
     set_value_transform,
 )
 from .kmeans import INITS, kmeans_1d
@@ -35,7 +34,6 @@ __all__ = ["SharedWeights", "SharingReport", "WeightSharing", "bits_for", "share
 MAX_BITS = 16
 
 
-@register_state_class
 class SharedWeights(ValueTransform):
     """``forward(w) = centroids[index]``, zero where ``index == -1`` (pruned); the input is ignored.
 
@@ -197,7 +195,8 @@ def share_layer_(module: nn.Module, bits: int, config: WeightSharing, name: str 
     return {"bits": transform.bits, "clusters": k, "shared": int(values.size), "mse": mse}
 
 
-def share_weights_(model: nn.Module, config: WeightSharing | None = None, select: Selector = None) -> SharingReport:
+def share_weights_(model: nn.Module, config: WeightSharing | None = None, select: Selector = None, *,
+                   exclude: Selector = None) -> SharingReport:
     """Replace each selected layer's surviving weights by 2^b shared values (k-means per layer), in place.
 
     Pruned weights stay exactly zero and never join a cluster. The codebooks are trainable parameters: fine-tune
@@ -205,7 +204,7 @@ def share_weights_(model: nn.Module, config: WeightSharing | None = None, select
     """
     config = config or WeightSharing()
     report = SharingReport()
-    selection = select_layers(model, select)
+    selection = select_layers(model, select, exclude=exclude)
     if not selection.layers:
         raise ConfigError(f"no layer to share: the selector {select!r} matched no Linear/Conv layer")
     for fqn, module in selection:

@@ -2,18 +2,20 @@
 
 ``ternarize_(model, TTQ(t=0.05))`` puts a :class:`Ternary` value transform (trained ``wp``/``wn``, the
 paper's gradients) on every Linear/Conv weight but the first and last; train it with
-:func:`deepshrink.train.fit` (``params=ternary_param_groups(model)``); :mod:`.kernel` runs the result with
-additions and subtractions only.
+:func:`deepshrink.train.fit` (``params=ternary_param_groups(model)``) or the ``ternarize`` recipe stage;
+:mod:`deepshrink.runtime.ternary` runs the result with additions and subtractions only.
 """
 
 from .api import TernaryLayer, masked_latent, ternarize_, ternary_layers, ternary_param_groups
 from .ttq import TTQ, Ternary, ternary_codes, ttq_function
+from .technique import TECHNIQUE
 from .twn import TWN, SymmetricTernary, twn_scale
 
 __all__ = [
     "TTQ",
     "TWN",
     "SymmetricTernary",
+    "TECHNIQUE",
     "Ternary",
     "TernaryLayer",
     "masked_latent",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,7 +31,7 @@ def _current_weight(module: nn.Module) -> torch.Tensor:
     return weight.detach()
 
 
-def ternarize_(model: nn.Module, config: TTQ | TWN, select: Selector = None) -> list[str]:
+def ternarize_(model: nn.Module, config: TTQ | TWN, select: Selector = None, *, exclude: Selector = None) -> list[str]:
     """Make the selected Linear/Conv weights ternary in place; returns the names of the layers changed.
 
     With ``config.keep_first_last`` the model's first and last weight layers stay full precision (the
@@ -40,7 +41,7 @@ def ternarize_(model: nn.Module, config: TTQ | TWN, select: Selector = None) -> 
         raise ConfigError(f"ternarize_ takes a TTQ or TWN config, got {type(config).__name__}")
     keep = _first_last(model) if config.keep_first_last else set()
     changed = []
-    for name, module in select_layers(model, select).layers:
+    for name, module in select_layers(model, select, exclude=exclude).layers:
         if name in keep:
             continue
         if isinstance(config, TTQ):
@@ -72,7 +73,7 @@ def ternary_param_groups(model: nn.Module, scale_weight_decay: float = 0.0) -> l
 
 @dataclass
 class TernaryLayer:
-    """One ternary layer's state: scales, fraction of zeros, counts."""
+    """One ternary layer's state: scales (their mean over channels when per channel), fraction of zeros, counts."""
 
     name: str
     method: str
@@ -98,7 +99,8 @@ def ternary_layers(model: nn.Module) -> list[TernaryLayer]:
         exported = transform.export(masked_latent(module))
         code = torch.from_numpy(exported["code"])
         rows.append(TernaryLayer(name, "ttq" if isinstance(transform, Ternary) else "twn",
-                                 exported["wp"], exported["wn"], float((code == 0).float().mean()),
+                                 float(np.mean(exported["wp"])), float(np.mean(exported["wn"])),
+                                 float((code == 0).float().mean()),
                                  int((code > 0).sum()), int((code < 0).sum()), code.numel()))
     return rows
 

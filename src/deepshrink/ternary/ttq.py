@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.errors import ConfigError
-from ..core.state import ValueTransform, latent_weight, register_state_class, set_value_transform
+from ..core.state import ValueTransform, latent_weight, set_value_transform
 
 __all__ = ["INITS", "TTQ", "Ternary", "ternary_codes", "ttq_function"]
 
@@ -86,7 +86,8 @@ class _TTQFunction(torch.autograd.Function):
     def forward(ctx: Any, latent: Tensor, wp: Tensor, wn: Tensor, t: Tensor) -> Tensor:
         pos, neg = ternary_codes(latent, t)
         zero = torch.zeros((), dtype=latent.dtype, device=latent.device)
-        out = torch.where(pos, wp.to(latent.dtype), torch.where(neg, -wn.to(latent.dtype), zero))
+        wp_b, wn_b = _per_row(wp, latent), _per_row(wn, latent)
+        out = torch.where(pos, wp_b.to(latent.dtype), torch.where(neg, -wn_b.to(latent.dtype), zero))
         ctx.save_for_backward(pos, neg, wp, wn)
         return out
 
@@ -94,11 +95,22 @@ class _TTQFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
         pos, neg, wp, wn = ctx.saved_tensors
         pos_f, neg_f = pos.to(grad.dtype), neg.to(grad.dtype)
-        grad_wp = (grad * pos_f).sum().to(wp.dtype)
-        grad_wn = -(grad * neg_f).sum().to(wn.dtype)
+        grad_wp = _region_sum(grad * pos_f, wp).to(wp.dtype)
+        grad_wn = -_region_sum(grad * neg_f, wn).to(wn.dtype)
         one = torch.ones((), dtype=grad.dtype, device=grad.device)
-        scale = torch.where(pos, wp.to(grad.dtype), torch.where(neg, wn.to(grad.dtype), one))
+        wp_b, wn_b = _per_row(wp, grad).to(grad.dtype), _per_row(wn, grad).to(grad.dtype)
+        scale = torch.where(pos, wp_b, torch.where(neg, wn_b, one))
         return grad * scale, grad_wp.reshape(wp.shape), grad_wn.reshape(wn.shape), None
+
+
+def _per_row(scale: Tensor, like: Tensor) -> Tensor:
+    """A scalar scale as it is; a per-output-channel one shaped to broadcast over ``like``'s rows."""
+    return scale.reshape((-1,) + (1,) * (like.dim() - 1)) if scale.dim() else scale
+
+
+def _region_sum(masked_grad: Tensor, scale: Tensor) -> Tensor:
+    """The scale's gradient: the sum over its region, per output channel for a per-channel scale."""
+    return masked_grad.reshape(masked_grad.shape[0], -1).sum(1) if scale.dim() else masked_grad.sum()
 
 
 def ttq_function(latent: Tensor, wp: Tensor, wn: Tensor, t: Tensor | float) -> Tensor:
@@ -108,13 +120,14 @@ def ttq_function(latent: Tensor, wp: Tensor, wn: Tensor, t: Tensor | float) -> T
     return out
 
 
-@register_state_class
 class Ternary(ValueTransform):
     """TTQ value transform: parameters ``wp``, ``wn`` (trained, normalised units), buffers ``t`` (threshold
     factor) and ``unit`` (the layer's weight unit, fixed at ternarization).
 
     Its output is always in ``{-unit*wn, 0, +unit*wp}``; ``export`` gives ``{"kind": "ternary", "code": int8,
-    "wp": unit*wp, "wn": unit*wn}`` whose dequantized values equal ``forward`` bit for bit.
+    "wp": unit*wp, "wn": unit*wn}`` whose dequantized values equal ``forward`` bit for bit. ``wp`` and ``wn`` are
+    one value per layer (the paper) or, once a BatchNorm is folded in (:meth:`scale_channels_`) or a per-channel
+    file is loaded, one per output channel; they export as arrays then.
     """
 
     kind = "ternary"
@@ -122,12 +135,12 @@ class Ternary(ValueTransform):
     t: Tensor
     unit: Tensor
 
-    def __init__(self, t: float = 0.05, wp: float = 1.0, wn: float = 1.0, unit: float = 1.0) -> None:
+    def __init__(self, t: float = 0.05, wp: Any = 1.0, wn: Any = 1.0, unit: float = 1.0) -> None:
         super().__init__()
         if not 0.0 <= float(t) < 1.0:
             raise ConfigError(f"ternary threshold factor t must be in [0, 1), got {t}")
-        self.wp = nn.Parameter(torch.tensor(float(wp), dtype=torch.float32))
-        self.wn = nn.Parameter(torch.tensor(float(wn), dtype=torch.float32))
+        self.wp = nn.Parameter(torch.as_tensor(np.asarray(wp, dtype=np.float32)).clone())
+        self.wn = nn.Parameter(torch.as_tensor(np.asarray(wn, dtype=np.float32)).clone())
         if not float(unit) > 0.0:
             raise ConfigError(f"ternary weight unit must be > 0, got {unit}")
         self.register_buffer("t", torch.tensor(float(t), dtype=torch.float32))
@@ -136,10 +149,19 @@ class Ternary(ValueTransform):
     def forward(self, weight: Tensor) -> Tensor:
         return self.unit * ttq_function(weight, self.wp, self.wn, self.t)
 
-    def scales(self) -> tuple[float, float]:
-        """``(Wp, Wn)`` in the layer's own units (``unit * wp``, ``unit * wn``), exactly as ``forward`` uses them."""
+    def scales(self) -> tuple[Any, Any]:
+        """``(Wp, Wn)`` in the layer's own units (``unit * wp``, ``unit * wn``), exactly as ``forward`` uses them:
+        floats, or float32 arrays (one per output channel)."""
         with torch.no_grad():
-            return float(self.unit * self.wp), float(self.unit * self.wn)
+            wp, wn = (self.unit * self.wp).cpu().numpy(), (self.unit * self.wn).cpu().numpy()
+        return (float(wp), float(wn)) if wp.ndim == 0 else (wp.astype(np.float32), wn.astype(np.float32))
+
+    def scale_channels_(self, scale: Tensor) -> None:
+        """Absorb a per-output-channel factor (a folded BatchNorm): the codes stay, Wp and Wn become per channel."""
+        with torch.no_grad():
+            factor = scale.detach().to(self.wp.dtype).reshape(-1)
+            self.wp = nn.Parameter(self.wp.detach() * factor)
+            self.wn = nn.Parameter(self.wn.detach() * factor)
 
     @property
     def bits(self) -> float:
@@ -161,12 +183,13 @@ class Ternary(ValueTransform):
 
     @classmethod
     def from_export(cls, exported: dict[str, Any]) -> Ternary:
-        return cls(wp=float(np.float32(exported["wp"])), wn=float(np.float32(exported["wn"])))
+        return cls(wp=np.asarray(exported["wp"], dtype=np.float32), wn=np.asarray(exported["wn"], dtype=np.float32))
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, Tensor], weight_shape: torch.Size) -> Ternary:
         t = float(tensors["t"]) if "t" in tensors else 0.05
-        return cls(t=t)  # wp, wn and unit are loaded from the state dict afterwards
+        shape = tuple(tensors["wp"].shape) if "wp" in tensors else ()
+        return cls(t=t, wp=np.ones(shape, np.float32), wn=np.ones(shape, np.float32))  # values: load_state_dict
 
     @classmethod
     def attach(cls, module: nn.Module, exported: dict[str, Any], name: str = "weight") -> None:
@@ -176,7 +199,7 @@ class Ternary(ValueTransform):
         is negative or when Wp and Wn differ by more than 1/t.)
         """
         transform = cls.from_export(exported)
-        scale = max(abs(float(transform.wp.detach())), abs(float(transform.wn.detach()))) or 1.0
+        scale = max(float(transform.wp.detach().abs().max()), float(transform.wn.detach().abs().max())) or 1.0
         code = torch.from_numpy(np.asarray(exported["code"], dtype=np.float32))
         with torch.no_grad():
             latent = latent_weight(module, name)
@@ -184,6 +207,8 @@ class Ternary(ValueTransform):
         set_value_transform(module, transform, name)
 
     def extra_repr(self) -> str:
+        if self.wp.dim():
+            return f"t={float(self.t):g}, per-channel wp/wn ({self.wp.numel()}), unit={float(self.unit):.4g}"
         return f"t={float(self.t):g}, wp={float(self.wp.detach()):.4g}, wn={float(self.wn.detach()):.4g}, unit={float(self.unit):.4g}"
 
 

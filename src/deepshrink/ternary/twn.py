@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.errors import ConfigError
-from ..core.state import ValueTransform, register_state_class
+from ..core.state import ValueTransform
 from .ttq import Ternary
 
 __all__ = ["TWN", "SymmetricTernary", "twn_scale"]
@@ -58,7 +58,6 @@ class _STETernary(torch.autograd.Function):
         return grad, None
 
 
-@register_state_class
 class SymmetricTernary(ValueTransform):
     """TWN-style ternary weights ``{-alpha, 0, +alpha}`` with a computed (untrained) scale; buffer ``factor``."""
 

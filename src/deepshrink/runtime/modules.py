@@ -1,10 +1,8 @@
 """Runtime modules for sparse weights: ``SparseLinear`` and ``SparseConv2d`` over :class:`SparseRows`.
 
 They hold only the CSR layout (narrow column indices + codebook codes + centroids, or per-non-zero values)
-and the bias, and call the numba kernels; they are inference-only (no autograd through them). Builders for
-the ``codebook`` and ``sparse`` export kinds live here, and generic fallbacks that run ``fixedpoint`` and
-``ternary`` weights through the same codebook kernel (their few distinct values are a codebook) until the
-specialised integer / add-subtract kernels register.
+and the bias, and call the numba kernels; they are inference-only (no autograd through them). Which extra
+execution forms a layer keeps (AVX-512 sliced windows, column blocks) is decided in :mod:`.policy`.
 """
 
 from __future__ import annotations
@@ -18,30 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.errors import FormatError, UnsupportedLayerError
-from . import columns, kernels
+from . import columns, kernels, policy
 from .batched import columns_product
-from .columns import ColumnBlocks, column_blocks
-from .layout import SparseRows, from_coo, from_export, group_rows
-from .registry import register_layer_builder
-from .simd import SlicedWindows, sliced_windows
-
-COLUMN_FORM_MIN_NNZ = 20_000
-"""Non-zeros from which a SparseLinear also keeps the column form: below, skipping zero inputs saves less than the
-extra call overhead (measured: 300x784 at 8% no gain, 500x800 at 7% 14% faster with half the inputs zero)."""
-
-SIMD_FORM_MIN_NNZ = 20_000
-"""Non-zeros from which a SparseLinear also keeps the AVX-512 sliced-window form. Measured on the trained LeNets
-(1 thread, batch 1): LeNet-5 fc1 (28k) 16.0 vs 20.8 us with the row kernel for +115 KB; LeNet-300-100 fc1 (18.8k)
-14.6 vs 15.7 us for +92 KB, not worth its bytes."""
-
-SIMD_MAX_BATCH = 4
-"""Batches up to this size run the AVX-512 batch-1 kernel once per sample: measured (1 thread, AlexNet FC6 / FC8
-shapes) 1.7 / 0.23 ms at batch 2 and 3.6 / 0.46 ms at batch 4 against 4.7 / 1.3 and 4.4 / 0.84 ms for the blocked
-batch kernel, which pads every batch to 16 columns; from batch 8 the blocked kernel wins."""
-
-SKIP_ZERO_INPUTS_BELOW = 0.6
-"""Input density (non-zero fraction) under which a batch-1 SparseLinear runs the column-blocked kernel that skips
-zero inputs: measured break-even against the row kernel on AlexNet FC6-8 shapes is 0.64-0.73 (BENCHMARKS.md)."""
+from .columns import ColumnBlocks
+from .layout import SparseRows, group_rows
+from .simd import SlicedWindows
 
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
@@ -100,26 +79,21 @@ class SparseLinear(_SparseLayer):
     whole groups of 8 entries); batches run it through the register-blocked kernel (:mod:`.batched`), batch 1
     through the row kernel unless a faster form exists:
 
-    * on an AVX-512 host (at most 32 centroids, at least :data:`SIMD_FORM_MIN_NNZ` non-zeros) the weight is also
+    * on an AVX-512 host (at most 32 centroids, at least :data:`~.policy.SIMD_FORM_MIN_NNZ` non-zeros) the weight is also
       held as sliced windows (:mod:`.simd`: inputs and centroids permuted in registers, 16 rows per instruction),
-      which run batch 1 and batches of up to :data:`SIMD_MAX_BATCH` (one sample at a time);
-    * elsewhere, with ``skip_zero_inputs`` and at least :data:`COLUMN_FORM_MIN_NNZ` non-zeros, it is also held
+      which run batch 1 and batches of up to :data:`~.policy.SIMD_MAX_BATCH` (one sample at a time);
+    * elsewhere, with ``skip_zero_inputs`` and at least :data:`~.policy.COLUMN_FORM_MIN_NNZ` non-zeros, it is also held
       by column (:mod:`.columns`, 2 bytes per non-zero), and a batch-1 input with at most
-      :data:`SKIP_ZERO_INPUTS_BELOW` non-zeros runs the column kernel, which skips the zero inputs.
+      :data:`~.policy.SKIP_ZERO_INPUTS_BELOW` non-zeros runs the column kernel, which skips the zero inputs.
     """
 
     def __init__(self, weight: SparseRows, bias: Tensor | np.ndarray | None = None, name: str = "weight", *,
                  skip_zero_inputs: bool = True, simd: bool = True) -> None:
         super().__init__(group_rows(weight, name), bias, name)
         self.out_features, self.in_features = weight.shape
-        wants_simd = simd and weight.nnz >= SIMD_FORM_MIN_NNZ
-        self.simd_layout: SlicedWindows | None = sliced_windows(weight) if wants_simd else None
-        # the fused batch-1 entry pairs the column form with the row-grouped one; without the latter
-        # (pruned-only values, > 65,536 inputs, > 255 centroids) there is no column form either, nor for
-        # small layers (COLUMN_FORM_MIN_NNZ) or where the SIMD form runs batch 1
-        wanted = (skip_zero_inputs and self.simd_layout is None and self.weight_layout.group == 8
-                  and weight.nnz >= COLUMN_FORM_MIN_NNZ)
-        self.column_layout: ColumnBlocks | None = column_blocks(weight) if wanted else None
+        self.simd_layout: SlicedWindows | None = policy.simd_form(weight, simd)
+        self.column_layout: ColumnBlocks | None = policy.column_form(weight, self.weight_layout, skip_zero_inputs,
+                                                                     self.simd_layout is not None)
         self._batch1 = self._batch1_arguments()
 
     @property
@@ -133,7 +107,7 @@ class SparseLinear(_SparseLayer):
         rows, cols = self.weight_layout, self.column_layout
         if cols is None or rows.group != 8:
             return None
-        return (int(SKIP_ZERO_INPUTS_BELOW * self.in_features),
+        return (int(policy.SKIP_ZERO_INPUTS_BELOW * self.in_features),
                 (rows.indptr, rows.indices.view(np.uint64), rows.codes.view(np.uint64), rows.table, cols.runptr,
                  cols.n_blocks, cols.entries.view(np.uint64), cols.table, cols.block_rows, cols.code_bits))
 
@@ -141,7 +115,7 @@ class SparseLinear(_SparseLayer):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
         array = _as_input(x).reshape(-1, self.in_features)
-        if 0 < array.shape[0] <= SIMD_MAX_BATCH and self.simd_layout is not None:
+        if policy.runs_simd(array.shape[0], self.simd_layout is not None) and self.simd_layout is not None:
             parallel = self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1
             rows = [self.simd_layout.forward(sample, self.bias_array, parallel) for sample in array]
             out = rows[0] if len(rows) == 1 else np.concatenate(rows)
@@ -250,79 +224,3 @@ class SparseConv2d(_SparseLayer):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, {self._describe()}")
-
-
-def sparse_module_for(module: nn.Module, layout: SparseRows, shape: tuple[int, ...], bias: Tensor | None,
-                      name: str) -> nn.Module:
-    """The runtime module replacing ``module`` (a Linear or Conv2d skeleton) for a weight of ``shape``."""
-    if isinstance(module, nn.Linear):
-        if tuple(shape) != (module.out_features, module.in_features):
-            raise FormatError(f"{name}: weight shape {shape} does not fit {module}")
-        return SparseLinear(layout, bias, name)
-    if isinstance(module, nn.Conv2d):
-        if tuple(shape) != tuple(module.weight.shape):
-            raise FormatError(f"{name}: weight shape {shape} does not fit {module}")
-        return SparseConv2d(layout, module.kernel_size, module.in_channels, stride=module.stride,  # type: ignore[arg-type]
-                            padding=module.padding, dilation=module.dilation, groups=module.groups,
-                            padding_mode=module.padding_mode, bias=bias, name=name)
-    _check_supported(module, name)
-    raise AssertionError("unreachable")
-
-
-def _check_supported(module: nn.Module, name: str) -> None:
-    if not isinstance(module, nn.Linear | nn.Conv2d):
-        raise UnsupportedLayerError(
-            f"{name}: the sparse runtime handles Linear and Conv2d, not {type(module).__name__}; store this weight dense"
-        )
-
-
-@register_layer_builder("codebook")
-@register_layer_builder("sparse")
-def build_sparse(module: nn.Module, exported: dict[str, Any], bias: Tensor | None, name: str) -> nn.Module:
-    """Codebook (Deep Compression) and pruned-only weights: CSR rows, codes or values per non-zero."""
-    _check_supported(module, name)
-    layout, shape = from_export(exported, name)
-    return sparse_module_for(module, layout, shape, bias, name)
-
-
-def _distinct_value_layout(
-    values: np.ndarray, table: np.ndarray, offset: int, name: str
-) -> tuple[SparseRows, tuple[int, ...]]:
-    """Layout for integer-coded weights whose non-zero codes ``values`` map to ``table[values - offset]``."""
-    shape = tuple(int(d) for d in values.shape)
-    flat = values.reshape(shape[0], -1)
-    rows, cols = np.nonzero(flat)
-    codes = flat[rows, cols].astype(np.int64) - offset
-    return from_coo((shape[0], flat.shape[1]), rows, cols, codes, table, name), shape
-
-
-@register_layer_builder("fixedpoint", fallback=True)
-def build_fixedpoint_fallback(module: nn.Module, exported: dict[str, Any], bias: Tensor | None,
-                              name: str) -> nn.Module:
-    """Fixed-point weights through the codebook kernel: the 2^bits representable values are the table.
-
-    Values equal :func:`deepshrink.core.dequantize` bit for bit; activations stay float (the integer
-    data path belongs to ``runtime/fixedpoint.py``).
-    """
-    _check_supported(module, name)
-    ints = np.asarray(exported["int"], dtype=np.int64)
-    step = np.float32(2.0 ** -int(exported["frac_len"]))
-    low, high = (int(ints.min()), int(ints.max())) if ints.size else (0, 0)
-    if high - low >= 1 << 16:
-        raise FormatError(f"{name}: fixed-point values span {high - low + 1} codes; at most 65,536 supported")
-    table = (np.arange(low, high + 1, dtype=np.int64).astype(np.float32) * step).astype(np.float32)
-    layout, shape = _distinct_value_layout(ints, table, low, name)
-    return sparse_module_for(module, layout, shape, bias, name)
-
-
-@register_layer_builder("ternary", fallback=True)
-def build_ternary_fallback(module: nn.Module, exported: dict[str, Any], bias: Tensor | None,
-                           name: str) -> nn.Module:
-    """Ternary weights through the codebook kernel with the two-entry table ``[-Wn, Wp]``."""
-    _check_supported(module, name)
-    code = np.asarray(exported["code"]).astype(np.int8)
-    table = np.array([-np.float32(exported["wn"]), np.float32(exported["wp"])], dtype=np.float32)
-    # codes -1 -> 0, +1 -> 1; zero positions are dropped by the layout
-    remapped = np.where(code > 0, np.int8(2), np.where(code < 0, np.int8(1), np.int8(0)))
-    layout, shape = _distinct_value_layout(remapped, table, 1, name)
-    return sparse_module_for(module, layout, shape, bias, name)

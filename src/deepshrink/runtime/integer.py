@@ -4,22 +4,23 @@
   float input at a float boundary) to the input format, accumulate ``x*w`` and the bias in int32 (int64 when
   the worst-case partial sum could reach 2**31), then shift
   (round half up) and saturate to the output format.
-* :class:`IntegerModel` — the whole network on integers: the model is traced with ``torch.fx`` and run by an
-  interpreter in which activations are :class:`QTensor` (int64 data + fractional length). Order-preserving
-  ops (ReLU, max-pool, flatten, view, dropout in eval) act on the integers directly; any other op sees the
-  exact float value of its input (a float boundary, e.g. LayerNorm or softmax).
-* :func:`swap_integer_layers_` — for models ``torch.fx`` cannot trace (Hugging Face encoders): each quantized
-  layer is replaced by its integer form with float input and output (float ops around it stay float).
+* :class:`IntegerModel` — the whole network on integers: the model is traced with ``torch.fx`` (every module
+  without children is a leaf, so control flow inside a layer class is no obstacle) and run by an interpreter in
+  which activations are :class:`QTensor` (int64 data + fractional length). Order-preserving ops (ReLU, max-pool,
+  flatten, view, dropout in eval) act on the integers directly; any other op sees the exact float value of its
+  input (a float boundary, e.g. LayerNorm or softmax).
+* :func:`swap_integer_layers_` — for models whose own ``forward`` cannot be traced (control flow between layers,
+  Hugging Face encoders): each quantized layer is replaced by its integer form with float input and output.
 
-Every path is bit-exact with the simulated model of :mod:`deepshrink.fixedpoint.simulate`.
+Every path is bit-exact with the simulated model of :mod:`deepshrink.fixedpoint.simulate`; the runtime builds
+:class:`IntegerLayer` for every ``fixedpoint`` weight with activation formats.
 """
 
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -28,10 +29,14 @@ from torch import Tensor, fx, nn
 
 from ..core.edits import set_submodule
 from ..core.errors import UnsupportedLayerError
+from ..core.fixed_point import FixedPointFormat, bias_int, from_int, requantize, rounding_shift, saturate, to_int
+from ..core.graph import is_leaf
+from ..core.kinds import FixedPointKind, StoredWeight, kind_of, stored_from_export
+from ..core.kinds.fixedpoint import formats
+from ..core.layer_call import layer_call, plain_type
 from ..core.select import layer_type_name
-from .formats import FixedPointFormat, from_int, requantize, rounding_shift, saturate, to_int
-from .simulate import accumulate, bias_int, fixed_point_of, layer_bias, layer_weight
-from .transform import FixedPoint
+from ..core.state import get_mask, get_value_transform, latent_weight
+from .registry import LAYER_BUILDERS, ANY_LOOKUP, register_layer_builder
 
 
 @dataclass
@@ -56,7 +61,7 @@ class IntegerLayer(nn.Module):
 
     def __init__(self, module: nn.Module, w_int: Tensor, bias: Tensor | None, w_fmt: FixedPointFormat,
                  act_in: FixedPointFormat, act_out: FixedPointFormat | None, float_io: bool = False) -> None:
-        """``module`` gives the layer type and geometry only (it may live on the meta device)."""
+        """``module`` gives the layer's computation and geometry only (it may live on the meta device)."""
         super().__init__()
         self.w_fmt, self.act_in, self.act_out = w_fmt, act_in, act_out
         self.acc_frac_len = act_in.frac_len + w_fmt.frac_len
@@ -71,33 +76,32 @@ class IntegerLayer(nn.Module):
             self.register_buffer("weight_int", w_int.to(self.acc_dtype))
             self.register_buffer("bias_int", None if b is None else b.to(self.acc_dtype))
             # int8 x int8 -> int32 GEMM (torch._int_mm) for 8-bit Linear layers: the fast CPU integer path
-            self.int8_gemm = (isinstance(module, nn.Linear) and act_in.bits <= 8 and w_fmt.bits <= 8
+            self.int8_gemm = (plain_type(module) is nn.Linear and act_in.bits <= 8 and w_fmt.bits <= 8
                               and self.acc_dtype == torch.int32 and hasattr(torch, "_int_mm"))
             self.register_buffer("weight_t8", w_int.t().contiguous().to(torch.int8) if self.int8_gemm else None)
         self.kind = layer_type_name(module)
-        self._template = _geometry_of(module)
+        self.__dict__["_template"] = _template_of(module)  # not a submodule: it holds no state of ours
+
+    @classmethod
+    def from_stored(cls, module: nn.Module, weight: StoredWeight, bias: Tensor | None,
+                    float_io: bool = True) -> IntegerLayer:
+        """The integer form of a layer from its stored ``fixedpoint`` weight (as read from a ``.dsz`` file)."""
+        w_fmt, act_in, act_out = formats(weight)
+        if act_in is None:
+            raise UnsupportedLayerError("this fixedpoint weight has no activation format (quantized without "
+                                        "calibration data); the integer kernel needs one")
+        ints = torch.zeros(weight.numel, dtype=torch.int64)
+        ints[torch.from_numpy(weight.flat_positions())] = torch.from_numpy(np.asarray(weight.data, dtype=np.int64))
+        return cls(module, ints.reshape(weight.shape), bias, w_fmt, act_in, act_out, float_io)
 
     @classmethod
     def from_module(cls, module: nn.Module, float_io: bool = False) -> IntegerLayer:
-        """The integer form of a layer carrying a ``FixedPoint`` weight with an input format."""
-        fp = fixed_point_of(module)
-        if fp is None or fp.act_in is None:
-            raise UnsupportedLayerError(f"{type(module).__name__} has no fixed-point weight with an input format; "
+        """The integer form of an in-memory layer carrying a fixed-point weight with an input format."""
+        weight = fixed_point_weight(module)
+        if weight is None:
+            raise UnsupportedLayerError(f"{type(module).__name__} has no fixed-point weight; "
                                         "run quantize_(model, DynamicFixedPoint(...), calib=...) first")
-        w_fmt = fp.weight_format
-        w_int = torch.round(layer_weight(module).detach().double() * math.ldexp(1.0, w_fmt.frac_len))
-        return cls(module, w_int, layer_bias(module), w_fmt, fp.act_in, fp.act_out, float_io)
-
-    @classmethod
-    def from_export(cls, module: nn.Module, exported: dict[str, Any], bias: Tensor | None,
-                    float_io: bool = True) -> IntegerLayer:
-        """The integer form of a layer from its ``fixedpoint`` export (as read from a ``.dsz`` file)."""
-        fp = FixedPoint.from_export(exported)
-        if fp.act_in is None:
-            raise UnsupportedLayerError("this fixedpoint weight has no activation format (quantized without "
-                                        "calibration data); the integer kernel needs one")
-        w_int = torch.as_tensor(np.asarray(exported["int"], dtype=np.int64))
-        return cls(module, w_int, bias, fp.weight_format, fp.act_in, fp.act_out, float_io)
+        return cls.from_stored(module, weight, cast("Tensor | None", getattr(module, "bias", None)), float_io)
 
     def forward(self, x: Tensor | QTensor) -> Tensor | QTensor:
         fmt = self.act_in
@@ -123,7 +127,7 @@ class IntegerLayer(nn.Module):
                 if self.bias_int is not None:
                     acc = acc + self.bias_int
                 return acc.reshape(*x_int.shape[:-1], acc.shape[-1])
-        return accumulate(self._template, x_int.to(self.acc_dtype), self.weight_int, self.bias_int)
+        return layer_call(self._template, x_int.to(self.acc_dtype), self.weight_int, self.bias_int)
 
     def extra_repr(self) -> str:
         out = self.act_out or "float"
@@ -131,18 +135,34 @@ class IntegerLayer(nn.Module):
         return f"{self.kind}, w={self.w_fmt}, in={self.act_in}, out={out}, acc={self.acc_dtype}{gemm}"
 
 
-def _geometry_of(module: nn.Module) -> nn.Module:
-    """A weightless copy of the layer's type and geometry (stride, padding, ...), for :func:`accumulate`."""
-    if isinstance(module, nn.Linear):
+def _template_of(module: nn.Module) -> nn.Module:
+    """A weightless copy of a plain layer's type and geometry (stride, padding, ...) for :func:`layer_call`; a
+    layer class with its own ``forward`` is kept as it is (its ``forward`` is the computation)."""
+    kind = plain_type(module)
+    if kind is nn.Linear:
         return nn.Linear(1, 1, bias=False)
-    if isinstance(module, nn.Conv1d | nn.Conv2d):
-        cls = nn.Conv1d if isinstance(module, nn.Conv1d) else nn.Conv2d
-        groups = module.groups
-        geo = cls(groups, groups, 1, bias=False, groups=groups)  # geometry copied below; weight unused
-        geo.stride, geo.padding, geo.dilation = module.stride, module.padding, module.dilation
-        geo.padding_mode = module.padding_mode
+    if kind in (nn.Conv1d, nn.Conv2d):
+        m: Any = module
+        geo = kind(m.groups, m.groups, 1, bias=False, groups=m.groups)  # geometry copied below; weight unused
+        geo.stride, geo.padding, geo.dilation = m.stride, m.padding, m.dilation
+        geo.padding_mode = m.padding_mode
         return geo
+    if kind is None and isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
+        return module
     raise UnsupportedLayerError(f"no integer kernel for {type(module).__name__}")
+
+
+def fixed_point_weight(module: nn.Module, name: str = "weight") -> StoredWeight | None:
+    """The stored form of ``module``'s weight when its value transform exports the ``fixedpoint`` kind."""
+    transform = get_value_transform(module, name) if hasattr(module, "parametrizations") else None
+    if transform is None or not isinstance(kind_of(transform.kind), FixedPointKind):
+        return None
+    mask = get_mask(module, name)
+    with torch.no_grad():
+        latent = latent_weight(module, name).detach()
+        masked = latent * mask.to(latent.dtype) if mask is not None else latent
+        return stored_from_export({k: v.detach().cpu().numpy() if isinstance(v, Tensor) else v
+                                   for k, v in transform.export(masked).items()})
 
 
 # ops that commute with a monotone integer representation: applied to the integers directly
@@ -196,20 +216,47 @@ class _Interpreter(fx.Interpreter):
         return super().call_method(target, _to_float(args), _to_float(kwargs))
 
 
+class _LeafTracer(fx.Tracer):
+    """Treats every module without children as a leaf, and remembers which module it was tracing when it failed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path: list[str] = []
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return is_leaf(m) or super().is_leaf_module(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        self.path.append(self.path_of_module(m))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.path.pop()
+
+
+def _trace(model: nn.Module) -> fx.GraphModule:
+    tracer = _LeafTracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:
+        where = next((p for p in reversed(tracer.path) if p), "") or "the model's own forward"
+        raise UnsupportedLayerError(
+            f"integer inference of the whole {type(model).__name__} needs its graph, and tracing stopped in "
+            f"{where!r}: {type(exc).__name__}: {str(exc).splitlines()[0]}. Use swap_integer_layers_(model) (integer "
+            "layers with float boundaries) instead") from exc
+    return fx.GraphModule(tracer.root, graph)
+
+
 class IntegerModel(nn.Module):
     """A fixed-point model run on integers end to end (float only at the input and at non-integer ops)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        try:
-            self.graph_module = fx.symbolic_trace(model)
-        except Exception as exc:
-            raise UnsupportedLayerError(f"cannot trace {type(model).__name__} for integer inference ({exc}); "
-                                        "use swap_integer_layers_(model) instead") from exc
+        self.graph_module = _trace(model)
         self.layers = nn.ModuleDict()
         self.layer_names: dict[str, str] = {}
         for fqn, module in model.named_modules():
-            if fixed_point_of(module) is not None:
+            if fixed_point_weight(module) is not None:
                 safe = fqn.replace(".", "__")
                 self.layers[safe] = IntegerLayer.from_module(module)
                 self.layer_names[fqn] = safe
@@ -223,7 +270,18 @@ class IntegerModel(nn.Module):
 
 def swap_integer_layers_(model: nn.Module) -> nn.Module:
     """Replace every fixed-point layer of ``model`` in place by its integer form with float input/output."""
-    targets = [(fqn, m) for fqn, m in model.named_modules() if fixed_point_of(m) is not None]
+    targets = [(fqn, m) for fqn, m in model.named_modules() if fixed_point_weight(m) is not None]
     for fqn, module in targets:
         set_submodule(model, fqn, IntegerLayer.from_module(module, float_io=True))
     return model
+
+
+@register_layer_builder("fixedpoint")
+def build_fixedpoint(module: nn.Module, weight: StoredWeight, bias: Tensor | None, name: str) -> nn.Module | None:
+    """``IntegerLayer`` computing from the stored integers; weights without activation formats (or layers the
+    integer kernel does not cover) run their palette through the sparse kernel."""
+    m: Any = module
+    supported = isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d) and getattr(m, "padding_mode", "zeros") == "zeros"
+    if supported and formats(weight)[1] is not None:
+        return IntegerLayer.from_stored(module, weight, bias)
+    return LAYER_BUILDERS[ANY_LOOKUP](module, weight, bias, name)

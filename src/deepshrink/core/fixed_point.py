@@ -1,4 +1,7 @@
-"""Dynamic fixed-point formats (Qiu et al. 2016): an integer times ``2**-frac_len`` in ``bits`` signed bits.
+"""Fixed-point numbers (Qiu et al. 2016): an integer times ``2**-frac_len`` in ``bits`` signed bits.
+
+Shared by the fixed-point technique (simulation) and the runtime's integer engine, so both use the one
+definition of every rounding.
 
 One rounding rule everywhere, so the float simulation and the integer path agree bit for bit:
 **round half up** (``floor(v + 0.5)``), then **saturate** to ``[-2**(bits-1), 2**(bits-1) - 1]``.
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..core.errors import ConfigError
+from .errors import ConfigError
 
 MIN_BITS, MAX_BITS = 2, 16
 """Supported widths: up to 16 bits keeps every value exact in float32 and every product well inside int64."""
@@ -111,3 +114,10 @@ def overflow_free_frac_len(max_abs: float, bits: int) -> int:
     while frac_len > -MAX_FRAC_LEN and math.floor(math.ldexp(max_abs, frac_len) + 0.5) > qmax:
         frac_len -= 1
     return max(-MAX_FRAC_LEN, min(MAX_FRAC_LEN, frac_len))
+
+
+def bias_int(bias: Tensor | None, acc_frac_len: int) -> Tensor | None:
+    """The bias rounded (half up) to the accumulator's fractional length, as float64 integers (no saturation)."""
+    if bias is None:
+        return None
+    return torch.floor(bias.detach().double() * math.ldexp(1.0, acc_frac_len) + 0.5)

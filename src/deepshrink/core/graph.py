@@ -1,0 +1,225 @@
+"""Discover a model's structure by running it once, not by symbolic tracing.
+
+Real ``forward`` methods have Python control flow, ``*args``/``**kwargs`` and dict inputs, which
+``torch.fx.symbolic_trace`` cannot follow. :func:`trace_calls` instead runs the model on an example batch and
+records, by tensor identity, every call of a *leaf* module (a module without children of its own: Linear,
+Conv, BatchNorm, ReLU, a conv subclass with its own ``forward``, ...) and every torch operation made outside leaf
+modules (residual adds, ``F.relu``, ``flatten``, pooling). The recorded :class:`ExecutionGraph` answers what
+the compression passes ask: the execution order of layers, which BatchNorm reads only a conv's output, which
+layers feed a ReLU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+from .errors import ConfigError
+
+__all__ = ["Call", "ExecutionGraph", "is_leaf", "run_model", "trace_calls"]
+
+
+def run_model(model: nn.Module, batch: Any) -> Any:
+    """Call ``model`` on a batch: a tensor, ``(inputs, labels, ...)``, a feature dict or a ``{"args", "kwargs"}`` dict."""
+    if isinstance(batch, tuple | list):
+        return model(batch[0])
+    if isinstance(batch, dict):
+        return model(dict(batch))
+    return model(batch)
+
+
+def is_leaf(module: nn.Module) -> bool:
+    """A module whose computation is recorded as one call: no children besides its parametrizations."""
+    return all(name == "parametrizations" for name, _ in module.named_children())
+
+
+@dataclass
+class Call:
+    """One recorded call: a leaf module (``module`` set, ``name`` its fqn) or a torch operation (``op`` set)."""
+
+    index: int
+    name: str
+    module: nn.Module | None
+    op: Any
+    inputs: list[int]
+    outputs: list[int]
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def op_name(self) -> str:
+        return getattr(self.op, "__name__", str(self.op))
+
+
+@dataclass
+class ExecutionGraph:
+    """The calls of one forward pass in order, with who produced and who consumed each tensor."""
+
+    calls: list[Call]
+    producer: dict[int, int]
+    consumers: dict[int, list[int]]
+    values: dict[int, Tensor] = field(default_factory=dict, repr=False)
+
+    def tensor(self, tensor: int) -> Tensor | None:
+        """The recorded tensor with id ``tensor`` (as it was when recorded; in-place ops may have changed it)."""
+        return self.values.get(tensor)
+
+    def calls_of(self, name: str) -> list[Call]:
+        return [c for c in self.calls if c.module is not None and c.name == name]
+
+    def module_calls(self, types: type | tuple[type, ...] = nn.Module) -> list[Call]:
+        return [c for c in self.calls if c.module is not None and isinstance(c.module, types)]
+
+    def order(self) -> list[str]:
+        """Leaf-module fqns in the order the forward pass first calls them."""
+        seen: dict[str, None] = {}
+        for call in self.calls:
+            if call.module is not None:
+                seen.setdefault(call.name, None)
+        return list(seen)
+
+    def readers(self, tensor: int) -> list[Call]:
+        """Every call that reads tensor ``tensor``."""
+        return [self.calls[i] for i in self.consumers.get(tensor, [])]
+
+    def sole_reader(self, call: Call, passthrough: tuple[type, ...] = ()) -> Call | None:
+        """The one call reading ``call``'s output (skipping ``passthrough`` modules), or None when not exactly one."""
+        current = call
+        while len(current.outputs) == 1:
+            readers = self.readers(current.outputs[0])
+            if len(readers) != 1:
+                return None
+            (reader,) = readers
+            if reader.module is None or not isinstance(reader.module, passthrough):
+                return reader
+            current = reader
+        return None
+
+
+class _Recorder(TorchFunctionMode):
+    """Records torch operations made outside leaf-module calls."""
+
+    def __init__(self, graph: ExecutionGraph, depth: list[int]) -> None:
+        super().__init__()
+        self.graph, self.depth = graph, depth
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.depth[0] == 0:
+            outputs = _tensors(out)
+            if outputs:
+                graph = self.graph
+                _add(graph, Call(len(graph.calls), getattr(func, "__name__", str(func)), None, func,
+                                 _ids(graph, _tensors((args, kwargs))), _ids(graph, outputs), _summary(args),
+                                 _summary(kwargs)))
+        return out
+
+
+def _tensors(obj: Any) -> list[Tensor]:
+    return [leaf for leaf in tree_flatten(obj)[0] if isinstance(leaf, Tensor)]
+
+
+def _ids(graph: ExecutionGraph, tensors: list[Tensor]) -> list[int]:
+    for t in tensors:  # holding them keeps their ids unique for the whole pass
+        graph.values.setdefault(id(t), t)
+    return [id(t) for t in tensors]
+
+
+def _summary(obj: Any) -> Any:
+    """Arguments with tensors replaced by their ids (what an exporter needs: sizes, strides, dims)."""
+    if isinstance(obj, Tensor):
+        return ("tensor", id(obj))
+    if isinstance(obj, tuple | list):
+        return type(obj)(_summary(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _summary(v) for k, v in obj.items()}
+    return obj
+
+
+def _add(graph: ExecutionGraph, call: Call) -> None:
+    graph.calls.append(call)
+    for tensor in call.inputs:
+        graph.consumers.setdefault(tensor, []).append(call.index)
+    for tensor in call.outputs:
+        graph.producer[tensor] = call.index
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def trace_calls(model: nn.Module, example: Any, leaf: Callable[[nn.Module], bool] = is_leaf) -> ExecutionGraph:
+    """Run ``model`` once (eval mode, no grad) on ``example`` and record its calls (see module doc).
+
+    ``example`` is passed as :func:`run_model` passes a batch. Raises :class:`ConfigError` when the model cannot
+    run on it (the message names the first module whose call failed).
+    """
+    graph = ExecutionGraph([], {}, {})
+    depth = [0]
+    stack: list[tuple[str, nn.Module, list[int]]] = []
+    current: list[str] = []
+    handles = []
+
+    def pre(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            current.append(name)
+            if depth[0] == 0 and leaf(module):
+                stack.append((name, module, _ids(graph, _tensors((args, kwargs)))))
+            if leaf(module):
+                depth[0] += 1
+        return hook
+
+    def post(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            current.pop()
+            if leaf(module):
+                depth[0] -= 1
+            if depth[0] == 0 and leaf(module) and stack and stack[-1][1] is module:
+                fqn, mod, inputs = stack.pop()
+                _add(graph, Call(len(graph.calls), fqn, mod, None, inputs, _ids(graph, _tensors(output)),
+                                 _summary(args), _summary(kwargs)))
+        return hook
+
+    for fqn, module in model.named_modules():
+        if "parametrizations" in fqn.split("."):
+            continue
+        handles.append(module.register_forward_pre_hook(pre(fqn), with_kwargs=True))
+        handles.append(module.register_forward_hook(post(fqn), with_kwargs=True))
+    try:
+        with _eval_mode(model), _Recorder(graph, depth):
+            run_model(model, example)
+    except Exception as exc:
+        where = f" in {current[-1]!r}" if current and current[-1] else ""
+        raise ConfigError(f"cannot run {type(model).__name__} on the example input to discover its structure"
+                          f"{where}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        for handle in handles:
+            handle.remove()
+    return graph
+
+
+RELU_OPS = {torch.relu, torch.relu_, F.relu}
+"""Functional forms of ReLU recognised after a layer (``Tensor.relu`` / ``relu_`` are matched by name)."""
+
+
+def is_relu(call: Call) -> bool:
+    """Whether ``call`` applies a plain ReLU (module or function)."""
+    if call.module is not None:
+        return isinstance(call.module, nn.ReLU)
+    return call.op in RELU_OPS or call.op_name in ("relu", "relu_")

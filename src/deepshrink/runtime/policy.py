@@ -1,0 +1,52 @@
+"""Which execution forms a runtime layer keeps and when each runs: every kernel-choice threshold in one place.
+
+A sparse Linear always holds the row layout (batches: the register-blocked kernel of :mod:`.batched`; batch 1:
+the row kernel). On top of it, chosen at load time from the layer and the host: the AVX-512 sliced-window form
+(:mod:`.simd`) or, without AVX-512, the column form (:mod:`.columns`) that skips zero inputs. Chosen at call time
+from the input: batch size and the share of zero inputs. Kernel tuning churns this file, not the modules.
+"""
+
+from __future__ import annotations
+
+from .columns import ColumnBlocks, column_blocks
+from .layout import SparseRows
+from .simd import SlicedWindows, sliced_windows
+
+COLUMN_FORM_MIN_NNZ = 20_000
+"""Non-zeros from which a SparseLinear also keeps the column form: below, skipping zero inputs saves less than the
+extra call overhead (measured: 300x784 at 8% no gain, 500x800 at 7% 14% faster with half the inputs zero)."""
+
+SIMD_FORM_MIN_NNZ = 20_000
+"""Non-zeros from which a SparseLinear also keeps the AVX-512 sliced-window form. Measured on the trained LeNets
+(1 thread, batch 1): LeNet-5 fc1 (28k) 16.0 vs 20.8 us with the row kernel for +115 KB; LeNet-300-100 fc1 (18.8k)
+14.6 vs 15.7 us for +92 KB, not worth its bytes."""
+
+SIMD_MAX_BATCH = 4
+"""Batches up to this size run the AVX-512 batch-1 kernel once per sample: measured (1 thread, AlexNet FC6 / FC8
+shapes) 1.7 / 0.23 ms at batch 2 and 3.6 / 0.46 ms at batch 4 against 4.7 / 1.3 and 4.4 / 0.84 ms for the blocked
+batch kernel, which pads every batch to 16 columns; from batch 8 the blocked kernel wins."""
+
+SKIP_ZERO_INPUTS_BELOW = 0.6
+"""Input density (non-zero fraction) under which a batch-1 SparseLinear runs the column-blocked kernel that skips
+zero inputs: measured break-even against the row kernel on AlexNet FC6-8 shapes is 0.64-0.73 (BENCHMARKS.md)."""
+
+
+def simd_form(weight: SparseRows, allowed: bool = True) -> SlicedWindows | None:
+    """The AVX-512 sliced-window form of a Linear weight, when the host has it and the layer is big enough."""
+    return sliced_windows(weight) if allowed and weight.nnz >= SIMD_FORM_MIN_NNZ else None
+
+
+def column_form(weight: SparseRows, grouped: SparseRows, skip_zero_inputs: bool,
+                has_simd: bool) -> ColumnBlocks | None:
+    """The column form (zero-input skipping at batch 1) where no SIMD form runs batch 1.
+
+    The fused batch-1 entry pairs it with the row-grouped layout; without the latter (pruned-only values,
+    > 65,536 inputs, > 255 centroids) there is none, nor for small layers (:data:`COLUMN_FORM_MIN_NNZ`).
+    """
+    wanted = skip_zero_inputs and not has_simd and grouped.group == 8 and weight.nnz >= COLUMN_FORM_MIN_NNZ
+    return column_blocks(weight) if wanted else None
+
+
+def runs_simd(batch: int, has_simd: bool) -> bool:
+    """Whether a call of ``batch`` samples runs the SIMD form (one sample at a time)."""
+    return has_simd and 0 < batch <= SIMD_MAX_BATCH

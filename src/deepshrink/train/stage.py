@@ -1,0 +1,107 @@
+"""Training options shared by every recipe stage that trains, and the ``retrain`` stage itself.
+
+Stages that train accept the :class:`TrainConfig` keys (``epochs``, ``lr``, ``optimizer``, ...) and
+``distill: {alpha, temperature}``: their loss then becomes knowledge distillation from the recipe's teacher (by
+default a frozen copy of the model as it was when the recipe started). Options are validated when the recipe is
+parsed, so a typo fails in a second instead of after an hour of retraining.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any, cast
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..core.errors import ConfigError
+from ..core.stages import RecipeContext, StageFn, register_stage
+from .loop import DistillationLoss, TrainConfig, fit
+
+__all__ = ["TRAIN_KEYS", "check_distill", "check_train", "distill_loss", "frozen_copy", "train_config"]
+
+TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A plain copy of ``model`` computing what it computes now (compression state folded in), frozen, eval mode.
+
+    Parametrized layers become ordinary ones holding their effective tensors: a deep copy alone would share
+    torch's parametrized classes with the original, which later parametrizations of the original would alter.
+    """
+    teacher = copy.deepcopy(model)
+    for module in teacher.modules():
+        if parametrize.is_parametrized(module):
+            names = list(cast(nn.ModuleDict, module.parametrizations).keys())
+            values = {name: getattr(module, name).detach().clone() for name in names}
+            module.__class__ = module.__class__.__bases__[0]  # the class parametrize derived its class from
+            del module._modules["parametrizations"]
+            for name, value in values.items():
+                module._parameters[name] = nn.Parameter(value)
+    return teacher.eval().requires_grad_(False)
+
+
+def check_distill(options: Mapping[str, Any]) -> dict[str, float] | None:
+    """Validate a stage's ``distill: {alpha, temperature}`` option (None when absent)."""
+    spec = options.get("distill")
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping) or set(spec) - {"alpha", "temperature"}:
+        raise ConfigError(f"distill must be a mapping with keys alpha and/or temperature, got {spec!r}")
+    values = {"alpha": float(spec.get("alpha", 0.5)), "temperature": float(spec.get("temperature", 4.0))}
+    if not 0.0 <= values["alpha"] <= 1.0 or not values["temperature"] > 0:
+        raise ConfigError(f"distill needs 0 <= alpha <= 1 and temperature > 0, got {dict(spec)!r}")
+    return values
+
+
+def distill_loss(ctx: RecipeContext, distill: dict[str, float] | None) -> DistillationLoss | None:
+    """The distillation loss from the recipe's teacher (made on first use), or None without ``distill``."""
+    if distill is None:
+        return None
+    if ctx.teacher is None:
+        ctx.teacher = frozen_copy(ctx.model)
+    return DistillationLoss(ctx.teacher, **distill)
+
+
+def train_config(options: Mapping[str, Any], context: RecipeContext, default_lr: float | None = None) -> TrainConfig:
+    """A TrainConfig from stage options; lr defaults to ``default_lr`` (else 1/10 of the baseline lr)."""
+    values = {k: options[k] for k in TRAIN_KEYS if k in options}
+    values.setdefault("lr", default_lr if default_lr is not None else context.base_lr / 10)
+    values.setdefault("seed", context.seed)
+    for key in ("lr", "momentum", "weight_decay"):
+        if key in values:
+            values[key] = float(values[key])
+    return TrainConfig(**values)
+
+
+def check_train(options: Mapping[str, Any], what: str = "training") -> None:
+    """Validate training options now (lr placeholder when omitted); unknown keys are named."""
+    unknown = set(options) - TRAIN_KEYS
+    if unknown:
+        raise ConfigError(f"unknown {what} key(s) {sorted(unknown)} (allowed: {', '.join(sorted(TRAIN_KEYS))})")
+    values = dict(options)
+    values.setdefault("lr", 1.0)
+    for key in ("lr", "momentum", "weight_decay"):
+        if key in values:
+            values[key] = float(values[key])
+    TrainConfig(**values)
+
+
+def _build_retrain(options: Mapping[str, Any]) -> StageFn:
+    """Retrain the (pruned) model with masks kept; lr defaults to 1/10 of the baseline's (the paper's rule)."""
+    check_train({k: v for k, v in options.items() if k != "distill"})
+    distill = check_distill(options)
+
+    def run(ctx: RecipeContext) -> dict[str, Any]:
+        if ctx.train_data is None:
+            raise ConfigError("the 'retrain' stage needs training data")
+        config = train_config(options, ctx)
+        history = fit(ctx.model, ctx.train_data, config, quiet=ctx.quiet, loss_fn=distill_loss(ctx, distill))
+        return {"epochs": config.epochs, "lr": config.lr, "train_loss": history.last.get("train_loss")}
+
+    return run
+
+
+register_stage("retrain", TRAIN_KEYS | {"distill"}, _build_retrain)
