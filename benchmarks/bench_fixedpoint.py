@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from deepshrink.data import load_dataset, make_loader
-from deepshrink.fixedpoint import DynamicFixedPoint, IntegerModel, quantize_
+from deepshrink.fixedpoint import DynamicFixedPoint, quantize_
+from deepshrink.runtime import IntegerModel
 from deepshrink.train import evaluate, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent

@@ -104,7 +104,7 @@ def latency_only(args: argparse.Namespace) -> None:
     results = json.loads(args.out.read_text())
     base, _ = load_checkpoint(args.ckpt)
     base.eval()
-    fold_batchnorm_(base)
+    fold_batchnorm_(base, torch.zeros(1, 1, 28, 28))
     stacks: dict[str, nn.Module] = {"original": base.features}
     for key, row in sorted(results["speedups"].items(), key=lambda kv: float(kv[0])):
         model = copy.deepcopy(base)
@@ -178,7 +178,7 @@ def main() -> None:
     print(f"seed {args.seed}, threads {args.threads}, torch {torch.__version__}, python {platform.python_version()}")
     base, meta = load_checkpoint(args.ckpt)
     base.eval()
-    fold_batchnorm_(base)
+    fold_batchnorm_(base, torch.zeros(1, 1, 28, 28))
     test, val, train = (load_dataset("fashion-mnist", s) for s in ("test", "val", "train"))
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {"speedups": {}}
     results.update(checkpoint=str(args.ckpt.relative_to(ROOT.parent)) if args.ckpt.is_relative_to(ROOT.parent) else str(args.ckpt),

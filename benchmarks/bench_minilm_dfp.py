@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepshrink.fixedpoint import DynamicFixedPoint, quantize_, swap_integer_layers_
+from deepshrink.fixedpoint import DynamicFixedPoint, quantize_
+from deepshrink.runtime import swap_integer_layers_
 
 ROOT = Path(__file__).resolve().parent
 

@@ -37,8 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepshrink.codec import load_compressed, save_compressed
-from deepshrink.codec.model_io import load_compressed_with_meta
+from deepshrink.codec import load_compressed, load_compressed_with_meta, save_compressed
 from deepshrink.core import atomic_write_text, bake_, set_mask
 from deepshrink.data import load_dataset
 from deepshrink.runtime import load, runtime_layers

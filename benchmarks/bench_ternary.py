@@ -28,8 +28,8 @@ from torch import nn
 from deepshrink.codec import load_compressed, save_compressed
 from deepshrink.core import get_value_transform
 from deepshrink.data import load_dataset
+from deepshrink.runtime import from_model
 from deepshrink.ternary import TTQ, TWN, ternarize_, ternary_layers, ternary_param_groups
-from deepshrink.ternary.runtime import to_runtime
 from deepshrink.train import TrainConfig, evaluate, fit, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent
@@ -156,7 +156,7 @@ def main() -> None:
             "file_weights_equal_model_bit_for_bit": exact,
         }
     print(json.dumps(sizes, indent=1))
-    runtime = to_runtime(model)
+    runtime = from_model(model, example=torch.zeros(1, *shape))  # BatchNorms fold into per-channel Wp/Wn
     runtime_acc = evaluate(runtime, test)["accuracy"]
     speed = latency(fp32_model, runtime, shape, args.repeats)
     per_layer = layer_latency(model, runtime, shape, args.repeats)

@@ -15,10 +15,10 @@ from .core import (
     select_layers,
     summary,
 )
+from .core.version import __version__
 from .data import load_dataset
 from .io import load_model
 from .models import build_model
-from .core.version import __version__
 from .train import TrainConfig, evaluate, fit, load_checkpoint, save_checkpoint
 
 # Technique and codec entry points load lazily: importing the codec or runtime pulls in numba and constriction

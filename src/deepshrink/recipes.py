@@ -47,6 +47,7 @@ __all__ = [
     "RecipeContext",
     "Stage",
     "StageHandler",
+    "compress_checkpoint",
     "frozen_copy",
     "load_recipe",
     "parse_recipe",
@@ -150,3 +151,57 @@ def run_recipe(recipe: Recipe, context: RecipeContext) -> list[dict[str, Any]]:
             print(f"    val top-1 {record['val_accuracy']:.4f} ({record['seconds']}s)")
         records.append(record)
     return records
+
+
+def compress_checkpoint(
+    checkpoint: Path,
+    recipe_path: Path,
+    out: Path,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    limit: int | None = None,
+    seed: int | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Load ``checkpoint``, run the recipe, write ``out``; returns a JSON-able report (stages, sizes, ratio).
+
+    Choices inside the recipe see only the validation split; the test split is never touched here.
+    """
+    from .data import load_dataset
+    from .train import load_checkpoint
+
+    recipe = load_recipe(recipe_path)
+    if recipe.stages[-1].name != "encode":
+        raise ConfigError(f"{recipe_path}: the last stage must be 'encode' to write {out} "
+                          f"(stages: {', '.join(s.name for s in recipe.stages)})")
+    model, meta = load_checkpoint(checkpoint)
+    name = dataset or meta.get("dataset")
+    if not name:
+        raise ConfigError(f"{checkpoint}: no dataset given and the checkpoint records none")
+    fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
+    base_lr = float(meta.get("config", {}).get("lr", 0.05))
+    context = RecipeContext(
+        model=model,
+        train_data=load_dataset(name, "train", data_dir, limit=limit),
+        val_data=load_dataset(name, "val", data_dir),
+        out=out,
+        base_lr=base_lr,
+        seed=recipe.seed if seed is None else seed,
+        quiet=quiet,
+        meta={"dataset": name, "recipe": recipe.name, "source": str(checkpoint)},
+    )
+    started = time.perf_counter()
+    stages = run_recipe(recipe, context)
+    size = out.stat().st_size
+    return {
+        "checkpoint": str(checkpoint),
+        "recipe": recipe.name,
+        "dataset": name,
+        "out": str(out),
+        "bytes": size,
+        "fp32_bytes": fp32_bytes,
+        "ratio": round(fp32_bytes / size, 2),
+        "seconds": round(time.perf_counter() - started, 1),
+        "baseline_test_accuracy": meta.get("test_accuracy"),
+        "stages": stages,
+    }

@@ -281,7 +281,7 @@ def test_structural_edits_are_replayed(tmp_path: Path, make_model: Callable, tra
     from deepshrink.core import fold_batchnorm_, recorded_edits
 
     model = make_model("vgg").eval()
-    fold_batchnorm_(model)
+    fold_batchnorm_(model, torch.randn(1, 1, 8, 8))
     assert recorded_edits(model)
     prune_(model.features[0], 0.5)
     quantize_(model.features[0], "fixedpoint")

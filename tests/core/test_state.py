@@ -178,7 +178,7 @@ def test_dequantize_forms() -> None:
     assert dequantize(ternary).tolist() == [-0.5, 0.0, 0.25]
     with pytest.raises(FormatError, match="out of range"):
         dequantize({"kind": "codebook", "index": np.array([3]), "centroids": np.zeros(2, np.float32)})
-    with pytest.raises(FormatError, match="unknown quantized kind"):
+    with pytest.raises(FormatError, match="unknown weight kind"):
         dequantize({"kind": "nope"})
 
 

@@ -45,8 +45,8 @@ def test_formats_round_trip_through_dsz(tmp_path: Path) -> None:
 
 def test_runtime_loads_integer_kernels(tmp_path: Path) -> None:
     from deepshrink import runtime
-    from deepshrink.runtime import IntegerLayer
     from deepshrink.models import build_model
+    from deepshrink.runtime import IntegerLayer
 
     model = build_model("lenet300", in_features=64, num_classes=10)
     quantize_(model, DynamicFixedPoint(bits=6, act_bits=8), calib=torch.randn(32, 1, 8, 8))

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deepshrink.core import ConfigError
+from deepshrink.core.fixed_point import from_int, int_range, to_int
 from deepshrink.fixedpoint import (
     FixedPointFormat,
     fake_quantize,
@@ -17,7 +18,6 @@ from deepshrink.fixedpoint import (
     requantize,
     rounding_shift,
 )
-from deepshrink.core.fixed_point import from_int, int_range, to_int
 
 
 @settings(max_examples=60, deadline=None)

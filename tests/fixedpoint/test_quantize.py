@@ -9,8 +9,8 @@ import torch
 
 from deepshrink.core import ConfigError
 from deepshrink.fixedpoint import DynamicFixedPoint, fixed_point_of, parse_bits, quantize_
-from deepshrink.runtime import IntegerModel
 from deepshrink.fixedpoint.quantize import _refine_weights_by_accuracy, _top1
+from deepshrink.runtime import IntegerModel
 
 from .conftest import TinyCNN, TinyMLP, randomize_
 

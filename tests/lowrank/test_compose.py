@@ -14,8 +14,8 @@ from deepshrink.prune import MagnitudePrune, prune_
 def test_lowrank_then_prune_then_dsz_round_trip(tmp_path) -> None:
     model = build_model("vgg", in_channels=1, num_classes=10, widths=(8, 8, 16, 16))
     model.eval()
-    fold_batchnorm_(model)
     x = torch.randn(20, 1, 8, 8)
+    fold_batchnorm_(model, x[:1])
     report = lowrank_conv_(model, ZhangLowRank(speedup=2, method="linear", images=20), x)
     svd_linear_(model, SVDLinear(rank=3))
     prune_(model, MagnitudePrune(sparsity=0.5))

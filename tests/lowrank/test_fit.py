@@ -52,9 +52,11 @@ def test_known_low_rank_response_is_recovered(method: str, stride: int) -> None:
 
 def test_relu_detection() -> None:
     model = TwoConv(rank=2)
-    assert relu_followed(model) == {"conv1", "conv2"}
+    assert relu_followed(model, torch.randn(1, 3, 6, 6)) == {"conv1", "conv2"}
     plain = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.ReLU())
-    assert relu_followed(plain) == set()
+    assert relu_followed(plain, torch.randn(1, 1, 6, 6)) == set()
+    inplace = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Identity(), nn.ReLU(inplace=True), nn.Conv2d(2, 2, 1))
+    assert relu_followed(inplace, torch.randn(1, 1, 6, 6)) == {"0"}
 
 
 @settings(max_examples=40, deadline=None)

@@ -45,7 +45,7 @@ def test_fold_batchnorm_preserves_outputs_and_records_edit() -> None:
     model.eval()
     x = torch.randn(4, 1, 28, 28)
     expected = model(x)
-    pairs = fold_batchnorm_(model)
+    pairs = fold_batchnorm_(model, x[:1])
     assert len(pairs) == 19
     assert torch.allclose(model(x), expected, atol=1e-4)
     assert [e["op"] for e in recorded_edits(model)] == ["fold_bn"] * 19

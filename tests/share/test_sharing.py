@@ -15,8 +15,8 @@ from deepshrink.core import (
     dequantize,
     get_value_transform,
     prepare_for_state_dict,
-    set_mask,
     restorer_for,
+    set_mask,
 )
 from deepshrink.data import load_dataset
 from deepshrink.share import SharedWeights, WeightSharing, bits_for, finetune_centroids, share_weights_

@@ -87,9 +87,9 @@ def test_checkpoint_replays_batchnorm_folding(tmp_path) -> None:
 
     model = build_model("vgg", in_channels=1, widths=[4, 4])
     model.eval()
-    fold_batchnorm_(model)
-    set_mask(model.features[0], model.features[0].weight.abs() > 0.1)
     x = torch.randn(2, 1, 8, 8)
+    fold_batchnorm_(model, x)
+    set_mask(model.features[0], model.features[0].weight.abs() > 0.1)
     save_checkpoint(tmp_path / "folded.pt", model)
     loaded, _ = load_checkpoint(tmp_path / "folded.pt")
     loaded.eval()

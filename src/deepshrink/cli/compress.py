@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,7 +14,6 @@ from .common import (
     QuietOpt,
     ThreadsOpt,
     TrainLimitOpt,
-    dataset_of,
     emit_json,
     set_threads,
 )
@@ -23,60 +21,6 @@ from .common import (
 
 def register(app: typer.Typer) -> None:
     app.command("compress")(compress)
-
-
-def run_compression(
-    checkpoint: Path,
-    recipe_path: Path,
-    out: Path,
-    dataset: str | None = None,
-    data_dir: str | None = None,
-    limit: int | None = None,
-    seed: int | None = None,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Load ``checkpoint``, run the recipe, write ``out``; returns a JSON-able report (stages, sizes, ratio).
-
-    Choices inside the recipe see only the validation split; the test split is never touched here.
-    """
-    from ..core.errors import ConfigError
-    from ..data import load_dataset
-    from ..recipes import RecipeContext, load_recipe, run_recipe
-    from ..train import load_checkpoint
-
-    recipe = load_recipe(recipe_path)
-    if recipe.stages[-1].name != "encode":
-        raise ConfigError(f"{recipe_path}: the last stage must be 'encode' to write {out} "
-                          f"(stages: {', '.join(s.name for s in recipe.stages)})")
-    model, meta = load_checkpoint(checkpoint)
-    name = dataset_of(meta, dataset)
-    fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
-    base_lr = float(meta.get("config", {}).get("lr", 0.05))
-    context = RecipeContext(
-        model=model,
-        train_data=load_dataset(name, "train", data_dir, limit=limit),
-        val_data=load_dataset(name, "val", data_dir),
-        out=out,
-        base_lr=base_lr,
-        seed=recipe.seed if seed is None else seed,
-        quiet=quiet,
-        meta={"dataset": name, "recipe": recipe.name, "source": str(checkpoint)},
-    )
-    started = time.perf_counter()
-    stages = run_recipe(recipe, context)
-    size = out.stat().st_size
-    return {
-        "checkpoint": str(checkpoint),
-        "recipe": recipe.name,
-        "dataset": name,
-        "out": str(out),
-        "bytes": size,
-        "fp32_bytes": fp32_bytes,
-        "ratio": round(fp32_bytes / size, 2),
-        "seconds": round(time.perf_counter() - started, 1),
-        "baseline_test_accuracy": meta.get("test_accuracy"),
-        "stages": stages,
-    }
 
 
 def format_stages(report: dict[str, Any]) -> str:
@@ -113,8 +57,10 @@ def compress(
     json_out: JsonOpt = False,
 ) -> None:
     """Compress a checkpoint with a recipe (Deep Compression: prune, retrain, share, fine-tune, encode)."""
+    from ..recipes import compress_checkpoint
+
     set_threads(threads)
-    report = run_compression(checkpoint, recipe, out, dataset, data_dir, limit, seed, quiet or json_out)
+    report = compress_checkpoint(checkpoint, recipe, out, dataset, data_dir, limit, seed, quiet or json_out)
     if json_out:
         emit_json(report)
     else:

@@ -50,13 +50,14 @@ def demo(
     from ..codec.stats import format_table
     from ..data import load_dataset
     from ..io import load_model
+    from ..recipes import compress_checkpoint
     from ..train import evaluate
-    from .compress import format_stages, run_compression
+    from .compress import format_stages
 
     set_threads(threads)
     started = time.perf_counter()
     baseline = _baseline(quiet)
-    report = run_compression(baseline, RECIPE, OUT, dataset="fashion-mnist", quiet=quiet)
+    report = compress_checkpoint(baseline, RECIPE, OUT, dataset="fashion-mnist", quiet=quiet)
     typer.echo(format_stages(report))
     typer.echo("")
     typer.echo(format_table(file_stats(OUT)))

@@ -47,10 +47,10 @@ def lowrank_cmd(
     import torch
     from torch import nn
 
-    from ..core import ConfigError, UnsupportedLayerError, find_bn_pairs, fold_batchnorm_
+    from ..core import ConfigError
     from ..data import dataset_info, load_dataset
     from ..io import load_model
-    from ..lowrank import SVDLinear, ZhangLowRank, calibration_images, lowrank_conv_, svd_linear_
+    from ..lowrank import SVDLinear, ZhangLowRank, lowrank_
     from ..train import TrainConfig, evaluate, fit, save_checkpoint
 
     set_threads(threads)
@@ -65,30 +65,14 @@ def lowrank_cmd(
     from ..core.summary import summary
 
     macs_before = summary(model, info.input_shape).total.get("macs")
-    result: dict = {"file": str(path), "dataset": name, "top1_before": before}
-    if speedup is not None:
-        if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-            raise ConfigError(f"{path}: --speedup needs conv layers; use --linear-energy or --linear-ratio for Linear ones")
-        try:
-            if find_bn_pairs(model):
-                result["folded_bn"] = [list(p) for p in fold_batchnorm_(model)]
-        except UnsupportedLayerError:
-            pass
-        config = ZhangLowRank(speedup=speedup, method=method, images=images, seed=seed)
-        report = lowrank_conv_(model, config, load_dataset(name, "val", data_dir))
-        result["conv"] = report.to_dict()
-    if linear_energy is not None or linear_ratio is not None:
-        calib = None
-        if linear_response:
-            calib_images = calibration_images(load_dataset(name, "val", data_dir), images, seed)
-
-            def calib(m: nn.Module) -> None:
-                for chunk in torch.split(calib_images, 256):
-                    m(chunk)
-
-        svd = svd_linear_(model, SVDLinear(energy=linear_energy, param_ratio=linear_ratio), calib=calib)
-        result["linear"] = {"ranks": svd.ranks, "energy": svd.energy, "skipped": svd.skipped,
-                            "params_before": svd.params_before, "params_after": svd.params_after}
+    if speedup is not None and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        raise ConfigError(f"{path}: --speedup needs conv layers; use --linear-energy or --linear-ratio for Linear ones")
+    conv = ZhangLowRank(speedup=speedup, method=method, images=images, seed=seed) if speedup is not None else None
+    linear = (SVDLinear(energy=linear_energy, param_ratio=linear_ratio)
+              if linear_energy is not None or linear_ratio is not None else None)
+    result: dict = {"file": str(path), "dataset": name, "top1_before": before,
+                    **lowrank_(model, load_dataset(name, "val", data_dir), conv=conv, linear=linear,
+                               linear_response=linear_response, seed=seed, images=images)}
     result["top1_after"] = evaluate(model, test)["accuracy"]
     if finetune_epochs > 0:
         fit(model, load_dataset(name, "train", data_dir), TrainConfig(epochs=finetune_epochs, lr=lr, seed=seed),

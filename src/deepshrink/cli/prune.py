@@ -43,14 +43,10 @@ def parse_per_layer(text: str | None, option: str) -> float | dict[str, float] |
         raise ConfigError(f"{option} takes a number or layer=value pairs like fc1=0.9,fc2=0.8; got {text!r}") from exc
 
 
-def _scale(value: float | dict[str, float], factor: float) -> float | dict[str, float]:
-    return {k: v * factor for k, v in value.items()} if isinstance(value, dict) else value * factor
-
-
 def prune_cmd(
     path: Annotated[Path, typer.Argument(help="Checkpoint to prune.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write.")],
-    method: Annotated[str, typer.Option("--method", help="magnitude | obd | random")] = "magnitude",
+    method: Annotated[str, typer.Option("--method", help="magnitude | obd | random (deepshrink.prune.PRUNE_METHODS)")] = "magnitude",
     sparsity: Annotated[str | None, typer.Option("--sparsity", help="Final sparsity: 0.9 or fc1=0.92,fc2=0.9")] = None,
     quality: Annotated[str | None, typer.Option("--quality", help="Han's quality parameter (x layer std).")] = None,
     from_sensitivity: Annotated[Path | None, typer.Option("--from-sensitivity", help="Folder of `deepshrink sensitivity`.")] = None,
@@ -83,13 +79,12 @@ def prune_cmd(
     from ..data import load_dataset
     from ..io import load_model
     from ..prune import (
-        MagnitudePrune,
-        OBDPrune,
-        RandomPrune,
+        PRUNE_METHODS,
         Sensitivity,
         choose_thresholds,
         iterative_prune_,
-        rising_sparsities,
+        quality_schedule,
+        rising_schedule,
     )
     from ..train import TrainConfig, evaluate, save_checkpoint
 
@@ -99,8 +94,8 @@ def prune_cmd(
              if v is not None]
     if len(given) != 1:
         raise ConfigError(f"give exactly one of --sparsity, --quality, --from-sensitivity (got {given or 'none'})")
-    if method not in ("magnitude", "obd", "random"):
-        raise ConfigError(f"--method must be magnitude, obd or random, got {method!r}")
+    if method not in PRUNE_METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(PRUNE_METHODS)}, got {method!r}")
     if quality is not None and method != "magnitude":
         raise ConfigError("--quality is Han's magnitude threshold; use --sparsity with --method obd/random")
     model, meta = load_model(path)
@@ -118,20 +113,14 @@ def prune_cmd(
         if not quiet and not json_out:
             typer.echo(f"from sensitivity (budget {thresholds.budget:.4f}, overall {thresholds.overall:.3f}"
                        f"{'' if thresholds.met else ', target NOT met'}): {thresholds.sparsity}")
-    schedule: list[Any] = []
     if quality is not None:
         q = parse_per_layer(quality, "--quality")
         assert q is not None
-        schedule = [MagnitudePrune(quality=_scale(q, r / rounds), scope=scope) for r in range(1, rounds + 1)]
+        schedule = quality_schedule(q, rounds, scope)
     else:
         assert final_sparsity is not None
-        for s in rising_sparsities(final_sparsity, rounds, power):
-            if method == "magnitude":
-                schedule.append(MagnitudePrune(sparsity=s, scope=scope))
-            elif method == "obd":
-                schedule.append(OBDPrune(sparsity=s, scope=scope, hessian=hessian, max_samples=hessian_samples, seed=seed))
-            else:
-                schedule.append(RandomPrune(sparsity=s, scope=scope, seed=seed))
+        schedule = rising_schedule(final_sparsity, rounds, method, scope, power, hessian=hessian,
+                                   max_samples=hessian_samples, seed=seed)
     base_lr = float(meta.get("config", {}).get("lr", 0.05)) if isinstance(meta.get("config"), dict) else 0.05
     retrain = TrainConfig(epochs=retrain_epochs, lr=lr if lr is not None else base_lr / 10, seed=seed)
     partial = out.with_name(out.name + ".partial")

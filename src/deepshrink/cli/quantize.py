@@ -53,8 +53,9 @@ def quantize(
 
     from ..core.errors import ConfigError
     from ..data import load_dataset, make_loader
-    from ..fixedpoint import DynamicFixedPoint, IntegerModel, parse_bits, quantize_
+    from ..fixedpoint import DynamicFixedPoint, parse_bits, quantize_
     from ..io import load_model
+    from ..runtime import IntegerModel
     from ..train import evaluate
 
     if scheme != "dfp":
@@ -106,6 +107,7 @@ def _write(model: nn.Module, out: Path, meta: dict[str, Any], entropy: str) -> N
 
         save_checkpoint(out, model, meta=meta)
         return
-    from ..codec import save_compressed
+    from ..codec import load_compressed, save_compressed
 
     save_compressed(model, out, entropy=entropy, meta=meta)
+    load_compressed(out)  # read back: every section checked, the fixed-point weights rebuilt bit-exactly

@@ -126,7 +126,7 @@ def _stored_value(module: nn.Module, tname: str, fqn: str, mask: np.ndarray | No
         known = ", ".join(k for k, v in KINDS.items() if v.symbol_key is not None)
         raise ConfigError(f"{fqn}: {type(transform).__name__}.export() returned kind {name!r} (known: {known})")
     kind = kind_of(name)
-    symbols = np.asarray(exported.get(kind.symbol_key))
+    symbols = np.asarray(exported.get(kind.symbol_key or ""))
     if symbols.shape != effective.shape or not np.issubdtype(symbols.dtype, np.integer):
         raise ConfigError(f"{fqn}: exported {kind.symbol_key!r} must be an integer array of shape {effective.shape}")
     try:

@@ -53,7 +53,9 @@ def _layer(name: str, header_entry: dict[str, Any], weight: StoredWeight, parts:
         # context-modelled mask: its bits are given per entry of the fixed-width relative index it replaces
         stated = index_bits.get(header_entry["layer"])
         bits = int(stated) if isinstance(stated, int) else int(DEFAULT_INDEX_BITS[header_entry["layer"]])
-        entries = int(encode_positions(weight.mask(), bits).size)
+        mask = weight.mask()
+        assert mask is not None  # a context-coded mask always has kept positions
+        entries = int(encode_positions(mask, bits).size)
         row.update(index_bits_fixed=bits, index_coding="ctx", index_entries=entries, fillers=entries - kept,
                    index_bits=_bits(parts.get("index", 0) + parts.get("index_table", 0), entries))
         fixed_bytes += (entries * bits + 7) // 8

@@ -4,7 +4,16 @@ from .atomic import atomic_open, atomic_save, atomic_write_bytes, atomic_write_t
 from .edits import EDITS, record_edit, recorded_edits, register_edit, replay_edits, set_submodule
 from .errors import ConfigError, DataError, DeepShrinkError, FormatError, UnsupportedLayerError
 from .fold import find_bn_pairs, fold_batchnorm_
-from .kinds import KINDS, Palette, StoredWeight, ValueKind, dequantize, kind_of, register_kind, stored_from_export
+from .kinds import (
+    KINDS,
+    Palette,
+    StoredWeight,
+    ValueKind,
+    dequantize,
+    kind_of,
+    register_kind,
+    stored_from_export,
+)
 from .layer_call import layer_call, plain_type, register_equivalent
 from .select import SUPPORTED_LAYERS, Selection, Selector, layer_kind, layer_type_name, select_layers
 from .state import (
@@ -24,15 +33,15 @@ from .state import (
     set_mask,
     set_value_transform,
 )
-from .techniques import TECHNIQUES, Technique, compress_, register_technique, restorer_for, technique_for
 from .summary import LayerRow, Summary, summary
+from .techniques import TECHNIQUES, Technique, compress_, register_technique, restorer_for, technique_for
 
 __all__ = [
     "EDITS",
     "KINDS",
-    "TECHNIQUES",
     "STATE_CLASSES",
     "SUPPORTED_LAYERS",
+    "TECHNIQUES",
     "ConfigError",
     "DataError",
     "DeepShrinkError",
@@ -43,8 +52,8 @@ __all__ = [
     "Selection",
     "Selector",
     "StoredWeight",
-    "Technique",
     "Summary",
+    "Technique",
     "UnsupportedLayerError",
     "ValueKind",
     "ValueTransform",

@@ -9,7 +9,7 @@ not). A BatchNorm that cannot fold stays float and is listed with the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +42,7 @@ class FoldReport:
 
 def _channel_linear(module: nn.Module, x: Tensor) -> bool:
     """Whether scaling output channel ``c``'s weights and bias by ``s_c`` scales that output channel by ``s_c``."""
-    weight = module.weight.detach().double()  # type: ignore[union-attr]
+    weight = cast(Tensor, module.weight).detach().double()
     bias = getattr(module, "bias", None)
     bias = bias.detach().double() if isinstance(bias, Tensor) else torch.zeros(weight.shape[0], dtype=torch.float64)
     scale = torch.linspace(0.5, 2.0, weight.shape[0], dtype=torch.float64)

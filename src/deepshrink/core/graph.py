@@ -41,6 +41,11 @@ def is_leaf(module: nn.Module) -> bool:
     return all(name == "parametrizations" for name, _ in module.named_children())
 
 
+Value = tuple[int, int]
+"""A tensor value: ``(id of the tensor object, version)``. A call that returns a tensor it was given (in-place ops,
+``nn.Identity``) makes a new version, so "who reads this value" stays exact under aliasing."""
+
+
 @dataclass
 class Call:
     """One recorded call: a leaf module (``module`` set, ``name`` its fqn) or a torch operation (``op`` set)."""
@@ -49,8 +54,8 @@ class Call:
     name: str
     module: nn.Module | None
     op: Any
-    inputs: list[int]
-    outputs: list[int]
+    inputs: list[Value]
+    outputs: list[Value]
     args: tuple = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -64,13 +69,14 @@ class ExecutionGraph:
     """The calls of one forward pass in order, with who produced and who consumed each tensor."""
 
     calls: list[Call]
-    producer: dict[int, int]
-    consumers: dict[int, list[int]]
+    producer: dict[Value, int]
+    consumers: dict[Value, list[int]]
     values: dict[int, Tensor] = field(default_factory=dict, repr=False)
+    versions: dict[int, int] = field(default_factory=dict, repr=False)
 
-    def tensor(self, tensor: int) -> Tensor | None:
-        """The recorded tensor with id ``tensor`` (as it was when recorded; in-place ops may have changed it)."""
-        return self.values.get(tensor)
+    def tensor(self, value: Value) -> Tensor | None:
+        """The tensor object of ``value`` (in-place ops after it may have changed its contents)."""
+        return self.values.get(value[0])
 
     def calls_of(self, name: str) -> list[Call]:
         return [c for c in self.calls if c.module is not None and c.name == name]
@@ -86,9 +92,9 @@ class ExecutionGraph:
                 seen.setdefault(call.name, None)
         return list(seen)
 
-    def readers(self, tensor: int) -> list[Call]:
-        """Every call that reads tensor ``tensor``."""
-        return [self.calls[i] for i in self.consumers.get(tensor, [])]
+    def readers(self, value: Value) -> list[Call]:
+        """Every call that reads ``value``."""
+        return [self.calls[i] for i in self.consumers.get(value, [])]
 
     def sole_reader(self, call: Call, passthrough: tuple[type, ...] = ()) -> Call | None:
         """The one call reading ``call``'s output (skipping ``passthrough`` modules), or None when not exactly one."""
@@ -118,9 +124,8 @@ class _Recorder(TorchFunctionMode):
             outputs = _tensors(out)
             if outputs:
                 graph = self.graph
-                _add(graph, Call(len(graph.calls), getattr(func, "__name__", str(func)), None, func,
-                                 _ids(graph, _tensors((args, kwargs))), _ids(graph, outputs), _summary(args),
-                                 _summary(kwargs)))
+                _add(graph, getattr(func, "__name__", str(func)), None, func, _read(graph, _tensors((args, kwargs))),
+                     outputs, args, kwargs)
         return out
 
 
@@ -128,10 +133,12 @@ def _tensors(obj: Any) -> list[Tensor]:
     return [leaf for leaf in tree_flatten(obj)[0] if isinstance(leaf, Tensor)]
 
 
-def _ids(graph: ExecutionGraph, tensors: list[Tensor]) -> list[int]:
-    for t in tensors:  # holding them keeps their ids unique for the whole pass
+def _read(graph: ExecutionGraph, tensors: list[Tensor]) -> list[Value]:
+    """The current values of ``tensors`` (holding the objects keeps their ids unique for the whole pass)."""
+    for t in tensors:
         graph.values.setdefault(id(t), t)
-    return [id(t) for t in tensors]
+        graph.versions.setdefault(id(t), 0)
+    return [(id(t), graph.versions[id(t)]) for t in tensors]
 
 
 def _summary(obj: Any) -> Any:
@@ -145,12 +152,19 @@ def _summary(obj: Any) -> Any:
     return obj
 
 
-def _add(graph: ExecutionGraph, call: Call) -> None:
+def _add(graph: ExecutionGraph, name: str, module: nn.Module | None, op: Any, inputs: list[Value],
+         outputs: list[Tensor], args: Any, kwargs: Any) -> None:
+    """Record one call: it read the values ``inputs``, and each output is a new value."""
+    call = Call(len(graph.calls), name, module, op, inputs, [], _summary(args), _summary(kwargs))
     graph.calls.append(call)
-    for tensor in call.inputs:
-        graph.consumers.setdefault(tensor, []).append(call.index)
-    for tensor in call.outputs:
-        graph.producer[tensor] = call.index
+    for value in call.inputs:
+        graph.consumers.setdefault(value, []).append(call.index)
+    for tensor in outputs:
+        graph.values.setdefault(id(tensor), tensor)
+        version = graph.versions[id(tensor)] + 1 if id(tensor) in graph.versions else 0
+        graph.versions[id(tensor)] = version
+        call.outputs.append((id(tensor), version))
+        graph.producer[(id(tensor), version)] = call.index
 
 
 @contextlib.contextmanager
@@ -172,7 +186,7 @@ def trace_calls(model: nn.Module, example: Any, leaf: Callable[[nn.Module], bool
     """
     graph = ExecutionGraph([], {}, {})
     depth = [0]
-    stack: list[tuple[str, nn.Module, list[int]]] = []
+    stack: list[tuple[str, nn.Module, list[Value]]] = []
     current: list[str] = []
     handles = []
 
@@ -180,7 +194,7 @@ def trace_calls(model: nn.Module, example: Any, leaf: Callable[[nn.Module], bool
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             current.append(name)
             if depth[0] == 0 and leaf(module):
-                stack.append((name, module, _ids(graph, _tensors((args, kwargs)))))
+                stack.append((name, module, _read(graph, _tensors((args, kwargs)))))
             if leaf(module):
                 depth[0] += 1
         return hook
@@ -192,8 +206,7 @@ def trace_calls(model: nn.Module, example: Any, leaf: Callable[[nn.Module], bool
                 depth[0] -= 1
             if depth[0] == 0 and leaf(module) and stack and stack[-1][1] is module:
                 fqn, mod, inputs = stack.pop()
-                _add(graph, Call(len(graph.calls), fqn, mod, None, inputs, _ids(graph, _tensors(output)),
-                                 _summary(args), _summary(kwargs)))
+                _add(graph, fqn, mod, None, inputs, _tensors(output), args, kwargs)
         return hook
 
     for fqn, module in model.named_modules():

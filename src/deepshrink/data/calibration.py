@@ -31,7 +31,7 @@ def calibration_batches(data: Any, count: int | None = None, batch_size: int = 2
         data = data[:count] if count is not None else data
         return list(torch.split(data, batch_size))
     if isinstance(data, Dataset) and hasattr(data, "__len__"):
-        size = len(data)  # type: ignore[arg-type]
+        size = len(data)
         if size == 0:
             raise ConfigError("the calibration dataset is empty")
         subset = Subset(data, range(min(size, count))) if count is not None else data

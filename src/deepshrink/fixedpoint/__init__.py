@@ -16,12 +16,12 @@ from .technique import TECHNIQUE
 from .transform import FixedPoint, fixed_point_of, install_all_hooks, install_hooks
 
 __all__ = [
+    "TECHNIQUE",
     "DynamicFixedPoint",
     "FixedPoint",
     "FixedPointFormat",
     "FixedPointReport",
     "LayerFormat",
-    "TECHNIQUE",
     "fake_quantize",
     "fixed_point_of",
     "install_all_hooks",

@@ -23,6 +23,7 @@ from ..core.kinds.fixedpoint import ACT_KEYS, formats
 from ..core.state import ValueTransform, get_value_transform
 from .simulate import exact_output
 
+
 class FixedPoint(ValueTransform):
     """Dynamic fixed-point weight: ``round_half_up(w * 2**fl)`` saturated to ``bits``, straight-through gradient."""
 

@@ -24,12 +24,12 @@ from .zhang import (
 
 __all__ = [
     "METHODS",
+    "TECHNIQUE",
     "Factors",
     "LayerCost",
     "LowRankReport",
     "SVDLinear",
     "SVDReport",
-    "TECHNIQUE",
     "ZhangLowRank",
     "calibration_images",
     "collect_responses",

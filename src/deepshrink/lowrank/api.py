@@ -30,11 +30,11 @@ def _example(calib: Any) -> Any:
 
 def lowrank_(model: nn.Module, calib: Any, *, conv: ZhangLowRank | None = None, linear: SVDLinear | None = None,
              linear_response: bool = False, select: Selector = nn.Conv2d, linear_select: Selector = nn.Linear,
-             seed: int = 0) -> dict[str, Any]:
+             seed: int = 0, images: int = 3000) -> dict[str, Any]:
     """Factorise ``model`` in place; returns a JSON-able record (folded BatchNorms, conv and Linear reports).
 
     ``calib``: a dataset of ``(inputs, labels)``, a tensor of inputs or a list of batches (response-fitted convs
-    read images from it; ``linear_response`` runs the model on it).
+    read images from it; ``linear_response`` runs the model on ``images`` of them).
     """
     record: dict[str, Any] = {}
     if conv is not None:
@@ -48,8 +48,8 @@ def lowrank_(model: nn.Module, calib: Any, *, conv: ZhangLowRank | None = None, 
         run_calib = None
         if linear_response:
             if isinstance(calib, Tensor) or hasattr(calib, "tensors"):
-                images = calibration_images(calib, conv.images if conv else 3000, seed)
-                batches: list[Any] = list(torch.split(images, 256))
+                chosen = calibration_images(calib, conv.images if conv else images, seed)
+                batches: list[Any] = list(torch.split(chosen, 256))
             else:
                 batches = calibration_batches(calib)
             device = next(model.parameters()).device

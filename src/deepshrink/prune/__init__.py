@@ -8,7 +8,15 @@ per-layer sparsities from one-layer-at-a-time accuracy curves.
 from .base import LayerReport, PruneReport, clear_pruned_optimizer_state_, model_sparsity, prune_
 from .magnitude import MagnitudePrune, RandomPrune
 from .obd import HESSIANS, OBDPrune, hessian_diagonal, saliency
-from .schedule import DropoutAdjuster, iterative_prune_, rising_schedule, rising_sparsities
+from .schedule import (
+    PRUNE_METHODS,
+    DropoutAdjuster,
+    iterative_prune_,
+    method_config,
+    quality_schedule,
+    rising_schedule,
+    rising_sparsities,
+)
 from .sensitivity import (
     DEFAULT_SPARSITIES,
     Sensitivity,
@@ -23,22 +31,25 @@ from .technique import TECHNIQUE
 __all__ = [
     "DEFAULT_SPARSITIES",
     "HESSIANS",
+    "PRUNE_METHODS",
+    "TECHNIQUE",
     "DropoutAdjuster",
     "LayerReport",
     "MagnitudePrune",
     "OBDPrune",
     "PruneReport",
     "RandomPrune",
-    "TECHNIQUE",
     "Sensitivity",
     "Thresholds",
     "choose_thresholds",
     "clear_pruned_optimizer_state_",
     "hessian_diagonal",
     "iterative_prune_",
+    "method_config",
     "model_sparsity",
     "plot_sensitivity",
     "prune_",
+    "quality_schedule",
     "rising_schedule",
     "rising_sparsities",
     "saliency",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from ..core.state import Mask, get_mask, set_mask
 from ..train import TrainConfig, evaluate, fit, read_checkpoint, save_checkpoint
 from ..train.loop import LossFn
 from .base import PerLayer, PruneMethod, prune_
-from .magnitude import MagnitudePrune
+from .magnitude import MagnitudePrune, RandomPrune
 from .obd import OBDPrune
 
 
@@ -44,18 +44,33 @@ def rising_sparsities(final: PerLayer, rounds: int, power: float = 1.0) -> list[
     return out
 
 
+PRUNE_METHODS: dict[str, type] = {"magnitude": MagnitudePrune, "obd": OBDPrune, "random": RandomPrune}
+"""Criteria by the name recipes and the CLI use; each is a config taking ``sparsity`` and ``scope``."""
+
+
+def method_config(method: str, sparsity: PerLayer, scope: str = "layer", **options: Any) -> PruneMethod:
+    """The ``method`` criterion at ``sparsity``; ``options`` it does not take (e.g. ``hessian`` for magnitude) are
+    dropped, so one set of CLI options serves every method."""
+    cls = PRUNE_METHODS.get(method)
+    if cls is None:
+        raise ConfigError(f"unknown pruning method {method!r} (known: {', '.join(PRUNE_METHODS)})")
+    taken = {f.name for f in fields(cls)}
+    config: PruneMethod = cls(sparsity=sparsity, scope=scope, **{k: v for k, v in options.items() if k in taken})
+    return config
+
+
 def rising_schedule(final: PerLayer, rounds: int, method: str = "magnitude", scope: str = "layer",
                     power: float = 1.0, **options: Any) -> list[PruneMethod]:
-    """One prune config per round, sparsity rising to ``final`` (``method``: magnitude | obd)."""
-    configs: list[PruneMethod] = []
-    for s in rising_sparsities(final, rounds, power):
-        if method == "magnitude":
-            configs.append(MagnitudePrune(sparsity=s, scope=scope))
-        elif method == "obd":
-            configs.append(OBDPrune(sparsity=s, scope=scope, **options))
-        else:
-            raise ConfigError(f"unknown pruning method {method!r} (magnitude | obd)")
-    return configs
+    """One prune config per round, sparsity rising to ``final`` (``method``: a name in :data:`PRUNE_METHODS`)."""
+    return [method_config(method, s, scope, **options) for s in rising_sparsities(final, rounds, power)]
+
+
+def quality_schedule(quality: PerLayer, rounds: int, scope: str = "layer") -> list[PruneMethod]:
+    """Han et al.'s threshold rule over ``rounds`` rounds: quality ``q * r / R`` in round ``r``."""
+    def scaled(f: float) -> PerLayer:
+        return {k: float(v) * f for k, v in quality.items()} if isinstance(quality, Mapping) else float(quality) * f
+
+    return [MagnitudePrune(quality=scaled(r / rounds), scope=scope) for r in range(1, rounds + 1)]
 
 
 class DropoutAdjuster:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from ..core.errors import ConfigError
 from ..core.stages import RecipeContext, StageFn
 from ..train.stage import check_distill, check_train, distill_loss, train_config
-from .base import prune_
+from .base import PerLayer, prune_
 from .magnitude import MagnitudePrune
 from .schedule import iterative_prune_, rising_schedule
 
@@ -56,7 +56,7 @@ def build_prune(options: Mapping[str, Any]) -> StageFn:
         if ctx.train_data is None:
             raise ConfigError("pruning with retraining needs training data")
         schedule = ([MagnitudePrune(quality=quality, scope=scope)] if quality is not None
-                    else rising_schedule(sparsity, rounds, "magnitude", scope=scope, power=power))
+                    else rising_schedule(cast(PerLayer, sparsity), rounds, "magnitude", scope=scope, power=power))
         records = iterative_prune_(ctx.model, ctx.train_data, ctx.val_data, schedule, train_config(retrain, ctx),
                                    select=select, quiet=ctx.quiet,
                                    final_retrain=train_config(final, ctx) if final is not None else None,

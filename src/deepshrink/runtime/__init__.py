@@ -9,7 +9,7 @@ code path of deepshrink lives in this package; builders are registered per value
 
 from __future__ import annotations
 
-from . import builders, integer, ternary  # register the layer builders of every kind
+from . import builders, integer, measure, ternary  # builders, integer, ternary register the layer builders
 from .integer import IntegerLayer, IntegerModel, QTensor, swap_integer_layers_
 from .layout import SparseRows, from_coo, sparse_rows
 from .loader import (
@@ -47,6 +47,7 @@ __all__ = [
     "integer",
     "load",
     "load_with_meta",
+    "measure",
     "meta_skeleton",
     "register_layer_builder",
     "runtime_layers",

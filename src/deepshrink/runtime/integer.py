@@ -29,14 +29,22 @@ from torch import Tensor, fx, nn
 
 from ..core.edits import set_submodule
 from ..core.errors import UnsupportedLayerError
-from ..core.fixed_point import FixedPointFormat, bias_int, from_int, requantize, rounding_shift, saturate, to_int
+from ..core.fixed_point import (
+    FixedPointFormat,
+    bias_int,
+    from_int,
+    requantize,
+    rounding_shift,
+    saturate,
+    to_int,
+)
 from ..core.graph import is_leaf
 from ..core.kinds import FixedPointKind, StoredWeight, kind_of, stored_from_export
 from ..core.kinds.fixedpoint import formats
 from ..core.layer_call import layer_call, plain_type
 from ..core.select import layer_type_name
 from ..core.state import get_mask, get_value_transform, latent_weight
-from .registry import LAYER_BUILDERS, ANY_LOOKUP, register_layer_builder
+from .registry import ANY_LOOKUP, LAYER_BUILDERS, register_layer_builder
 
 
 @dataclass
@@ -56,6 +64,7 @@ class IntegerLayer(nn.Module):
     weight_int: Tensor
     bias_int: Tensor | None
     weight_t8: Tensor | None
+    _template: nn.Module  # the layer's computation (kept out of the module tree: it holds no state of ours)
 
     is_runtime_layer = True  # listed by deepshrink.runtime.runtime_layers
 

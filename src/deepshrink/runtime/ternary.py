@@ -26,7 +26,7 @@ from ..core.kinds import StoredWeight
 from ..core.kinds.ternary import scales
 from ..core.layer_call import plain_type
 from . import kernels
-from .registry import LAYER_BUILDERS, ANY_LOOKUP, register_layer_builder
+from .registry import ANY_LOOKUP, LAYER_BUILDERS, register_layer_builder
 
 __all__ = ["TernaryConv2d", "TernaryLinear", "TernaryRows", "build_ternary", "ternary_matmul"]
 

@@ -14,10 +14,10 @@ from .technique import TECHNIQUE
 
 __all__ = [
     "INITS",
+    "TECHNIQUE",
     "KMeansResult",
     "SharedWeights",
     "SharingReport",
-    "TECHNIQUE",
     "WeightSharing",
     "bits_for",
     "centroid_parameters",

@@ -7,15 +7,15 @@ paper's gradients) on every Linear/Conv weight but the first and last; train it 
 """
 
 from .api import TernaryLayer, masked_latent, ternarize_, ternary_layers, ternary_param_groups
-from .ttq import TTQ, Ternary, ternary_codes, ttq_function
 from .technique import TECHNIQUE
+from .ttq import TTQ, Ternary, ternary_codes, ttq_function
 from .twn import TWN, SymmetricTernary, twn_scale
 
 __all__ = [
+    "TECHNIQUE",
     "TTQ",
     "TWN",
     "SymmetricTernary",
-    "TECHNIQUE",
     "Ternary",
     "TernaryLayer",
     "masked_latent",

@@ -13,7 +13,16 @@ one handler per consumer that wants to treat it specially (docs/architecture.md 
 
 from __future__ import annotations
 
-from .base import KINDS, Palette, StoredWeight, ValueKind, dequantize, kind_of, register_kind, stored_from_export
+from .base import (
+    KINDS,
+    Palette,
+    StoredWeight,
+    ValueKind,
+    dequantize,
+    kind_of,
+    register_kind,
+    stored_from_export,
+)
 from .codebook import CodebookKind
 from .fixedpoint import FixedPointKind
 from .floats import DenseKind, SparseKind

@@ -7,8 +7,6 @@ per channel after a BatchNorm was folded in).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..errors import FormatError
@@ -33,12 +31,12 @@ class TernaryKind(ValueKind):
         for key in ("wp", "wn"):
             value = weight.params.get(key)
             if isinstance(value, np.ndarray):
-                if value.ndim != 1 or value.dtype != np.float32 or not np.isfinite(value).all():
-                    raise FormatError(f"ternary scale {key!r} must be a finite float32 vector, got {value.dtype} "
+                if value.ndim != 1 or value.dtype != np.float32 or value.size == 0:
+                    raise FormatError(f"ternary scale {key!r} must be a float32 vector, got {value.dtype} "
                                       f"{value.shape}")
                 sizes.add(value.size)
-            elif isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(float(value)):
-                raise FormatError(f"ternary scale {key!r} must be a finite number or vector, got {value!r}")
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                raise FormatError(f"ternary scale {key!r} must be a number or a vector, got {value!r}")
             else:
                 sizes.add(1)
         groups = max(sizes)
