@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from deepshrink.cli import app
@@ -11,6 +12,7 @@ from deepshrink.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.slow  # a subprocess, torchrun or a CLI training run (still run by make test)
 def test_train_eval_summary_json(tmp_path) -> None:
     ckpt = tmp_path / "tiny.pt"
     result = runner.invoke(app, ["train", "lenet300", "--dataset", "digits", "--epochs", "2", "--lr", "0.1",

@@ -68,6 +68,7 @@ def test_shipped_recipes_parse(name: str) -> None:
     assert "share" in [s.name for s in recipe.stages]
 
 
+@pytest.mark.slow  # a subprocess, torchrun or a CLI training run (still run by make test)
 def test_compress_and_eval_cli_on_digits(tmp_path: Path) -> None:
     train = load_dataset("digits", "train")
     model = build_model("lenet300", in_features=64, num_classes=10, hidden=[32, 16])

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 from deepshrink.lowrank import SVDLinear, svd_linear_
@@ -15,6 +16,7 @@ from deepshrink.share import WeightSharing, share_weights_
 from deepshrink.train import save_checkpoint
 
 
+@pytest.mark.slow  # a subprocess, torchrun or a CLI training run (still run by make test)
 def test_checkpoint_with_sharing_and_lowrank_loads_in_fresh_process(tmp_path) -> None:
     model = build_model("lenet300", in_features=64, num_classes=10, hidden=[32, 16])
     svd_linear_(model, SVDLinear(rank=8), select="fc2")

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from typer.testing import CliRunner
 
@@ -60,6 +61,7 @@ def test_runtime_loads_integer_kernels(tmp_path: Path) -> None:
         assert torch.equal(fast(x), model(x))
 
 
+@pytest.mark.slow  # a subprocess, torchrun or a CLI training run (still run by make test)
 def test_quantize_command_on_digits(tmp_path: Path) -> None:
     ckpt, out = tmp_path / "mlp.pt", tmp_path / "mlp-dfp.dsz"
     result = runner.invoke(app, ["train", "lenet300", "--dataset", "digits", "--epochs", "3", "--lr", "0.1",

@@ -14,6 +14,7 @@ from deepshrink.cli import app
 runner = CliRunner()
 
 
+@pytest.mark.slow  # a subprocess, torchrun or a CLI training run (still run by make test)
 def test_lowrank_cli_conv_and_linear(tmp_path) -> None:
     torch.manual_seed(0)
     ckpt, out = tmp_path / "vgg.pt", tmp_path / "vgg-lr.pt"

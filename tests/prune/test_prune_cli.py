@@ -29,6 +29,7 @@ def _run(*args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a subprocess, torchrun or a CLI training run (still run by make test)
 def test_sensitivity_then_prune_from_it_then_eval(ckpt: Path, tmp_path: Path) -> None:
     sens = _run("sensitivity", str(ckpt), "--out", str(tmp_path / "sens"), "--sparsities", "0,0.5,0.8",
                 "--max-drop", "0.05", "--target", "0.5")

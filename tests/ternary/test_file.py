@@ -70,6 +70,7 @@ def test_symmetric_baseline_file_round_trip(tmp_path) -> None:  # type: ignore[n
     assert entry["wp"] == entry["wn"]
 
 
+@pytest.mark.slow  # a subprocess, torchrun or a CLI training run (still run by make test)
 def test_cli_ternary_writes_dsz(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from deepshrink.cli import app
 

@@ -13,6 +13,7 @@ import torch
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow  # a subprocess, torchrun or a CLI training run (still run by make test)
 def test_torchrun_two_ranks_identical_weights(tmp_path: Path) -> None:
     worker = Path(__file__).with_name("ddp_worker.py")
     prefix = tmp_path / "result"

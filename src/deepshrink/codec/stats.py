@@ -76,7 +76,7 @@ def file_stats(path: str | os.PathLike[str] | CompressedFile) -> dict[str, Any]:
     weights = sum(r["weights"] for r in layers)
     kept = sum(r["kept"] for r in layers)
     weight_bytes = sum(r["bytes"] for r in layers)
-    original = 4 * weights + sum(int(a.size) * 4 if a.dtype.kind == "f" else a.nbytes for a in cf.tensors.values())
+    original = 4 * weights + sum(int(a.size) * 4 if np.issubdtype(a.dtype, np.floating) else a.nbytes for a in cf.tensors.values())
     fixed_total = sum(r["fixed_bytes"] for r in layers) + other + (cf.file_size - weight_bytes - other)
 
     def avg(key: str, count_key: str) -> float | None:

@@ -203,7 +203,7 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
     """Put the selected Linear/Conv layers of ``model`` in dynamic (or static) fixed point, in place.
 
     Folds BatchNorm first; weight stage, then the data stage on ``calib``; installs the activation hooks
-    so that ``model`` computes the simulation, bit-exact with :class:`~deepshrink.fixedpoint.IntegerModel`.
+    so that ``model`` computes the simulation, bit-exact with :class:`~deepshrink.runtime.IntegerModel`.
     """
     batches = _batches(calib)
     was_training = model.training

@@ -147,16 +147,16 @@ class IntegerLayer(nn.Module):
 def _template_of(module: nn.Module) -> nn.Module:
     """A weightless copy of a plain layer's type and geometry (stride, padding, ...) for :func:`layer_call`; a
     layer class with its own ``forward`` is kept as it is (its ``forward`` is the computation)."""
-    kind = plain_type(module)
-    if kind is nn.Linear:
+    base = plain_type(module)
+    if base is nn.Linear:
         return nn.Linear(1, 1, bias=False)
-    if kind in (nn.Conv1d, nn.Conv2d):
+    if base in (nn.Conv1d, nn.Conv2d):
         m: Any = module
-        geo = kind(m.groups, m.groups, 1, bias=False, groups=m.groups)  # geometry copied below; weight unused
+        geo = base(m.groups, m.groups, 1, bias=False, groups=m.groups)  # geometry copied below; weight unused
         geo.stride, geo.padding, geo.dilation = m.stride, m.padding, m.dilation
         geo.padding_mode = m.padding_mode
         return geo
-    if kind is None and isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
+    if base is None and isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
         return module
     raise UnsupportedLayerError(f"no integer kernel for {type(module).__name__}")
 
