@@ -11,8 +11,9 @@ from torch import nn
 
 from .errors import ConfigError
 
-SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
-"""Layer types every technique handles (grouped and depthwise convolutions included)."""
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Embedding)
+"""Layer types every technique handles (grouped and depthwise convolutions included; an Embedding's weight is a
+matrix of one row per token, handled as a Linear layer's: ``layer_kind`` "fc")."""
 
 TYPE_ALIASES: dict[str, tuple[type[nn.Module], ...]] = {
     "linear": (nn.Linear,),
@@ -20,6 +21,7 @@ TYPE_ALIASES: dict[str, tuple[type[nn.Module], ...]] = {
     "conv": (nn.Conv1d, nn.Conv2d),
     "conv1d": (nn.Conv1d,),
     "conv2d": (nn.Conv2d,),
+    "embedding": (nn.Embedding,),
 }
 """Names usable as ``"type:<alias>"`` in string selectors (recipes and the CLI cannot pass Python types)."""
 
@@ -59,8 +61,9 @@ def layer_type_name(module: nn.Module) -> str:
 
 
 def layer_kind(module: nn.Module) -> str:
-    """``"conv"`` or ``"fc"``: the paper's two families, used for per-kind defaults (bits, index width)."""
-    return "fc" if isinstance(module, nn.Linear) else "conv"
+    """``"conv"`` or ``"fc"``: the paper's two families, used for per-kind defaults (bits, index width).
+    Embeddings count as ``"fc"`` (a matrix read a row at a time)."""
+    return "fc" if isinstance(module, nn.Linear | nn.Embedding) else "conv"
 
 
 def _matcher(select: Selector) -> Callable[[nn.Module, str], bool]:

@@ -12,6 +12,7 @@ The chain survives ``state_dict``/``load_state_dict`` (through :func:`compressio
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -33,6 +34,7 @@ __all__ = [
     "get_value_transform",
     "iter_states",
     "latent_weight",
+    "plain_copy",
     "prepare_for_state_dict",
     "register_state_class",
     "set_mask",
@@ -243,6 +245,29 @@ def bake_(model: nn.Module) -> nn.Module:
     for _, module, name, _ in list(iter_states(model)):
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return model
+
+
+def plain_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in which every parametrized module is its own class again, holding its effective
+    tensors as plain parameters (compression state folded in, the original untouched).
+
+    Not ``bake_(copy.deepcopy(model))``: a deep copy shares torch's parametrized classes with the original, and
+    removing a parametrization from the copy would delete the property from the original's class too.
+    """
+    copy_ = copy.deepcopy(model)
+    for module in copy_.modules():
+        if parametrize.is_parametrized(module):
+            names = list(_chain_names(module))
+            values = {name: getattr(module, name).detach().clone() for name in names}
+            module.__class__ = module.__class__.__bases__[0]  # the class parametrize derived its class from
+            del module._modules["parametrizations"]
+            for name, value in values.items():
+                module._parameters[name] = nn.Parameter(value, requires_grad=value.is_floating_point())
+    return copy_
+
+
+def _chain_names(module: nn.Module) -> list[str]:
+    return list(getattr(module, "parametrizations").keys())  # noqa: B009
 
 
 def compression_spec(model: nn.Module) -> dict[str, list[str]]:

@@ -87,7 +87,9 @@ def _macs(model: nn.Module, input_size: tuple[int, ...]) -> dict[str, int]:
 
         def hook(mod: nn.Module, inputs: Any, output: torch.Tensor, name: str = name) -> None:
             weight: torch.Tensor = mod.weight  # type: ignore[assignment]
-            if isinstance(mod, nn.Linear):
+            if isinstance(mod, nn.Embedding):
+                counts[name] = 0  # a lookup: no multiply-accumulates
+            elif isinstance(mod, nn.Linear):
                 counts[name] = int(weight.numel() * (output.numel() // output.shape[-1]))
             else:  # conv: every output element costs (in/groups * kernel) MACs
                 per_output = weight[0].numel()

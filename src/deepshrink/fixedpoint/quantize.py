@@ -238,16 +238,17 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
             w = latent_weight(module).detach()
             errors[name] = weight_error(w, fp.weight_format) / (float((w.double() ** 2).sum()) or 1.0)
 
-    # data stage
+    # data stage: every layer but embeddings (their input is token ids, their output a row of the weight)
     act_bits = config.activation_bits
-    outputs = set(order) if config.quantize_outputs else set()
-    if order and not config.quantize_last_output:
-        outputs.discard(order[-1])
+    computed = [n for n in order if not isinstance(modules[n], nn.Embedding)]
+    outputs = set(computed) if config.quantize_outputs else set()
+    if computed and not config.quantize_last_output:
+        outputs.discard(computed[-1])
     with parametrize.cached():  # weights are fixed now: quantize each once, not on every forward
         if config.static:
-            static_data_stage(model, order, modules, ref_in, ref_out, final, batches, act_bits, outputs, config.span)
+            static_data_stage(model, computed, modules, ref_in, ref_out, final, batches, act_bits, outputs, config.span)
         else:
-            greedy_data_stage(model, order, modules, ref_out, batches, act_bits, outputs, config.span)
+            greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span)
     model.train(was_training)
 
     report = FixedPointReport(static=config.static, skipped=[*selection.skipped, *float_bns], folded=list(folded))

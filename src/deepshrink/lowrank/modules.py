@@ -17,11 +17,15 @@ from torch.nn.utils import parametrize
 
 from ..core.edits import record_edit, register_edit, set_submodule
 from ..core.errors import UnsupportedLayerError
+from ..core.layer_call import plain_type
 
 
 def _check_plain(module: nn.Module, fqn: str, kind: type[nn.Module]) -> None:
     if not isinstance(module, kind):
         raise UnsupportedLayerError(f"{fqn!r} is a {type(module).__name__}, not an nn.{kind.__name__}")
+    if plain_type(module) is not kind:
+        raise UnsupportedLayerError(f"{fqn!r} is a {type(module).__name__} with a forward of its own: its factors "
+                                    f"would lose what that forward does (register_equivalent it if it adds nothing)")
     if parametrize.is_parametrized(module):
         raise UnsupportedLayerError(
             f"{fqn!r} already carries compression state: apply low-rank before pruning, sharing or quantisation"

@@ -22,7 +22,7 @@ from .loader import (
     runtime_layers,
     stored_from_model,
 )
-from .modules import SparseConv2d, SparseLinear
+from .modules import SparseConv1d, SparseConv2d, SparseEmbedding, SparseLinear
 from .registry import ANY_LOOKUP, LAYER_BUILDERS, build_layer, register_layer_builder
 from .ternary import TernaryConv2d, TernaryLinear, TernaryRows, ternary_matmul
 
@@ -33,7 +33,9 @@ __all__ = [
     "IntegerModel",
     "QTensor",
     "RuntimeReport",
+    "SparseConv1d",
     "SparseConv2d",
+    "SparseEmbedding",
     "SparseLinear",
     "SparseRows",
     "TernaryConv2d",

@@ -3,7 +3,8 @@
 A codebook weight runs as CSR rows of narrow column indices + codes into its centroids; a pruned-only weight as
 CSR rows of float values; any other kind with a palette (fixed point without activation formats, ternary
 layers the add/subtract kernel does not cover, kinds added later) through the same codebook kernel, its
-palette being the codebook. Layers other than exact (or registered-equivalent) Linear/Conv2d are kept.
+palette being the codebook. Linear, Conv1d, Conv2d and Embedding layers are replaced when they are the exact
+classes (or registered as equivalent); any other layer is kept.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from ..core.errors import FormatError
 from ..core.kinds import StoredWeight
 from ..core.layer_call import plain_type
 from .layout import sparse_rows
-from .modules import SparseConv2d, SparseLinear
+from .modules import SparseConv1d, SparseConv2d, SparseEmbedding, SparseLinear
 from .registry import ANY_LOOKUP, register_layer_builder
 
 
@@ -33,6 +34,16 @@ def sparse_module_for(module: nn.Module, weight: StoredWeight, bias: Tensor | No
         return SparseConv2d(sparse_rows(weight, name), m.kernel_size, m.in_channels, stride=m.stride,  # type: ignore[arg-type]
                             padding=m.padding, dilation=m.dilation, groups=m.groups, padding_mode=m.padding_mode,
                             bias=bias, name=name)
+    if kind is nn.Conv1d and isinstance(m, nn.Conv1d):
+        if tuple(weight.shape) != tuple(m.weight.shape):
+            raise FormatError(f"{name}: weight shape {weight.shape} does not fit {module}")
+        return SparseConv1d(sparse_rows(weight, name), m.kernel_size[0], m.in_channels, stride=m.stride,
+                            padding=m.padding, dilation=m.dilation, groups=m.groups, padding_mode=m.padding_mode,
+                            bias=bias, name=name)
+    if kind is nn.Embedding and isinstance(m, nn.Embedding) and m.max_norm is None and bias is None:
+        if tuple(weight.shape) != (m.num_embeddings, m.embedding_dim):
+            raise FormatError(f"{name}: weight shape {weight.shape} does not fit {module}")
+        return SparseEmbedding(sparse_rows(weight, name), name)
     return None
 
 

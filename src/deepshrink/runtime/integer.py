@@ -225,6 +225,12 @@ class _Interpreter(fx.Interpreter):
         return super().call_method(target, _to_float(args), _to_float(kwargs))
 
 
+def _has_input_format(module: nn.Module) -> bool:
+    """A fixed-point layer that computes on integers (weight-only ones, e.g. embeddings, stay as they are)."""
+    weight = fixed_point_weight(module)
+    return weight is not None and formats(weight)[1] is not None
+
+
 class _LeafTracer(fx.Tracer):
     """Treats every module without children as a leaf, and remembers which module it was tracing when it failed."""
 
@@ -265,7 +271,7 @@ class IntegerModel(nn.Module):
         self.layers = nn.ModuleDict()
         self.layer_names: dict[str, str] = {}
         for fqn, module in model.named_modules():
-            if fixed_point_weight(module) is not None:
+            if _has_input_format(module):
                 safe = fqn.replace(".", "__")
                 self.layers[safe] = IntegerLayer.from_module(module)
                 self.layer_names[fqn] = safe
@@ -279,7 +285,7 @@ class IntegerModel(nn.Module):
 
 def swap_integer_layers_(model: nn.Module) -> nn.Module:
     """Replace every fixed-point layer of ``model`` in place by its integer form with float input/output."""
-    targets = [(fqn, m) for fqn, m in model.named_modules() if fixed_point_weight(m) is not None]
+    targets = [(fqn, m) for fqn, m in model.named_modules() if _has_input_format(m)]
     for fqn, module in targets:
         set_submodule(model, fqn, IntegerLayer.from_module(module, float_io=True))
     return model

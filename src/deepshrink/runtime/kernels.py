@@ -187,6 +187,16 @@ def _im2col(xpad, kh, kw, sh, sw, dh, dw, oh, ow, out):
                     dst[base + j] = row[kj * dw + j * sw]
 
 
+def _gather_rows(indptr, indices, codes, table, direct, ids, out):
+    """out[i] = row ``ids[i]`` of the sparse weight (an embedding lookup straight from the compressed rows)."""
+    for i in prange(ids.shape[0]):
+        row = ids[i]
+        dst = out[i]
+        dst[:] = 0.0
+        for j in range(indptr[row], indptr[row + 1]):
+            dst[indices[j]] = table[j] if direct else table[codes[j]]
+
+
 def cache_safe_copy(fn: Callable[..., Any], suffix: str) -> Callable[..., Any]:
     """A copy of ``fn`` under the name ``fn.__name__ + suffix``.
 
@@ -216,6 +226,8 @@ conv2d_parallel = parallel_build(_conv2d, _OPTS)
 conv2d_serial = numba.njit(**_OPTS)(_conv2d)
 im2col_parallel = parallel_build(_im2col, _OPTS)
 im2col_serial = numba.njit(**_OPTS)(_im2col)
+gather_rows_parallel = parallel_build(_gather_rows, _OPTS)
+gather_rows_serial = numba.njit(**_OPTS)(_gather_rows)
 
 
 def pick(parallel: Callable[..., Any], serial: Callable[..., Any], work: int) -> Callable[..., Any]:
@@ -289,4 +301,13 @@ def im2col(xpad: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], d
     out = np.empty((rows, xpad.shape[0] * out_hw[0] * out_hw[1]), dtype=np.float32)
     fn = pick(im2col_parallel, im2col_serial, out.size)
     fn(xpad, kernel[0], kernel[1], stride[0], stride[1], dilation[0], dilation[1], out_hw[0], out_hw[1], out)
+    return out
+
+
+def gather_rows(indptr: np.ndarray, indices: np.ndarray, codes: np.ndarray, table: np.ndarray, direct: bool,
+                ids: np.ndarray, width: int) -> np.ndarray:
+    """(len(ids), width) float32: the rows ``ids`` (int64, already range-checked) of a CSR weight."""
+    out = np.empty((ids.shape[0], width), dtype=np.float32)
+    fn = pick(gather_rows_parallel, gather_rows_serial, ids.shape[0] * width)
+    fn(indptr, indices, codes, table, direct, ids, out)
     return out

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parametrize
 
 from ..codec.decode import read_compressed
 from ..core.edits import recorded_edits, replay_edits, set_submodule
@@ -24,7 +23,7 @@ from ..core.errors import ConfigError, FormatError
 from ..core.fold import fold_batchnorm_
 from ..core.kinds import StoredWeight, stored_from_export
 from ..core.layer_call import plain_type
-from ..core.state import get_mask, get_value_transform, iter_states, latent_weight
+from ..core.state import get_mask, get_value_transform, iter_states, latent_weight, plain_copy
 from ..models.registry import arch_of, build_model
 from .registry import build_layer
 
@@ -221,30 +220,41 @@ def from_model(model: nn.Module, example: Any = None) -> nn.Module:
 
 def meta_skeleton(model: nn.Module) -> nn.Module:
     """A copy of ``model``'s structure on the meta device, without compression state or forward hooks."""
-    skeleton = copy.deepcopy(model).to("meta")
-    for _, module, name, _ in list(iter_states(skeleton)):
-        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+    skeleton = plain_copy(model).to("meta")
     for module in skeleton.modules():
         module._forward_hooks.clear()
         module._forward_pre_hooks.clear()
     return skeleton
 
 
-def load_with_meta(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """``(runtime model, meta)`` from a ``.dsz`` file written by :mod:`deepshrink.codec`."""
+def load_with_meta(path: str | os.PathLike[str], model: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """``(runtime model, meta)`` from a ``.dsz`` file written by :mod:`deepshrink.codec`.
+
+    The model is rebuilt from the file's recorded arch (zoo names and allow-listed specs), or from ``model`` (an
+    instance of the architecture, uncompressed; its weights are not read, only its structure and its buffers).
+    """
     compressed = read_compressed(path)
     header = dict(compressed.header)
     arch = header.get("arch")
-    if not arch:
-        raise FormatError(f"{path}: the file records no model arch; the runtime cannot rebuild it")
-    model = from_stored((str(arch), header.get("kwargs") or {}), compressed.weights, compressed.tensors,
-                        edits=header.get("edits") or [])
+    edits = header.get("edits") or []
+    if model is not None:
+        skeleton: Skeleton = meta_skeleton(model)
+    elif arch:
+        skeleton = (str(arch), header.get("kwargs") or {})
+    else:
+        raise ConfigError(f"{path}: the file records no model arch; pass the model (runtime.load(path, model=...)) "
+                          "or --model")
+    try:
+        rebuilt = from_stored(skeleton, compressed.weights, compressed.tensors, edits=edits, buffers_from=model)
+    except ConfigError as exc:
+        raise FormatError(f"{path}: {exc}") from exc
     meta = dict(compressed.meta)
     meta.setdefault("arch", arch)
     meta.setdefault("kwargs", header.get("kwargs") or {})
-    return model, meta
+    return rebuilt, meta
 
 
-def load(path: str | os.PathLike[str]) -> nn.Module:
-    """An ``nn.Module`` whose compressed layers execute from the compressed form of the ``.dsz`` file at ``path``."""
-    return load_with_meta(path)[0]
+def load(path: str | os.PathLike[str], model: nn.Module | None = None) -> nn.Module:
+    """An ``nn.Module`` whose compressed layers execute from the compressed form of the ``.dsz`` file at ``path``
+    (see :func:`load_with_meta` for ``model``)."""
+    return load_with_meta(path, model)[0]

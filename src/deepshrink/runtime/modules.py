@@ -143,6 +143,10 @@ class SparseLinear(_SparseLayer):
                 f"batch-1 kernel={self.batch1_form}")
 
 
+def _single(value: Any) -> int:
+    return int(value[0]) if isinstance(value, tuple | list) else int(value)
+
+
 def _pair(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, tuple | list) else (int(value), int(value))
 
@@ -224,3 +228,42 @@ class SparseConv2d(_SparseLayer):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, {self._describe()}")
+
+
+class SparseConv1d(SparseConv2d):
+    """``nn.Conv1d`` as a height-1 :class:`SparseConv2d` (the weight's column layout is the same)."""
+
+    def __init__(self, weight: SparseRows, kernel_size: int, in_channels: int, *, stride: Any = 1, padding: Any = 0,
+                 dilation: Any = 1, groups: int = 1, padding_mode: str = "zeros",
+                 bias: Tensor | np.ndarray | None = None, name: str = "weight") -> None:
+        pad = padding if isinstance(padding, str) else (0, _single(padding))
+        super().__init__(weight, (1, _single(kernel_size)), in_channels, stride=(1, _single(stride)), padding=pad,
+                         dilation=(1, _single(dilation)), groups=groups, padding_mode=padding_mode, bias=bias,
+                         name=name)
+
+    def forward(self, x: Tensor) -> Tensor:
+        unbatched = x.dim() == 2
+        out = super().forward((x.unsqueeze(0) if unbatched else x).unsqueeze(2)).squeeze(2)
+        return out.squeeze(0) if unbatched else out
+
+
+class SparseEmbedding(_SparseLayer):
+    """``nn.Embedding`` looked up straight from the compressed rows: each id's row is scattered from its kept
+    entries (codes into the codebook, or float values); no dense table exists."""
+
+    def __init__(self, weight: SparseRows, name: str = "weight") -> None:
+        super().__init__(weight, None, name)
+        self.num_embeddings, self.embedding_dim = weight.shape
+
+    def forward(self, ids: Tensor) -> Tensor:
+        flat = ids.detach().reshape(-1).to("cpu", torch.int64).numpy()
+        if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= self.num_embeddings):
+            raise IndexError(f"embedding ids must lie in [0, {self.num_embeddings}), got {int(flat.min())}.."
+                             f"{int(flat.max())}")
+        w = self.weight_layout
+        out = kernels.gather_rows(w.indptr, w.indices, w.codes, w.table, w.direct, np.ascontiguousarray(flat),
+                                  self.embedding_dim)
+        return torch.from_numpy(out).reshape(*ids.shape, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self._describe()}"

@@ -8,16 +8,15 @@ parsed, so a typo fails in a second instead of after an hour of retraining.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import fields
-from typing import Any, cast
+from typing import Any
 
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ..core.errors import ConfigError
 from ..core.stages import RecipeContext, StageFn, register_stage
+from ..core.state import plain_copy
 from .loop import DistillationLoss, TrainConfig, fit
 
 __all__ = ["TRAIN_KEYS", "check_distill", "check_train", "distill_loss", "frozen_copy", "train_config"]
@@ -26,21 +25,8 @@ TRAIN_KEYS = frozenset(f.name for f in fields(TrainConfig))
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
-    """A plain copy of ``model`` computing what it computes now (compression state folded in), frozen, eval mode.
-
-    Parametrized layers become ordinary ones holding their effective tensors: a deep copy alone would share
-    torch's parametrized classes with the original, which later parametrizations of the original would alter.
-    """
-    teacher = copy.deepcopy(model)
-    for module in teacher.modules():
-        if parametrize.is_parametrized(module):
-            names = list(cast(nn.ModuleDict, module.parametrizations).keys())
-            values = {name: getattr(module, name).detach().clone() for name in names}
-            module.__class__ = module.__class__.__bases__[0]  # the class parametrize derived its class from
-            del module._modules["parametrizations"]
-            for name, value in values.items():
-                module._parameters[name] = nn.Parameter(value)
-    return teacher.eval().requires_grad_(False)
+    """A plain copy of ``model`` computing what it computes now (compression state folded in), frozen, eval mode."""
+    return plain_copy(model).eval().requires_grad_(False)
 
 
 def check_distill(options: Mapping[str, Any]) -> dict[str, float] | None:
