@@ -14,7 +14,7 @@ def _seed_and_threads() -> None:
 
 
 class TinyMixed(nn.Module):
-    """A model with supported (Linear, Conv1d/2d, grouped, depthwise) and unsupported (Embedding, LayerNorm) layers."""
+    """A model with supported (Embedding, Linear, Conv1d/2d, grouped, depthwise) and unsupported (LayerNorm) layers."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -20,8 +20,9 @@ def is_compressed_file(path: str | os.PathLike[str]) -> bool:
         return handle.read(len(DSZ_MAGIC)) == DSZ_MAGIC
 
 
-def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """``(model, meta)`` from a checkpoint or a ``.dsz`` file (the model rebuilt from its recorded arch)."""
+def load_model(path: str | os.PathLike[str], model: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, meta)`` from a checkpoint or a ``.dsz`` file: rebuilt from its recorded arch, or loaded into
+    ``model`` (a fresh instance of the architecture) when given."""
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"model file not found: {path}")
@@ -29,7 +30,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
         import importlib
 
         codec = importlib.import_module("deepshrink.codec")
-        return codec.load_compressed_with_meta(path)
+        return codec.load_compressed_with_meta(path, model)
     from .train.checkpoint import load_checkpoint
 
-    return load_checkpoint(path)
+    return load_checkpoint(path, model)

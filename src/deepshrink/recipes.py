@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
 from .codec import stage as _encode_stage  # noqa: F401  (registers the encode stage)
 from .core.errors import ConfigError, DeepShrinkError
@@ -48,6 +49,7 @@ __all__ = [
     "Stage",
     "StageHandler",
     "compress_checkpoint",
+    "load_compression_recipe",
     "frozen_copy",
     "load_recipe",
     "parse_recipe",
@@ -153,8 +155,17 @@ def run_recipe(recipe: Recipe, context: RecipeContext) -> list[dict[str, Any]]:
     return records
 
 
+def load_compression_recipe(path: Path) -> Recipe:
+    """A recipe that writes a file: validated, its last stage ``encode``."""
+    recipe = load_recipe(path)
+    if recipe.stages[-1].name != "encode":
+        raise ConfigError(f"{path}: the last stage must be 'encode' to write the compressed file "
+                          f"(stages: {', '.join(s.name for s in recipe.stages)})")
+    return recipe
+
+
 def compress_checkpoint(
-    checkpoint: Path,
+    checkpoint: Path | None,
     recipe_path: Path,
     out: Path,
     dataset: str | None = None,
@@ -162,41 +173,52 @@ def compress_checkpoint(
     limit: int | None = None,
     seed: int | None = None,
     quiet: bool = False,
+    *,
+    model: nn.Module | None = None,
+    meta: dict[str, Any] | None = None,
+    data_options: Any = None,
 ) -> dict[str, Any]:
-    """Load ``checkpoint``, run the recipe, write ``out``; returns a JSON-able report (stages, sizes, ratio).
+    """Run the recipe on a checkpoint (or on ``model`` with its ``meta``), write ``out``; returns a JSON-able report
+    (stages, sizes, ratio).
 
-    Choices inside the recipe see only the validation split; the test split is never touched here.
+    Choices inside the recipe see only the training and validation splits; the test split is never touched here.
+    On data without labels, training stages need ``distill`` (their loss then needs no labels).
     """
-    from .data import load_dataset
+    from .data import DataOptions, open_data
     from .train import load_checkpoint
 
-    recipe = load_recipe(recipe_path)
-    if recipe.stages[-1].name != "encode":
-        raise ConfigError(f"{recipe_path}: the last stage must be 'encode' to write {out} "
-                          f"(stages: {', '.join(s.name for s in recipe.stages)})")
-    model, meta = load_checkpoint(checkpoint)
+    recipe = load_compression_recipe(recipe_path)
+    if model is None:
+        if checkpoint is None:
+            raise ConfigError("give a checkpoint or a model to compress")
+        model, meta = load_checkpoint(checkpoint)
+    meta = dict(meta or {})
     name = dataset or meta.get("dataset")
     if not name:
-        raise ConfigError(f"{checkpoint}: no dataset given and the checkpoint records none")
+        raise ConfigError(f"{checkpoint or 'the model'}: no dataset given and the model records none")
+    options = data_options or DataOptions(data_dir=data_dir)
+    source = open_data(str(name), options)
     fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
-    base_lr = float(meta.get("config", {}).get("lr", 0.05))
+    config = meta.get("config")
+    base_lr = float(config.get("lr", 0.05)) if isinstance(config, dict) else 0.05
     context = RecipeContext(
         model=model,
-        train_data=load_dataset(name, "train", data_dir, limit=limit),
-        val_data=load_dataset(name, "val", data_dir),
+        train_data=source.split("train", limit),
+        val_data=source.split("val") if source.labelled else None,
+        calib_data=source.split("val"),
         out=out,
         base_lr=base_lr,
         seed=recipe.seed if seed is None else seed,
         quiet=quiet,
-        meta={"dataset": name, "recipe": recipe.name, "source": str(checkpoint)},
+        meta={"dataset": str(name), "recipe": recipe.name, "source": str(checkpoint or meta.get("arch"))},
     )
     started = time.perf_counter()
     stages = run_recipe(recipe, context)
     size = out.stat().st_size
     return {
-        "checkpoint": str(checkpoint),
+        "checkpoint": str(checkpoint) if checkpoint else None,
         "recipe": recipe.name,
-        "dataset": name,
+        "dataset": str(name),
         "out": str(out),
         "bytes": size,
         "fp32_bytes": fp32_bytes,

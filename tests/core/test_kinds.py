@@ -108,7 +108,7 @@ def test_register_kind_and_unknown_kinds(monkeypatch: pytest.MonkeyPatch) -> Non
 
     register_kind(Pow2Kind())
     assert base.KINDS["pow2"].name == "pow2"
-    with pytest.raises(FormatError, match="unknown weight kind 'nope'.*codebook"):
+    with pytest.raises(FormatError, match=r"unknown weight kind 'nope'.*codebook"):
         kind_of("nope")
 
 

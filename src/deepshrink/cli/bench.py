@@ -10,41 +10,48 @@ from typing import Annotated, Any
 
 import typer
 
-from .common import DataDirOpt, FileDatasetOpt, JsonOpt, emit_json
+from .common import DataDirOpt, FileDatasetOpt, JsonOpt, ModelOpt, emit_json
 
 
 def register(app: typer.Typer) -> None:
     app.command("bench")(bench)
 
 
-def _input_shape(meta: dict[str, Any], given: str | None) -> tuple[int, ...]:
+def parse_shape(given: str) -> tuple[int, ...]:
+    """``"1,28,28"`` -> ``(1, 28, 28)``."""
     from ..core.errors import ConfigError
 
-    if given:
-        try:
-            return tuple(int(d) for d in given.split(","))
-        except ValueError as exc:
-            raise ConfigError(f"--input-shape must be comma-separated integers like 1,28,28, got {given!r}") from exc
-    if meta.get("dataset"):
-        from ..data import dataset_info
+    try:
+        return tuple(int(d) for d in given.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--input-shape must be comma-separated integers like 1,28,28, got {given!r}") from exc
 
-        return tuple(dataset_info(str(meta["dataset"])).input_shape)
-    raise ConfigError("the file records no dataset; pass --input-shape C,H,W (or FEATURES)")
+
+def _input_shape(meta: dict[str, Any], given: str | None) -> tuple[int, ...]:
+    from ..core.errors import ConfigError
+    from ..data import INFO
+
+    if given:
+        return parse_shape(given)
+    if meta.get("dataset") in INFO:
+        return tuple(INFO[str(meta["dataset"])].input_shape)
+    raise ConfigError("the file records no built-in dataset; pass --input-shape C,H,W (or FEATURES), or --inputs test")
 
 
 def _test_inputs(dataset: str | None, data_dir: str | None, batch: int) -> Any:
-    """The first ``batch`` test samples of ``dataset`` as one tensor (a clear error when there is none)."""
-    import torch
-
+    """The first ``batch`` test samples of ``dataset`` as one batch (a clear error when there is none)."""
     from ..core.errors import ConfigError
-    from ..data import load_dataset
+    from ..data import calibration_batches, open_data
+    from .common import data_options
 
     if not dataset:
         raise ConfigError("--inputs test needs a dataset: the file records none; pass --dataset")
-    samples = load_dataset(str(dataset), "test", data_dir, limit=batch)
-    if len(samples) < batch:
-        raise ConfigError(f"--batch {batch} exceeds the {len(samples)} test samples of {dataset}")
-    return torch.stack([samples[i][0] for i in range(batch)])
+    samples = open_data(str(dataset), data_options(data_dir=data_dir)).split("test", batch)
+    if len(samples) < batch:  # type: ignore[arg-type]
+        raise ConfigError(f"--batch {batch} exceeds the {len(samples)} test samples of {dataset}")  # type: ignore[arg-type]
+    from ..core.graph import split_batch
+
+    return split_batch(calibration_batches(samples, batch, batch_size=batch)[0])[0]
 
 
 def bench(
@@ -56,6 +63,7 @@ def bench(
     memory: Annotated[bool, typer.Option("--memory/--no-memory", help="Also probe load memory in fresh processes.")] = False,
     inputs: Annotated[str, typer.Option("--inputs", help="random (Gaussian) or test: the first BATCH test samples "
                                         "of --dataset (default: the file's).")] = "random",
+    model: ModelOpt = None,
     dataset: FileDatasetOpt = None,
     data_dir: DataDirOpt = None,
     json_out: JsonOpt = False,
@@ -77,15 +85,17 @@ def bench(
         raise ConfigError(f"--batch must be >= 1, got {batch}")
     if inputs not in ("random", "test"):
         raise ConfigError(f"--inputs must be 'random' or 'test', got {inputs!r}")
+    from ..models import build_from_spec
+
     set_threads(threads)
     started = time.perf_counter()
-    fast, meta = load_with_meta(path)
+    fast, meta = load_with_meta(path, build_from_spec(model) if model else None)
     load_s = time.perf_counter() - started
-    dense = bake_(load_compressed(path)).eval()
+    dense = bake_(load_compressed(path, build_from_spec(model) if model else None)).eval()
     int8 = dynamic_int8(copy.deepcopy(dense))
     if inputs == "test":
         x = _test_inputs(dataset or meta.get("dataset"), data_dir, batch)
-        shape = tuple(x.shape[1:])
+        shape = tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else ()
     else:
         shape = _input_shape(meta, input_shape)
         x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
@@ -108,7 +118,7 @@ def bench(
         "resident_bytes": {"runtime": resident_bytes(fast), "dense_fp32": resident_bytes(dense)},
         "torch": torch.__version__,
     }
-    if memory:
+    if memory and shape:
         with tempfile.TemporaryDirectory() as tmp:
             dense_file = Path(tmp) / "dense.pt"
             save_checkpoint(dense_file, dense)

@@ -10,11 +10,22 @@ import typer
 from .common import (
     DataDirOpt,
     FileDatasetOpt,
+    ImageSizeOpt,
     JsonOpt,
+    MeanOpt,
+    ModelOpt,
+    NormOpt,
     QuietOpt,
+    ResizeOpt,
+    SkipBadOpt,
+    StdOpt,
     ThreadsOpt,
     TrainLimitOpt,
+    ValSplitOpt,
+    WeightsOpt,
+    data_options,
     emit_json,
+    open_model,
     set_threads,
 )
 
@@ -45,22 +56,37 @@ def format_stages(report: dict[str, Any]) -> str:
 
 
 def compress(
-    checkpoint: Annotated[Path, typer.Argument(help="Trained checkpoint (deepshrink train ...).")],
     recipe: Annotated[Path, typer.Option("--recipe", "-r", help="YAML recipe, e.g. recipes/deep-compression-lenet300.yaml")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Compressed file to write (.dsz).")],
+    checkpoint: Annotated[Path | None, typer.Argument(help="Trained checkpoint (deepshrink train ...), or give "
+                                                      "--model.")] = None,
+    model_spec: ModelOpt = None,
+    weights: WeightsOpt = None,
     dataset: FileDatasetOpt = None,
     limit: TrainLimitOpt = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override the recipe's seed.")] = None,
     data_dir: DataDirOpt = None,
+    val_split: ValSplitOpt = None,
+    image_size: ImageSizeOpt = 224,
+    resize: ResizeOpt = None,
+    norm: NormOpt = "imagenet",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    skip_bad_images: SkipBadOpt = False,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compress a checkpoint with a recipe (Deep Compression: prune, retrain, share, fine-tune, encode)."""
-    from ..recipes import compress_checkpoint
+    """Compress a model with a recipe (Deep Compression: prune, retrain, share, fine-tune, encode; or any stages)."""
+    from ..recipes import compress_checkpoint, load_compression_recipe
 
     set_threads(threads)
-    report = compress_checkpoint(checkpoint, recipe, out, dataset, data_dir, limit, seed, quiet or json_out)
+    load_compression_recipe(recipe)  # a bad recipe fails before any model or data is read
+    model, meta = open_model(checkpoint, model_spec, weights)
+    options = data_options(data_dir=data_dir, val_split=val_split, image_size=image_size, resize=resize, norm=norm,
+                           mean=mean, std=std, skip_bad_images=skip_bad_images)
+    report = compress_checkpoint(checkpoint, recipe, out, dataset, data_dir, limit, seed, quiet or json_out,
+                                 model=model, meta=meta, data_options=options)
     if json_out:
         emit_json(report)
     else:

@@ -11,12 +11,25 @@ from .. import lowrank as _lowrank  # noqa: F401  (registers the lowrank_* edits
 from .common import (
     DataDirOpt,
     FileDatasetOpt,
+    ImageSizeOpt,
     JsonOpt,
+    MeanOpt,
+    ModelOpt,
+    NormOpt,
     QuietOpt,
+    ResizeOpt,
     SeedOpt,
+    SkipBadOpt,
+    StdOpt,
     ThreadsOpt,
-    dataset_of,
+    ValSplitOpt,
+    WeightsOpt,
+    data_options,
+    describe,
     emit_json,
+    open_model,
+    open_source,
+    quality,
     set_threads,
 )
 
@@ -26,8 +39,10 @@ def register(app: typer.Typer) -> None:
 
 
 def lowrank_cmd(
-    path: Annotated[Path, typer.Argument(help="Checkpoint to factorise.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write.")],
+    path: Annotated[Path | None, typer.Argument(help="Checkpoint to factorise (or give --model).")] = None,
+    model_spec: ModelOpt = None,
+    weights: WeightsOpt = None,
     speedup: Annotated[float | None, typer.Option("--speedup", help="Whole-model conv FLOP reduction, e.g. 2, 3, 4.")] = None,
     method: Annotated[str, typer.Option("--method", help="svd | linear | nonlinear | asymmetric | linear-asymmetric")] = "asymmetric",
     linear_energy: Annotated[float | None, typer.Option("--linear-energy", help="SVD of Linear layers keeping this fraction of sigma^2.")] = None,
@@ -38,6 +53,13 @@ def lowrank_cmd(
     finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Fine-tune the factorised model (0: none).")] = 0,
     lr: Annotated[float, typer.Option("--lr", help="Fine-tuning learning rate (cosine schedule).")] = 0.005,
     data_dir: DataDirOpt = None,
+    val_split: ValSplitOpt = None,
+    image_size: ImageSizeOpt = 224,
+    resize: ResizeOpt = None,
+    norm: NormOpt = "imagenet",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    skip_bad_images: SkipBadOpt = False,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
@@ -48,46 +70,54 @@ def lowrank_cmd(
     from torch import nn
 
     from ..core import ConfigError
-    from ..data import dataset_info, load_dataset
-    from ..io import load_model
+    from ..core.summary import summary
     from ..lowrank import SVDLinear, ZhangLowRank, lowrank_
-    from ..train import TrainConfig, evaluate, fit, save_checkpoint
+    from ..train import DistillationLoss, TrainConfig, fit, save_checkpoint
+    from ..train.stage import frozen_copy
 
     set_threads(threads)
     torch.manual_seed(seed)
     if speedup is None and linear_energy is None and linear_ratio is None:
         raise ConfigError("nothing to do: give --speedup (convs) and/or --linear-energy / --linear-ratio (Linear layers)")
-    model, meta = load_model(path)
-    name = dataset_of(meta, dataset)
-    info = dataset_info(name)
-    test = load_dataset(name, "test", data_dir)
-    before = evaluate(model, test)["accuracy"]
-    from ..core.summary import summary
-
-    macs_before = summary(model, info.input_shape).total.get("macs")
+    model, meta = open_model(path, model_spec, weights)
+    source = open_source(meta, dataset, data_options(data_dir=data_dir, val_split=val_split, image_size=image_size,
+                                                     resize=resize, norm=norm, mean=mean, std=std,
+                                                     skip_bad_images=skip_bad_images, seed=seed))
+    test = source.split("test")
+    reference = frozen_copy(model)
+    before = quality(model, test, reference)
+    shape = source.input_shape
+    macs_before = summary(model, shape).total.get("macs") if shape else None
     if speedup is not None and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        raise ConfigError(f"{path}: --speedup needs conv layers; use --linear-energy or --linear-ratio for Linear ones")
+        raise ConfigError(f"{path or model_spec}: --speedup needs conv layers; use --linear-energy or --linear-ratio "
+                          "for Linear ones")
     conv = ZhangLowRank(speedup=speedup, method=method, images=images, seed=seed) if speedup is not None else None
     linear = (SVDLinear(energy=linear_energy, param_ratio=linear_ratio)
               if linear_energy is not None or linear_ratio is not None else None)
-    result: dict = {"file": str(path), "dataset": name, "top1_before": before,
-                    **lowrank_(model, load_dataset(name, "val", data_dir), conv=conv, linear=linear,
+    result: dict = {"file": str(path or model_spec), "dataset": source.name, "quality_before": before,
+                    **lowrank_(model, source.split("val"), conv=conv, linear=linear,
                                linear_response=linear_response, seed=seed, images=images)}
-    result["top1_after"] = evaluate(model, test)["accuracy"]
+    result["quality_after"] = quality(model, test, reference)
     if finetune_epochs > 0:
-        fit(model, load_dataset(name, "train", data_dir), TrainConfig(epochs=finetune_epochs, lr=lr, seed=seed),
-            quiet=quiet or json_out)
-        result["top1_finetuned"] = evaluate(model, test)["accuracy"]
-    result["macs_before"], result["macs_after"] = macs_before, summary(model, info.input_shape).total.get("macs")
+        loss_fn = None if source.labelled else DistillationLoss(reference, alpha=1.0,
+                                                                target="logits" if shape else "outputs")
+        fit(model, source.split("train"), TrainConfig(epochs=finetune_epochs, lr=lr, seed=seed),
+            quiet=quiet or json_out, loss_fn=loss_fn)
+        result["quality_finetuned"] = quality(model, test, reference)
+    for key in ("before", "after", "finetuned"):
+        if f"quality_{key}" in result:
+            result[f"top1_{key}"] = result[f"quality_{key}"].get("accuracy")
+    result["macs_before"] = macs_before
+    result["macs_after"] = summary(model, shape).total.get("macs") if shape else None
     save_checkpoint(out, model, meta={**{k: v for k, v in meta.items() if k not in ("arch", "kwargs")},
-                                      "dataset": name, "lowrank": result})
+                                      "dataset": source.name, "lowrank": result})
     result["out"] = str(out)
     if json_out:
         emit_json(result)
         return
-    line = f"{path}: top-1 {before:.4f} -> {result['top1_after']:.4f}"
-    if "top1_finetuned" in result:
-        line += f" -> {result['top1_finetuned']:.4f} after {finetune_epochs} epoch(s) fine-tuning"
+    line = f"{path or model_spec}: before: {describe(before)}; after: {describe(result['quality_after'])}"
+    if "quality_finetuned" in result:
+        line += f"; after {finetune_epochs} epoch(s) fine-tuning: {describe(result['quality_finetuned'])}"
     typer.echo(line)
     if macs_before and result["macs_after"]:
         typer.echo(f"MACs {macs_before:,} -> {result['macs_after']:,} ({macs_before / result['macs_after']:.2f}x) -> {out}")

@@ -10,15 +10,28 @@ import typer
 from .common import (
     DataDirOpt,
     FileDatasetOpt,
+    ImageSizeOpt,
     JsonOpt,
+    MeanOpt,
+    ModelOpt,
+    NormOpt,
     QuietOpt,
+    ResizeOpt,
     SeedOpt,
+    SkipBadOpt,
+    StdOpt,
     ThreadsOpt,
     TrainLimitOpt,
-    dataset_of,
+    ValSplitOpt,
+    WeightsOpt,
+    data_options,
+    describe,
     emit_json,
+    open_model,
+    open_source,
     set_threads,
 )
+from .common import quality as measure
 
 SelectOpt = Annotated[list[str] | None, typer.Option("--select", help="Layer name glob or type:linear|conv (repeat).")]
 
@@ -44,8 +57,10 @@ def parse_per_layer(text: str | None, option: str) -> float | dict[str, float] |
 
 
 def prune_cmd(
-    path: Annotated[Path, typer.Argument(help="Checkpoint to prune.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write.")],
+    path: Annotated[Path | None, typer.Argument(help="Checkpoint to prune (or give --model).")] = None,
+    model_spec: ModelOpt = None,
+    weights: WeightsOpt = None,
     method: Annotated[str, typer.Option("--method", help="magnitude | obd | random (deepshrink.prune.PRUNE_METHODS)")] = "magnitude",
     sparsity: Annotated[str | None, typer.Option("--sparsity", help="Final sparsity: 0.9 or fc1=0.92,fc2=0.9")] = None,
     quality: Annotated[str | None, typer.Option("--quality", help="Han's quality parameter (x layer std).")] = None,
@@ -65,19 +80,25 @@ def prune_cmd(
     dataset: FileDatasetOpt = None,
     limit: TrainLimitOpt = None,
     data_dir: DataDirOpt = None,
+    val_split: ValSplitOpt = None,
+    image_size: ImageSizeOpt = 224,
+    resize: ResizeOpt = None,
+    norm: NormOpt = "imagenet",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    skip_bad_images: SkipBadOpt = False,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Prune a checkpoint (Han et al. magnitude, Optimal Brain Damage or random), optionally retraining."""
+    """Prune a model (Han et al. magnitude, Optimal Brain Damage or random), optionally retraining (on data without
+    labels, by distillation from the model as it was before pruning)."""
     from dataclasses import replace
 
     import torch
 
     from ..core.errors import ConfigError
-    from ..data import load_dataset
-    from ..io import load_model
     from ..prune import (
         PRUNE_METHODS,
         Sensitivity,
@@ -86,7 +107,8 @@ def prune_cmd(
         quality_schedule,
         rising_schedule,
     )
-    from ..train import TrainConfig, evaluate, save_checkpoint
+    from ..train import DistillationLoss, TrainConfig, save_checkpoint
+    from ..train.stage import frozen_copy
 
     set_threads(threads)
     torch.manual_seed(seed)
@@ -98,12 +120,14 @@ def prune_cmd(
         raise ConfigError(f"--method must be one of {', '.join(PRUNE_METHODS)}, got {method!r}")
     if quality is not None and method != "magnitude":
         raise ConfigError("--quality is Han's magnitude threshold; use --sparsity with --method obd/random")
-    model, meta = load_model(path)
-    name = dataset_of(meta, dataset)
-    train = load_dataset(name, "train", data_dir, limit=limit)
-    val = load_dataset(name, "val", data_dir)
-    test = load_dataset(name, "test", data_dir)
-    before = evaluate(model, test)["accuracy"]
+    model, meta = open_model(path, model_spec, weights)
+    source = open_source(meta, dataset, data_options(data_dir=data_dir, val_split=val_split, image_size=image_size,
+                                                     resize=resize, norm=norm, mean=mean, std=std,
+                                                     skip_bad_images=skip_bad_images, seed=seed))
+    name = source.name
+    train, val, test = source.split("train", limit), source.split("val"), source.split("test")
+    reference = frozen_copy(model)
+    before = measure(model, test, reference)
     chosen: dict[str, Any] | None = None
     final_sparsity = parse_per_layer(sparsity, "--sparsity")
     if from_sensitivity is not None:
@@ -124,32 +148,39 @@ def prune_cmd(
     base_lr = float(meta.get("config", {}).get("lr", 0.05)) if isinstance(meta.get("config"), dict) else 0.05
     retrain = TrainConfig(epochs=retrain_epochs, lr=lr if lr is not None else base_lr / 10, seed=seed)
     partial = out.with_name(out.name + ".partial")
-    new_meta = {"dataset": name, "source": str(path), "method": method, "retrain": retrain.__dict__}
+    new_meta = {"dataset": name, "source": str(path or model_spec), "method": method, "retrain": retrain.__dict__}
     final = replace(retrain, epochs=final_epochs) if final_epochs is not None else None
+    kd_target = "logits" if source.input_shape is not None else "outputs"  # images: class scores; text: embeddings
+    loss_fn = None if source.labelled else DistillationLoss(reference, alpha=1.0, target=kd_target)
     history = iterative_prune_(model, train, val, schedule, retrain, partial, select=select or None,
                                dropout_adjust=dropout_adjust, final_retrain=final, meta=new_meta,
-                               quiet=quiet or json_out)
-    after = evaluate(model, test)["accuracy"]
+                               quiet=quiet or json_out, loss_fn=loss_fn)
+    after = measure(model, test, reference)
     last = history[-1]["prune"]
-    save_checkpoint(out, model, meta={**new_meta, "test_accuracy": after, "test_accuracy_before": before,
+    save_checkpoint(out, model, meta={**new_meta, "test_accuracy": after.get("accuracy"),
+                                      "test_accuracy_before": before.get("accuracy"), "test_quality": after,
                                       "prune_rounds": history, "thresholds": chosen})
     for leftover in [partial, *out.parent.glob(f"{partial.name}.round*.partial")]:
         leftover.unlink(missing_ok=True)
-    report = {"file": str(path), "out": str(out), "dataset": name, "method": method, "top1_before": before,
-              "top1_after": after, "sparsity": last["sparsity"], "layers": last["layers"], "thresholds": chosen}
+    report = {"file": str(path or model_spec), "out": str(out), "dataset": name, "method": method,
+              "top1_before": before.get("accuracy"), "top1_after": after.get("accuracy"), "quality_before": before,
+              "quality_after": after, "sparsity": last["sparsity"], "layers": last["layers"], "thresholds": chosen}
     if json_out:
         emit_json(report)
         return
     typer.echo(f"{'layer':<24} {'weights':>10} {'kept':>10} {'% kept':>7}")
     for row in last["layers"]:
         typer.echo(f"{row['name']:<24} {row['params']:>10,} {row['kept_after']:>10,} {100 * row['kept_fraction']:>6.1f}%")
-    typer.echo(f"{path} -> {out}: sparsity {last['sparsity']:.3f} ({1 / max(1 - last['sparsity'], 1e-9):.1f}x fewer "
-               f"weights), test top-1 {before:.4f} -> {after:.4f}")
+    typer.echo(f"{path or model_spec} -> {out}: sparsity {last['sparsity']:.3f} "
+               f"({1 / max(1 - last['sparsity'], 1e-9):.1f}x fewer weights); before: {describe(before)}; "
+               f"after: {describe(after)}")
 
 
 def sensitivity_cmd(
-    path: Annotated[Path, typer.Argument(help="Checkpoint to analyse.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for sensitivity.csv / .json / .png.")],
+    path: Annotated[Path | None, typer.Argument(help="Checkpoint to analyse (or give --model).")] = None,
+    model_spec: ModelOpt = None,
+    weights: WeightsOpt = None,
     dataset: FileDatasetOpt = None,
     sparsities: Annotated[str, typer.Option("--sparsities", help="Comma-separated sweep.")] =
         "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.85,0.9,0.95",
@@ -159,17 +190,23 @@ def sensitivity_cmd(
     limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N validation samples.")] = None,
     select: SelectOpt = None,
     data_dir: DataDirOpt = None,
+    val_split: ValSplitOpt = None,
+    image_size: ImageSizeOpt = 224,
+    resize: ResizeOpt = None,
+    norm: NormOpt = "imagenet",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    skip_bad_images: SkipBadOpt = False,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Prune each layer alone over a sweep of sparsities; write accuracy curves (CSV, JSON, plot)."""
+    """Prune each layer alone over a sweep of sparsities; write accuracy curves (CSV, JSON, plot). On data without
+    labels the curves are top-1 agreement with the unpruned model."""
     import json
 
     from ..core.atomic import atomic_write_text
     from ..core.errors import ConfigError
-    from ..data import load_dataset
-    from ..io import load_model
     from ..prune import choose_thresholds, sensitivity_sweep
 
     set_threads(threads)
@@ -177,11 +214,14 @@ def sensitivity_cmd(
         sweep = [float(s) for s in sparsities.split(",") if s.strip()]
     except ValueError as exc:
         raise ConfigError(f"--sparsities takes comma-separated numbers, got {sparsities!r}") from exc
-    model, meta = load_model(path)
-    name = dataset_of(meta, dataset)
-    val = load_dataset(name, "val", data_dir, limit=limit)
+    model, meta = open_model(path, model_spec, weights)
+    source = open_source(meta, dataset, data_options(data_dir=data_dir, val_split=val_split, image_size=image_size,
+                                                     resize=resize, norm=norm, mean=mean, std=std,
+                                                     skip_bad_images=skip_bad_images))
+    val = source.split("val", limit)
     result = sensitivity_sweep(model, val, sweep, select or None, out_dir=out, workers=workers, quiet=quiet or json_out)
-    report: dict[str, Any] = {"file": str(path), "dataset": name, "out": str(out), **result.to_dict()}
+    report: dict[str, Any] = {"file": str(path or model_spec), "dataset": source.name, "out": str(out),
+                              **result.to_dict()}
     if max_drop is not None:
         thresholds = choose_thresholds(result, max_drop, target, model)
         report["thresholds"] = thresholds.to_dict()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -14,12 +15,25 @@ if TYPE_CHECKING:
 from .common import (
     DataDirOpt,
     FileDatasetOpt,
+    ImageSizeOpt,
     JsonOpt,
+    MeanOpt,
+    ModelOpt,
+    NormOpt,
     QuietOpt,
+    ResizeOpt,
     SeedOpt,
+    SkipBadOpt,
+    StdOpt,
     ThreadsOpt,
-    dataset_of,
+    ValSplitOpt,
+    WeightsOpt,
+    data_options,
+    describe,
     emit_json,
+    open_model,
+    open_source,
+    quality,
     set_threads,
 )
 
@@ -29,13 +43,17 @@ def register(app: typer.Typer) -> None:
 
 
 def quantize(
-    checkpoint: Annotated[Path, typer.Argument(help="Trained checkpoint (or .dsz) to quantize.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="FILE.dsz (compressed) or FILE.pt (checkpoint with state).")],
+    checkpoint: Annotated[Path | None, typer.Argument(help="Trained checkpoint (or .dsz) to quantize (or give "
+                                                      "--model).")] = None,
+    model_spec: ModelOpt = None,
+    weights: WeightsOpt = None,
     scheme: Annotated[str, typer.Option("--scheme", help="dfp: dynamic fixed point (Qiu et al. 2016).")] = "dfp",
     bits: Annotated[str, typer.Option("--bits", help="Weight bits: N, or per layer kind conv=8,fc=4.")] = "8",
     act_bits: Annotated[int | None, typer.Option("--act-bits", help="Activation bits (default: widest weight bits).")] = None,
     static: Annotated[bool, typer.Option("--static/--dynamic", help="One global fractional length (baseline).")] = False,
-    calib: Annotated[int, typer.Option("--calib", help="Calibration images from the validation split.")] = 512,
+    calib: Annotated[int, typer.Option("--calib", help="Calibration samples from the validation split (the first N "
+                                       "of its seeded order).")] = 512,
     objective: Annotated[str, typer.Option("--weight-objective", help="Weight search: error | accuracy "
                                            "(calibration top-1 may overrule the least-error choice).")] = "error",
     dataset: FileDatasetOpt = None,
@@ -43,6 +61,13 @@ def quantize(
                                                  "the integer engine.")] = True,
     entropy: Annotated[str, typer.Option("--entropy", help="Coding of the integers in .dsz: huffman | ans | raw.")] = "huffman",
     data_dir: DataDirOpt = None,
+    val_split: ValSplitOpt = None,
+    image_size: ImageSizeOpt = 224,
+    resize: ResizeOpt = None,
+    norm: NormOpt = "imagenet",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    skip_bad_images: SkipBadOpt = False,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
@@ -51,12 +76,11 @@ def quantize(
     """Quantize every Linear/Conv layer to fixed point, print the per-layer (b, fl_w, fl_a) table, write OUT."""
     import torch
 
-    from ..core.errors import ConfigError
-    from ..data import load_dataset, make_loader
+    from ..core.errors import ConfigError, UnsupportedLayerError
+    from ..data import calibration_batches
     from ..fixedpoint import DynamicFixedPoint, parse_bits, quantize_
-    from ..io import load_model
-    from ..runtime import IntegerModel
-    from ..train import evaluate
+    from ..runtime import IntegerModel, swap_integer_layers_
+    from ..train.stage import frozen_copy
 
     if scheme != "dfp":
         raise ConfigError(f"--scheme {scheme!r} is not supported here (known: dfp)")
@@ -66,28 +90,34 @@ def quantize(
         raise ConfigError(f"--calib must be at least 1, got {calib}")
     set_threads(threads)
     torch.manual_seed(seed)
-    model, meta = load_model(checkpoint)
-    name = dataset_of(meta, dataset)
+    model, meta = open_model(checkpoint, model_spec, weights)
+    source = open_source(meta, dataset, data_options(data_dir=data_dir, val_split=val_split, image_size=image_size,
+                                                     resize=resize, norm=norm, mean=mean, std=std,
+                                                     skip_bad_images=skip_bad_images, seed=seed))
     config = DynamicFixedPoint(bits=parse_bits(bits), act_bits=act_bits, static=static, weight_objective=objective)
-    val = load_dataset(name, "val", data_dir)
-    batches = [(x, y) for x, y in make_loader(torch.utils.data.Subset(val, range(min(calib, len(val)))), 256)]
-    test_set = load_dataset(name, "test", data_dir) if evaluate_after else None
-    fp32 = evaluate(model, test_set)["accuracy"] if test_set is not None else None
+    batches = calibration_batches(source.split("val"), calib)
+    test_set = source.split("test") if evaluate_after else None
+    reference = frozen_copy(model)
+    fp32 = quality(model, test_set, reference) if test_set is not None else None
     started = time.perf_counter()
     report = quantize_(model, config, calib=batches)
     seconds = time.perf_counter() - started
-    info: dict[str, Any] = {"dataset": name, "scheme": "static" if static else "dynamic", "bits": bits,
-                            "act_bits": config.activation_bits, "calib_images": sum(len(b[0]) for b in batches),
-                            "weight_objective": objective,
-                            "search_seconds": round(seconds, 2), "source": str(checkpoint), **report.to_dict()}
+    info: dict[str, Any] = {"dataset": source.name, "scheme": "static" if static else "dynamic", "bits": bits,
+                            "act_bits": config.activation_bits, "calib_samples": calib,
+                            "weight_objective": objective, "search_seconds": round(seconds, 2),
+                            "source": str(checkpoint or model_spec), **report.to_dict()}
     if test_set is not None:
-        info["fp32_accuracy"] = fp32
-        info["test_accuracy"] = evaluate(model, test_set)["accuracy"]
+        info["fp32"] = fp32
+        info["simulated"] = quality(model, test_set, reference)
+        engine: nn.Module
         try:
-            info["integer_accuracy"] = evaluate(IntegerModel(model), test_set)["accuracy"]
-        except Exception as exc:  # untraceable models keep the simulated figure only
-            info["integer_accuracy"] = None
-            info["integer_note"] = f"{type(exc).__name__}: {exc}"
+            engine, info["integer_engine"] = IntegerModel(model), "whole model on integers"
+        except UnsupportedLayerError as exc:  # a forward the tracer cannot follow: integer layers, float between
+            engine = swap_integer_layers_(copy.deepcopy(model))
+            info["integer_engine"] = f"integer layers, float between them ({type(exc).__name__}: {exc})"
+        info["integer"] = quality(engine, test_set, reference)
+        info["fp32_accuracy"], info["test_accuracy"] = fp32.get("accuracy") if fp32 else None, info["simulated"].get("accuracy")
+        info["integer_accuracy"] = info["integer"].get("accuracy")
     _write(model, out, {k: v for k, v in info.items() if k != "layers"}, entropy)
     info["out"], info["bytes"] = str(out), out.stat().st_size
     if json_out:
@@ -95,8 +125,9 @@ def quantize(
         return
     typer.echo(str(report))
     if test_set is not None and not quiet:
-        typer.echo(f"test top-1: fp32 {fp32:.4f} -> {info['scheme']} fixed point {info['test_accuracy']:.4f} "
-                   f"(integer engine {info['integer_accuracy']}) [search {seconds:.1f}s]")
+        typer.echo(f"fp32: {describe(info['fp32'])}; {info['scheme']} fixed point: {describe(info['simulated'])}; "
+                   f"integer engine ({info['integer_engine'].split(' (')[0]}): {describe(info['integer'])} "
+                   f"[search {seconds:.1f}s]")
     typer.echo(f"wrote {out} ({info['bytes']:,} bytes)")
 
 
@@ -107,7 +138,7 @@ def _write(model: nn.Module, out: Path, meta: dict[str, Any], entropy: str) -> N
 
         save_checkpoint(out, model, meta=meta)
         return
-    from ..codec import load_compressed, save_compressed
+    from ..codec import read_compressed, save_compressed
 
-    save_compressed(model, out, entropy=entropy, meta=meta)
-    load_compressed(out)  # read back: every section checked, the fixed-point weights rebuilt bit-exactly
+    save_compressed(model, out, entropy=entropy, meta=meta)  # checks every weight reproduces bit for bit
+    read_compressed(out)  # read back: every section's checksum, size and integer range checked

@@ -14,13 +14,26 @@ if TYPE_CHECKING:
 from .common import (
     DataDirOpt,
     FileDatasetOpt,
+    ImageSizeOpt,
     JsonOpt,
+    MeanOpt,
+    ModelOpt,
+    NormOpt,
     QuietOpt,
+    ResizeOpt,
     SeedOpt,
+    SkipBadOpt,
+    StdOpt,
     ThreadsOpt,
     TrainLimitOpt,
-    dataset_of,
+    ValSplitOpt,
+    WeightsOpt,
+    data_options,
+    describe,
     emit_json,
+    open_model,
+    open_source,
+    quality,
     set_threads,
 )
 
@@ -30,8 +43,10 @@ def register(app: typer.Typer) -> None:
 
 
 def ternary(
-    checkpoint: Annotated[Path, typer.Argument(help="Trained fp32 checkpoint to start from.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="FILE.dsz (compressed) or FILE.pt (checkpoint with state).")],
+    checkpoint: Annotated[Path | None, typer.Argument(help="Trained fp32 checkpoint to start from (or give --model).")] = None,
+    model_spec: ModelOpt = None,
+    weights: WeightsOpt = None,
     t: Annotated[float, typer.Option("--t", help="Threshold factor: Delta = t * max|w| per layer.")] = 0.05,
     epochs: Annotated[int, typer.Option("--epochs")] = 10,
     dataset: FileDatasetOpt = None,
@@ -47,19 +62,27 @@ def ternary(
     entropy: Annotated[str, typer.Option("--entropy", help="Coding of the codes in .dsz: ans | huffman | raw.")] = "ans",
     limit: TrainLimitOpt = None,
     data_dir: DataDirOpt = None,
+    val_split: ValSplitOpt = None,
+    image_size: ImageSizeOpt = 224,
+    resize: ResizeOpt = None,
+    norm: NormOpt = "imagenet",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    skip_bad_images: SkipBadOpt = False,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Ternarize every Linear/Conv weight but the first and last, train Wp, Wn and the latent weights, write OUT."""
+    """Ternarize every Linear/Conv weight but the first and last, train Wp, Wn and the latent weights, write OUT
+    (on data without labels the training is distillation from the fp32 model)."""
     import torch
 
     from ..core.errors import ConfigError
-    from ..data import load_dataset
     from ..ternary import TTQ, TWN, ternarize_, ternary_layers, ternary_param_groups
-    from ..train import TrainConfig, evaluate, fit, is_main_process, load_checkpoint, shutdown
+    from ..train import DistillationLoss, TrainConfig, fit, is_main_process, shutdown
     from ..train.distributed import default_device, init_distributed
+    from ..train.stage import frozen_copy
 
     if method not in ("ttq", "twn"):
         raise ConfigError(f"--method must be ttq or twn, got {method!r}")
@@ -68,33 +91,40 @@ def ternary(
     set_threads(threads)
     init_distributed()
     torch.manual_seed(seed)
-    model, meta = load_checkpoint(checkpoint)
+    model, meta = open_model(checkpoint, model_spec, weights)
     model = model.to(default_device())
-    name = dataset_of(meta, dataset)
-    test_set = load_dataset(name, "test", data_dir)
+    source = open_source(meta, dataset, data_options(data_dir=data_dir, val_split=val_split, image_size=image_size,
+                                                     resize=resize, norm=norm, mean=mean, std=std,
+                                                     skip_bad_images=skip_bad_images, seed=seed))
+    test_set = source.split("test")
     main = is_main_process()
-    fp32 = evaluate(model, test_set)["accuracy"] if main else float("nan")
+    reference = frozen_copy(model)
+    fp32 = quality(model, test_set, reference) if main else {}
     config = TTQ(t=t, keep_first_last=keep_first_last, init=init) if method == "ttq" else TWN(keep_first_last=keep_first_last)
     layers = ternarize_(model, config)
-    before = evaluate(model, test_set)["accuracy"] if main else float("nan")
+    before = quality(model, test_set, reference) if main else {}
     train_config = TrainConfig(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                                batch_size=batch_size, seed=seed)
+    loss_fn = None if source.labelled else DistillationLoss(
+        reference, alpha=1.0, target="logits" if source.input_shape else "outputs")
     started = time.perf_counter()
-    history = fit(model, load_dataset(name, "train", data_dir, limit=limit), train_config,
-                  params=ternary_param_groups(model), quiet=quiet or json_out)
+    history = fit(model, source.split("train", limit), train_config, params=ternary_param_groups(model),
+                  quiet=quiet or json_out, loss_fn=loss_fn)
     seconds = time.perf_counter() - started
     if main:
-        after = evaluate(model, test_set)["accuracy"]
+        after = quality(model, test_set, reference)
         rows = [r.to_dict() for r in ternary_layers(model)]
-        info = {"dataset": name, "method": method, "t": t, "epochs": epochs, "fp32_accuracy": fp32,
-                "ternary_accuracy_before_training": before, "test_accuracy": after, "train_seconds": round(seconds, 1),
-                "seed": seed, "threads": torch.get_num_threads(), "layers": rows, "source": str(checkpoint)}
+        info = {"dataset": source.name, "method": method, "t": t, "epochs": epochs, "fp32": fp32,
+                "ternary_before_training": before, "ternary": after, "fp32_accuracy": fp32.get("accuracy"),
+                "ternary_accuracy_before_training": before.get("accuracy"), "test_accuracy": after.get("accuracy"),
+                "train_seconds": round(seconds, 1), "seed": seed, "threads": torch.get_num_threads(), "layers": rows,
+                "source": str(checkpoint or model_spec)}
         _write(model, out, info, entropy)
         if json_out:
             emit_json({"out": str(out), "bytes": out.stat().st_size, "history": history.epochs, **info})
         else:
-            typer.echo(f"ternarized {len(layers)} layers ({method}, t={t}); test top-1 {fp32:.4f} fp32 -> {before:.4f} "
-                       f"ternary -> {after:.4f} after {epochs} epochs ({seconds:.0f}s)")
+            typer.echo(f"ternarized {len(layers)} layers ({method}, t={t}); fp32: {describe(fp32)}; ternary: "
+                       f"{describe(before)}; after {epochs} epochs ({seconds:.0f}s): {describe(after)}")
             typer.echo(f"{'layer':<24} {'Wp':>9} {'Wn':>9} {'zeros':>7}")
             for row in rows:
                 typer.echo(f"{row['name']:<24} {row['wp']:>9.4f} {row['wn']:>9.4f} {row['sparsity']:>7.1%}")
@@ -109,7 +139,7 @@ def _write(model: nn.Module, out: Path, meta: dict[str, Any], entropy: str) -> N
 
         save_checkpoint(out, model, meta=meta)
         return
-    from ..codec import load_compressed, save_compressed
+    from ..codec import read_compressed, save_compressed
 
-    save_compressed(model, out, entropy=entropy, meta=meta)
-    load_compressed(out)  # read back: the loader checks every section and rebuilds the ternary weights
+    save_compressed(model, out, entropy=entropy, meta=meta)  # checks every weight reproduces bit for bit
+    read_compressed(out)  # read back: every section's checksum and the codes checked

@@ -24,16 +24,26 @@ from torch.utils._pytree import tree_flatten
 
 from .errors import ConfigError
 
-__all__ = ["Call", "ExecutionGraph", "is_leaf", "run_model", "trace_calls"]
+__all__ = ["Call", "ExecutionGraph", "is_leaf", "run_model", "split_batch", "trace_calls"]
+
+
+def split_batch(batch: Any) -> tuple[Any, Tensor | None]:
+    """``(inputs, labels or None)`` of a batch: a tensor, a feature dict or a list of strings (unlabelled), or
+    ``(inputs, labels, ...)`` / ``[inputs]`` as data loaders give them."""
+    if isinstance(batch, tuple | list):
+        if not batch:
+            raise ConfigError("an empty batch")
+        if all(isinstance(item, str) for item in batch):
+            return list(batch), None
+        labels = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) else None
+        return batch[0], labels
+    return batch, None
 
 
 def run_model(model: nn.Module, batch: Any) -> Any:
-    """Call ``model`` on a batch: a tensor, ``(inputs, labels, ...)``, a feature dict or a ``{"args", "kwargs"}`` dict."""
-    if isinstance(batch, tuple | list):
-        return model(batch[0])
-    if isinstance(batch, dict):
-        return model(dict(batch))
-    return model(batch)
+    """Call ``model`` on a batch's inputs (see :func:`split_batch`; a feature dict is passed as one argument)."""
+    inputs, _ = split_batch(batch)
+    return model(dict(inputs) if isinstance(inputs, dict) else inputs)
 
 
 def is_leaf(module: nn.Module) -> bool:

@@ -116,11 +116,13 @@ def _raw(name: str, part: str, root: Path | None) -> tuple[np.ndarray, np.ndarra
 
 
 def load_dataset(
-    name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None, limit: int | None = None
+    name: str, split: str = "train", data_dir: str | os.PathLike[str] | None = None, limit: int | None = None,
+    val_split: float | int | None = None,
 ) -> TensorDataset:
     """Load ``split`` (train / val / test / train_full) of ``name`` as a normalised ``TensorDataset``.
 
-    ``train`` excludes the fixed validation split; ``train_full`` includes it. ``limit`` keeps the first N samples.
+    ``train`` excludes the validation split (the set's fixed size, or ``val_split``: a fraction in (0, 1) or a
+    count); ``train_full`` includes it. ``limit`` keeps the first N samples. A split left empty is a DataError.
     """
     if name not in INFO:
         raise ConfigError(f"unknown dataset {name!r} (known: {', '.join(INFO)})")
@@ -130,11 +132,20 @@ def load_dataset(
     root = Path(data_dir) if data_dir is not None else None
     images, labels = _raw(name, "test" if split == "test" else "train", root)
     if split in ("train", "val"):
-        order = np.random.default_rng(_SPLIT_SEED).permutation(len(labels))
-        chosen = order[-info.val_size :] if split == "val" else np.sort(order[: -info.val_size])
+        total = len(labels)
+        val_size = info.val_size if val_split is None else (
+            int(val_split) if isinstance(val_split, int) else max(1, round(float(val_split) * total)))
+        if not 0 < val_size < total:
+            raise DataError(f"{name}: a validation split of {val_size} samples leaves {max(total - val_size, 0)} of "
+                            f"the {total} training samples; pass --val-split with a fraction (e.g. 0.1) or a smaller "
+                            "count")
+        order = np.random.default_rng(_SPLIT_SEED).permutation(total)
+        chosen = order[-val_size:] if split == "val" else np.sort(order[:-val_size])
         images, labels = images[chosen], labels[chosen]
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
+    if len(labels) == 0:
+        raise DataError(f"{name}: the {split} split is empty")
     x = torch.from_numpy(np.ascontiguousarray(images)).float()
     if images.dtype == np.uint8:
         x /= 255.0

@@ -1,9 +1,19 @@
 """Model zoo and the name -> constructor registry."""
 
-from .registry import MODELS, arch_of, build_model, model_kwargs_for, register_model
+from .registry import (
+    LIBRARIES,
+    MODELS,
+    arch_of,
+    build_from_spec,
+    build_model,
+    load_weights,
+    model_kwargs_for,
+    register_model,
+)
 from .zoo import BasicBlock, LeNet5, LeNet300, ResNet20, VGGSmall
 
 __all__ = [
+    "LIBRARIES",
     "MODELS",
     "BasicBlock",
     "LeNet5",
@@ -11,7 +21,9 @@ __all__ = [
     "ResNet20",
     "VGGSmall",
     "arch_of",
+    "build_from_spec",
     "build_model",
+    "load_weights",
     "model_kwargs_for",
     "register_model",
 ]

@@ -27,8 +27,8 @@ from torch.utils.data import Dataset
 from ..core.atomic import atomic_write_bytes, atomic_write_text
 from ..core.errors import ConfigError, FormatError
 from ..core.select import Selector, select_layers
-from ..core.state import latent_weight
-from ..train import evaluate
+from ..core.state import latent_weight, plain_copy
+from ..train import agreement, evaluate
 from .base import current_mask, keep_top
 
 DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
@@ -71,6 +71,16 @@ class Sensitivity:
 _SWEEP: dict[str, Any] = {}
 
 
+def _score(model: nn.Module, data: Dataset, batch_size: int) -> float:
+    """Top-1 accuracy; on data without labels, top-1 agreement (or, for non-class outputs, the mean cosine) with
+    the model as it was before the sweep."""
+    accuracy = evaluate(model, data, batch_size)["accuracy"]
+    if accuracy is not None:
+        return float(accuracy)
+    result = agreement(_SWEEP["reference"], model, data, batch_size)
+    return float(result["top1_agreement"] if result["top1_agreement"] else result["cosine"])
+
+
 def _sweep_layer(name: str) -> tuple[str, dict[float, float]]:
     model, val_data, sparsities, batch_size = (_SWEEP[k] for k in ("model", "val", "sparsities", "batch_size"))
     if _SWEEP.get("worker"):
@@ -86,7 +96,7 @@ def _sweep_layer(name: str) -> tuple[str, dict[float, float]]:
             mask = keep_top(original.abs().cpu(), alive, keep).to(weight.device)
             with torch.no_grad():
                 weight.copy_(original * mask)
-            curve[float(s)] = evaluate(model, val_data, batch_size)["accuracy"]
+            curve[float(s)] = _score(model, val_data, batch_size)
     finally:
         with torch.no_grad():
             weight.copy_(original)
@@ -104,7 +114,8 @@ def sensitivity_sweep(
     batch_size: int = 1000,
     quiet: bool = False,
 ) -> Sensitivity:
-    """Accuracy on ``val_data`` with each selected layer alone magnitude-pruned to each sparsity.
+    """Accuracy on ``val_data`` with each selected layer alone magnitude-pruned to each sparsity (on data without
+    labels: top-1 agreement with the unpruned model, or the mean cosine of outputs that are not class scores).
 
     With ``out_dir``, writes ``sensitivity.csv``, ``sensitivity.json`` and ``sensitivity.png``.
     """
@@ -115,9 +126,10 @@ def sensitivity_sweep(
     layers = select_layers(model, select).layers
     if not layers:
         raise ConfigError(f"no prunable (Linear/Conv) layer matched select={select!r}")
-    result = Sensitivity(evaluate(model, val_data, batch_size)["accuracy"])
+    _SWEEP.update(model=model, val=val_data, sparsities=sorted(set(sparsities)), batch_size=batch_size, worker=False,
+                  reference=plain_copy(model).eval())
+    result = Sensitivity(_score(model, val_data, batch_size))
     result.params = {n: latent_weight(m).numel() for n, m in layers}
-    _SWEEP.update(model=model, val=val_data, sparsities=sorted(set(sparsities)), batch_size=batch_size, worker=False)
     names = [n for n, _ in layers]
     progress = None
     if not quiet:

@@ -2,7 +2,7 @@
 
 from .checkpoint import load_checkpoint, load_into, read_checkpoint, save_checkpoint
 from .distributed import init_distributed, is_main_process, shutdown
-from .evaluate import evaluate, recalibrate_batchnorm_
+from .evaluate import agreement, evaluate, recalibrate_batchnorm_
 from .loop import Callback, DistillationLoss, History, TrainConfig, fit, make_optimizer
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "DistillationLoss",
     "History",
     "TrainConfig",
+    "agreement",
     "evaluate",
     "fit",
     "init_distributed",

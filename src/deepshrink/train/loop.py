@@ -20,18 +20,19 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, DataError
+from ..core.graph import run_model, split_batch
 from ..core.state import apply_masks_
 from ..data import make_loader
 from .checkpoint import read_checkpoint, save_checkpoint
 from .distributed import init_distributed, is_distributed, is_main_process
-from .evaluate import evaluate
+from .evaluate import evaluate, to_device
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
 
-LossFn = Callable[[Tensor, Tensor, Tensor], Tensor]
-"""``loss_fn(logits, labels, inputs) -> loss``: replaces cross-entropy in :func:`fit` (e.g. distillation)."""
+LossFn = Callable[[Tensor, Any, Any], Tensor]
+"""``loss_fn(outputs, labels or None, inputs) -> loss``: replaces cross-entropy in :func:`fit` (e.g. distillation)."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ def fit(
     ``loss_fn(logits, labels, inputs)`` replaces the default cross-entropy (see :class:`DistillationLoss`).
     """
     _, world = init_distributed()
+    if len(train_data) == 0:  # type: ignore[arg-type]
+        raise DataError("the training data is empty")
     torch.manual_seed(config.seed)
     device = next(model.parameters()).device
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
@@ -143,17 +146,26 @@ def fit(
         runner.train()
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         batches = _progress(loader, f"epoch {epoch + 1}/{config.epochs}", show)
-        for inputs, labels in batches:
-            inputs, labels = inputs.to(device), labels.to(device)
-            logits = runner(inputs)
-            loss = F.cross_entropy(logits, labels) if loss_fn is None else loss_fn(logits, labels, inputs)
+        for batch in batches:
+            inputs, labels = split_batch(batch)
+            inputs = to_device(inputs, device)
+            labels = labels.to(device) if labels is not None else None
+            logits = run_model(runner, inputs)
+            if loss_fn is not None:
+                loss = loss_fn(logits, labels, inputs)
+            elif labels is None:
+                raise ConfigError("the training data has no labels: train with a loss that needs none (e.g. "
+                                  "distillation from the uncompressed model, DistillationLoss(teacher, alpha=1.0))")
+            else:
+                loss = F.cross_entropy(logits, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             apply_masks_(model)
             step += 1
-            loss_sum += float(loss.detach()) * labels.numel()
-            seen += labels.numel()
+            size = _batch_size(inputs)
+            loss_sum += float(loss.detach()) * size
+            seen += size
             for callback in callbacks:
                 hook = getattr(callback, "on_step_end", None)
                 if hook is not None:
@@ -173,7 +185,7 @@ def fit(
             if hook is not None:
                 hook(model, epoch, metrics)
         if show:
-            extra = f" val_acc {metrics['val_accuracy']:.4f}" if "val_accuracy" in metrics else ""
+            extra = f" val_acc {metrics['val_accuracy']:.4f}" if metrics.get("val_accuracy") is not None else ""
             print(f"epoch {epoch + 1}/{config.epochs} loss {metrics['train_loss']:.4f}{extra} ({metrics['seconds']}s)")
         if checkpoint is not None and is_main_process():
             save_checkpoint(
@@ -189,21 +201,42 @@ class DistillationLoss:
     """Knowledge distillation (Hinton et al. 2015) as a ``loss_fn`` for :func:`fit`.
 
     ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)``; the
-    teacher (e.g. the dense model a compression run started from) is frozen and run in eval mode.
+    teacher (e.g. the dense model a compression run started from) is frozen and run in eval mode. Without labels
+    (calibration data) only the distillation term is used. ``target="outputs"`` matches the outputs themselves
+    (mean squared error) instead of class probabilities: for models whose output is an embedding.
     """
 
-    def __init__(self, teacher: nn.Module, alpha: float = 0.5, temperature: float = 4.0) -> None:
+    def __init__(self, teacher: nn.Module, alpha: float = 0.5, temperature: float = 4.0,
+                 target: str = "logits") -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ConfigError(f"distillation alpha must be in [0, 1], got {alpha}")
         if not temperature > 0:
             raise ConfigError(f"distillation temperature must be > 0, got {temperature}")
+        if target not in ("logits", "outputs"):
+            raise ConfigError(f"distillation target must be logits or outputs, got {target!r}")
         self.teacher, self.alpha, self.temperature = teacher.eval().requires_grad_(False), alpha, temperature
+        self.target = target
 
-    def __call__(self, logits: Tensor, labels: Tensor, inputs: Tensor) -> Tensor:
+    def __call__(self, logits: Tensor, labels: Tensor | None, inputs: Any) -> Tensor:
         with torch.no_grad():
-            target = F.softmax(self.teacher(inputs) / self.temperature, dim=1)
-        soft = F.kl_div(F.log_softmax(logits / self.temperature, dim=1), target, reduction="batchmean")
-        return self.alpha * self.temperature**2 * soft + (1 - self.alpha) * F.cross_entropy(logits, labels)
+            teacher = run_model(self.teacher, inputs)
+        if self.target == "outputs":
+            soft = F.mse_loss(logits, teacher)
+        else:
+            target = F.softmax(teacher / self.temperature, dim=1)
+            soft = self.temperature**2 * F.kl_div(F.log_softmax(logits / self.temperature, dim=1), target,
+                                                  reduction="batchmean")
+        if labels is None or self.alpha == 1.0:
+            return soft if labels is None else self.alpha * soft
+        return self.alpha * soft + (1 - self.alpha) * F.cross_entropy(logits, labels)
+
+
+def _batch_size(inputs: Any) -> int:
+    if isinstance(inputs, Tensor):
+        return int(inputs.shape[0])
+    if isinstance(inputs, dict):
+        return _batch_size(next(iter(inputs.values())))
+    return len(inputs)
 
 
 def _progress(loader: Any, label: str, show: bool) -> Any:

@@ -29,26 +29,28 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return plain_copy(model).eval().requires_grad_(False)
 
 
-def check_distill(options: Mapping[str, Any]) -> dict[str, float] | None:
-    """Validate a stage's ``distill: {alpha, temperature}`` option (None when absent)."""
+def check_distill(options: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Validate a stage's ``distill: {alpha, temperature, target}`` option (None when absent)."""
     spec = options.get("distill")
     if spec is None:
         return None
-    if not isinstance(spec, Mapping) or set(spec) - {"alpha", "temperature"}:
-        raise ConfigError(f"distill must be a mapping with keys alpha and/or temperature, got {spec!r}")
-    values = {"alpha": float(spec.get("alpha", 0.5)), "temperature": float(spec.get("temperature", 4.0))}
-    if not 0.0 <= values["alpha"] <= 1.0 or not values["temperature"] > 0:
-        raise ConfigError(f"distill needs 0 <= alpha <= 1 and temperature > 0, got {dict(spec)!r}")
-    return values
+    if not isinstance(spec, Mapping) or set(spec) - {"alpha", "temperature", "target"}:
+        raise ConfigError(f"distill must be a mapping with keys alpha, temperature and/or target, got {spec!r}")
+    alpha, temperature = float(spec.get("alpha", 0.5)), float(spec.get("temperature", 4.0))
+    target = str(spec.get("target", "logits"))
+    if not 0.0 <= alpha <= 1.0 or not temperature > 0 or target not in ("logits", "outputs"):
+        raise ConfigError(f"distill needs 0 <= alpha <= 1, temperature > 0 and target logits|outputs, got {dict(spec)!r}")
+    return {"alpha": alpha, "temperature": temperature, "target": target}
 
 
-def distill_loss(ctx: RecipeContext, distill: dict[str, float] | None) -> DistillationLoss | None:
+def distill_loss(ctx: RecipeContext, distill: dict[str, Any] | None) -> DistillationLoss | None:
     """The distillation loss from the recipe's teacher (made on first use), or None without ``distill``."""
     if distill is None:
         return None
     if ctx.teacher is None:
         ctx.teacher = frozen_copy(ctx.model)
-    return DistillationLoss(ctx.teacher, **distill)
+    return DistillationLoss(ctx.teacher, alpha=distill["alpha"], temperature=distill["temperature"],
+                            target=distill["target"])
 
 
 def train_config(options: Mapping[str, Any], context: RecipeContext, default_lr: float | None = None) -> TrainConfig:
