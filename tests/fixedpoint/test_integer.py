@@ -102,3 +102,34 @@ def test_token_inputs_through_swapped_layers(bits: int) -> None:
     assert engine[0].int8_gemm == (bits == 8)
     x = torch.randn(3, 5, 16) * 2
     assert torch.equal(engine(x), model(x))
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), bits=st.sampled_from([4, 8, 16]), outputs=st.booleans(),
+       per_token=st.booleans(), corrected=st.booleans(), scale=st.floats(0.05, 20.0))
+def test_per_channel_and_per_token_formats_are_bit_exact(seed: int, bits: int, outputs: bool, per_token: bool,
+                                                         corrected: bool, scale: float) -> None:
+    """Per-channel weight fractional lengths (a per-channel shift) and per-token input formats, with bias
+    correction: the integer engine, per layer and whole-model, equals the simulation bit for bit."""
+    model = randomize_(TinyCNN(), seed, scale)
+    with torch.no_grad():  # channels of very different ranges: what per-channel formats are for
+        model.conv1.weight.mul_(torch.logspace(-2, 1, 4).reshape(-1, 1, 1, 1))
+    gen = torch.Generator().manual_seed(seed + 1)
+    calib = [torch.randn(16, 1, 8, 8, generator=gen) * scale for _ in range(2)]
+    report = quantize_(model, DynamicFixedPoint(bits=bits, granularity="channel", quantize_outputs=outputs,
+                                                activations="per_token" if per_token else "static",
+                                                bias_correction=corrected), calib=calib)
+    assert any(row.frac_lens and len(set(row.frac_lens)) > 1 for row in report.layers)
+    x = torch.randn(32, 1, 8, 8, generator=gen) * scale * 3
+    simulated = model(x)
+    assert torch.equal(IntegerModel(model)(x), simulated)
+    assert torch.equal(swap_integer_layers_(copy.deepcopy(model))(x), simulated)
+
+
+def test_mixed_precision_widens_the_costliest_layers_within_the_budget() -> None:
+    model = randomize_(TinyCNN(), 3, 1.0)
+    calib = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    report = quantize_(model, DynamicFixedPoint(bits=8, max_bits_avg=8.5), calib=calib)
+    widened = [r for r in report.layers if r.widened]
+    assert widened and all(r.weight.bits == 16 for r in widened) and report.average_bits <= 8.5
+    assert torch.equal(IntegerModel(model)(calib), model(calib))

@@ -111,7 +111,7 @@ def quantize(
         info["simulated"] = quality(model, test_set, reference)
         engine: nn.Module
         try:
-            engine, info["integer_engine"] = IntegerModel(model), "whole model on integers"
+            engine, info["integer_engine"] = IntegerModel(model, example=batches[0]), "whole model on integers"
         except UnsupportedLayerError as exc:  # a forward the tracer cannot follow: integer layers, float between
             engine = swap_integer_layers_(copy.deepcopy(model))
             info["integer_engine"] = f"integer layers, float between them ({type(exc).__name__}: {exc})"

@@ -65,26 +65,50 @@ class FixedPointFormat:
         return f"Q{self.bits}.{self.frac_len}"
 
 
-def to_int(x: Tensor, bits: int, frac_len: int) -> Tensor:
-    """Integers (as float64) of ``x`` in the format: ``clamp(floor(x * 2**fl + 0.5))``, computed exactly."""
+FracLen = int | Tensor
+"""One fractional length, or one per slice along an axis (an int64 tensor): per output channel for weights, per
+row (token) for run-time dynamic activations."""
+
+
+def pow2(frac_len: FracLen, like: Tensor, axis: int = 0) -> float | Tensor:
+    """``2**frac_len`` exactly: a float, or a float64 tensor shaped to broadcast along ``axis`` of ``like``."""
+    if not isinstance(frac_len, Tensor):
+        return math.ldexp(1.0, int(frac_len))
+    if frac_len.dim() == 0:
+        return math.ldexp(1.0, int(frac_len))
+    values = torch.tensor([math.ldexp(1.0, int(f)) for f in frac_len.reshape(-1).tolist()], dtype=torch.float64)
+    shape = [1] * like.dim()
+    shape[axis] = -1
+    return values.reshape(shape)
+
+
+def to_int(x: Tensor, bits: int, frac_len: FracLen, axis: int = 0) -> Tensor:
+    """Integers (as float64) of ``x`` in the format: ``clamp(floor(x * 2**fl + 0.5))``, computed exactly (a per-slice
+    ``frac_len`` scales each slice along ``axis``)."""
     qmin, qmax = int_range(bits)
-    scaled = x.detach().double() * math.ldexp(1.0, frac_len)
+    scaled = x.detach().double() * pow2(frac_len, x, axis)
     return torch.floor(scaled + 0.5).clamp_(qmin, qmax)
 
 
-def from_int(ints: Tensor, frac_len: int, dtype: torch.dtype = torch.float32) -> Tensor:
+def from_int(ints: Tensor, frac_len: FracLen, dtype: torch.dtype = torch.float32, axis: int = 0) -> Tensor:
     """``ints * 2**-frac_len`` in ``dtype`` (exact for ``bits <= 16`` in float32)."""
-    return (ints.double() * math.ldexp(1.0, -frac_len)).to(dtype)
+    return (ints.double() / pow2(frac_len, ints, axis)).to(dtype)
 
 
-def fake_quantize(x: Tensor, bits: int, frac_len: int) -> Tensor:
+def fake_quantize(x: Tensor, bits: int, frac_len: FracLen, axis: int = 0) -> Tensor:
     """``x`` rounded and saturated to the format, same dtype; straight-through gradient (identity)."""
-    q = from_int(to_int(x, bits, frac_len), frac_len, x.dtype)
+    q = from_int(to_int(x, bits, frac_len, axis), frac_len, x.dtype, axis)
     return q + (x - x.detach())
 
 
-def rounding_shift(acc: Tensor, shift: int) -> Tensor:
-    """Integer ``acc * 2**-shift`` rounded half up: ``(acc + 2**(shift-1)) >> shift``; a left shift when shift <= 0."""
+def rounding_shift(acc: Tensor, shift: int | Tensor) -> Tensor:
+    """Integer ``acc * 2**-shift`` rounded half up: ``(acc + 2**(shift-1)) >> shift``; a left shift when shift <= 0.
+    ``shift`` may be an integer tensor broadcasting against ``acc`` (per channel or per row)."""
+    if isinstance(shift, Tensor):
+        right, left = shift.clamp(min=0), (-shift).clamp(min=0)
+        one = torch.ones_like(right)
+        half = torch.where(right > 0, torch.bitwise_left_shift(one, (right - 1).clamp(min=0)), 0)
+        return torch.bitwise_left_shift(torch.bitwise_right_shift(acc + half, right), left)
     if shift > 0:
         return (acc + (1 << (shift - 1))) >> shift
     if shift < 0:
@@ -98,7 +122,7 @@ def saturate(ints: Tensor, bits: int) -> Tensor:
     return ints.clamp(qmin, qmax)
 
 
-def requantize(ints: Tensor, frac_from: int, bits: int, frac_to: int) -> Tensor:
+def requantize(ints: Tensor, frac_from: int | Tensor, bits: int, frac_to: int | Tensor) -> Tensor:
     """Integers at ``frac_from`` re-expressed at ``frac_to`` in ``bits`` bits (rounding shift, then saturation)."""
     return saturate(rounding_shift(ints, frac_from - frac_to), bits)
 
@@ -116,8 +140,25 @@ def overflow_free_frac_len(max_abs: float, bits: int) -> int:
     return max(-MAX_FRAC_LEN, min(MAX_FRAC_LEN, frac_len))
 
 
-def bias_int(bias: Tensor | None, acc_frac_len: int) -> Tensor | None:
-    """The bias rounded (half up) to the accumulator's fractional length, as float64 integers (no saturation)."""
+def bias_int(bias: Tensor | None, acc_frac_len: FracLen) -> Tensor | None:
+    """The bias rounded (half up) to the accumulator's fractional length (one per output channel, or one for all),
+    as float64 integers (no saturation)."""
     if bias is None:
         return None
-    return torch.floor(bias.detach().double() * math.ldexp(1.0, acc_frac_len) + 0.5)
+    return torch.floor(bias.detach().double() * pow2(acc_frac_len, bias, 0) + 0.5)
+
+
+def row_frac_lens(x: Tensor, bits: int) -> Tensor:
+    """Per row (last axis reduced) the overflow-free fractional length of :func:`overflow_free_frac_len`, vectorised:
+    the run-time choice of a per-token activation format."""
+    qmax = int_range(bits)[1]
+    peak = x.detach().double().abs().amax(dim=-1)
+    safe = torch.where(peak > 0, peak, torch.ones_like(peak))
+    frac = bits - 1 - torch.ceil(torch.log2(safe)).to(torch.int64)
+    for _ in range(2):  # log2 of a float can be off by one at powers of two: settle on the exact rule
+        grow = torch.floor(safe * torch.pow(2.0, (frac + 1).double()) + 0.5) <= qmax
+        frac = torch.where(grow, frac + 1, frac)
+        shrink = torch.floor(safe * torch.pow(2.0, frac.double()) + 0.5) > qmax
+        frac = torch.where(shrink, frac - 1, frac)
+    frac = torch.where(peak > 0, frac, torch.full_like(frac, bits - 1))
+    return frac.clamp(-MAX_FRAC_LEN, MAX_FRAC_LEN)

@@ -59,6 +59,11 @@ def plain_type(module: nn.Module) -> type[nn.Module] | None:
     return None
 
 
+def channel_axis(module: nn.Module) -> int:
+    """The output-channel axis of the layer's output: last for Linear (and Embedding), 1 for convolutions."""
+    return -1 if isinstance(module, nn.Linear | nn.Embedding) else 1
+
+
 def functional_call(kind: type[nn.Module], module: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``kind``'s functional op with ``module``'s geometry (stride, padding, groups, ...)."""
     m: Any = module

@@ -16,12 +16,16 @@ from ..core.fixed_point import FixedPointFormat, check_bits, overflow_free_frac_
 from ..core.fold import fold_batchnorm_
 from ..core.select import Selector, layer_kind, layer_type_name, select_layers
 from ..core.state import latent_weight, set_value_transform
+from .equalize import equalize_
+from .mixed import average_bits, correct_biases_, widen_for_budget
 from .search import (
     capture,
+    channel_weight_error,
     execution_order,
     greedy_data_stage,
     output_tensors,
     run_model,
+    search_channel_frac_lens,
     search_static_weight_frac_len,
     search_weight_frac_len,
     static_data_stage,
@@ -44,6 +48,15 @@ class DynamicFixedPoint:
     ``weight_objective``: ``"error"`` (least squared weight error) or ``"accuracy"``: then, layer by layer,
     the candidate with the best top-1 on the labelled calibration batches ``(inputs, labels)`` replaces the
     error-optimal one when it is strictly better (the paper's optional accuracy check).
+
+    Beyond the paper (each off by default, so the paper's setting is what ``DynamicFixedPoint()`` does):
+    ``granularity="channel"``: one weight fractional length per output channel (still a power of two: a
+    per-channel shift in the integer engine). ``activations="per_token"``: each Linear layer's input format is
+    chosen per row (token) from the row's own range at run time (the fixed-point analogue of per-token dynamic
+    int8; those layers' outputs stay float). ``max_bits_avg``: greedy mixed precision, widening to ``wide_bits``
+    the layers whose quantization costs the most error per weight bit while the average weight width stays
+    within the budget. ``bias_correction``: each layer's mean output shift on the calibration data is folded
+    into its bias. ``equalize``: cross-layer equalisation of consecutive layers' channel ranges first.
     """
 
     bits: int | Mapping[str, int] = 8
@@ -53,10 +66,26 @@ class DynamicFixedPoint:
     quantize_last_output: bool = False
     span: int = 3
     weight_objective: str = "error"
+    granularity: str = "layer"
+    activations: str = "static"
+    max_bits_avg: float | None = None
+    wide_bits: int = 16
+    bias_correction: bool = False
+    equalize: bool = False
 
     def __post_init__(self) -> None:
         if self.weight_objective not in ("error", "accuracy"):
             raise ConfigError(f"weight_objective must be 'error' or 'accuracy', got {self.weight_objective!r}")
+        if self.granularity not in ("layer", "channel"):
+            raise ConfigError(f"granularity must be 'layer' or 'channel', got {self.granularity!r}")
+        if self.activations not in ("static", "per_token"):
+            raise ConfigError(f"activations must be 'static' or 'per_token', got {self.activations!r}")
+        if self.static and (self.granularity != "layer" or self.activations != "static" or self.max_bits_avg):
+            raise ConfigError("static=True is the paper's one-format baseline: per-layer granularity and static "
+                              "activations only, no mixed precision")
+        check_bits(self.wide_bits, "wide_bits")
+        if self.max_bits_avg is not None and not float(self.max_bits_avg) > 0:
+            raise ConfigError(f"max_bits_avg must be > 0, got {self.max_bits_avg}")
         if isinstance(self.bits, Mapping):
             unknown = set(self.bits) - {"conv", "fc"}
             if unknown or not self.bits:
@@ -113,13 +142,17 @@ class LayerFormat:
     act_in: FixedPointFormat | None
     act_out: FixedPointFormat | None
     weight_rel_error: float
+    frac_lens: list[int] | None = None
+    per_token: bool = False
+    widened: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layer": self.name, "type": self.type, "bits": self.weight.bits, "fl_w": self.weight.frac_len,
+        return {"layer": self.name, "type": self.type, "bits": self.weight.bits,
+                "fl_w": self.frac_lens if self.frac_lens is not None else self.weight.frac_len,
                 "act_bits": self.act_in.bits if self.act_in else None,
-                "fl_in": self.act_in.frac_len if self.act_in else None,
+                "fl_in": "per-token" if self.per_token else (self.act_in.frac_len if self.act_in else None),
                 "fl_out": self.act_out.frac_len if self.act_out else None,
-                "weight_rel_error": round(self.weight_rel_error, 6)}
+                "weight_rel_error": round(self.weight_rel_error, 6), "widened": self.widened}
 
 
 @dataclass
@@ -130,20 +163,30 @@ class FixedPointReport:
     static: bool = False
     skipped: list[tuple[str, str]] = field(default_factory=list)
     folded: list[tuple[str, str]] = field(default_factory=list)
+    equalized: list[tuple[str, str]] = field(default_factory=list)
+    bias_corrected: dict[str, float] = field(default_factory=dict)
+    average_bits: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"scheme": "static" if self.static else "dynamic", "layers": [row.to_dict() for row in self.layers],
-                "skipped": [list(s) for s in self.skipped], "folded_bn": [list(p) for p in self.folded]}
+                "skipped": [list(s) for s in self.skipped], "folded_bn": [list(p) for p in self.folded],
+                "equalized": [list(p) for p in self.equalized], "bias_corrected": dict(self.bias_corrected),
+                "average_weight_bits": round(self.average_bits, 4),
+                "widened": [r.name for r in self.layers if r.widened]}
 
     def __str__(self) -> str:
-        head = f"{'layer':<44} {'type':<7} {'b_w':>3} {'fl_w':>4} {'b_a':>3} {'fl_in':>5} {'fl_out':>6} {'w rel.err':>9}"
+        head = f"{'layer':<44} {'type':<7} {'b_w':>3} {'fl_w':>7} {'b_a':>3} {'fl_in':>5} {'fl_out':>6} {'w rel.err':>9}"
         lines = [head, "-" * len(head)]
         for r in self.layers:
-            lines.append(f"{r.name:<44} {r.type:<7} {r.weight.bits:>3} {r.weight.frac_len:>4} "
-                         f"{r.act_in.bits if r.act_in else '-':>3} {r.act_in.frac_len if r.act_in else '-':>5} "
-                         f"{r.act_out.frac_len if r.act_out else 'float':>6} {r.weight_rel_error:>9.2e}")
+            fl_w = f"{min(r.frac_lens)}..{max(r.frac_lens)}" if r.frac_lens else str(r.weight.frac_len)
+            fl_in = "token" if r.per_token else (r.act_in.frac_len if r.act_in else "-")
+            lines.append(f"{r.name:<44} {r.type:<7} {r.weight.bits:>3} {fl_w:>7} "
+                         f"{r.act_in.bits if r.act_in else '-':>3} {fl_in:>5} "
+                         f"{r.act_out.frac_len if r.act_out else 'float':>6} {r.weight_rel_error:>9.2e}"
+                         + ("  widened" if r.widened else ""))
         for name, reason in self.skipped:
             lines.append(f"{name:<44} skipped: {reason}")
+        lines.append(f"average weight bits {self.average_bits:.3f}")
         return "\n".join(lines)
 
 
@@ -197,18 +240,34 @@ def _maybe_fold(model: nn.Module, example: Any) -> tuple[list[tuple[str, str]], 
     return report.pairs, report.kept
 
 
+def _weight_formats(module: nn.Module, weight: Tensor, bits: int, config: DynamicFixedPoint,
+                    static_fl: int | None) -> tuple[int | Tensor, float]:
+    """The weight's fractional length(s) and its relative squared error."""
+    norm = float((weight.double() ** 2).sum()) or 1.0
+    if static_fl is not None:
+        return static_fl, weight_error(weight, FixedPointFormat(bits, static_fl)) / norm
+    if config.granularity == "channel":
+        frac = search_channel_frac_lens(weight, bits, config.span)
+        return frac, channel_weight_error(weight, bits, frac) / norm
+    fl = search_weight_frac_len(weight, bits, config.span)
+    return fl, weight_error(weight, FixedPointFormat(bits, fl)) / norm
+
+
 @torch.no_grad()
 def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, select: Selector = None,
               exclude: Selector = None) -> FixedPointReport:
-    """Put the selected Linear/Conv layers of ``model`` in dynamic (or static) fixed point, in place.
+    """Put the selected Linear/Conv/Embedding layers of ``model`` in dynamic (or static) fixed point, in place.
 
-    Folds BatchNorm first; weight stage, then the data stage on ``calib``; installs the activation hooks
+    Folds BatchNorm first (and equalises channel ranges with ``config.equalize``); weight stage, then the data
+    stage on ``calib`` (and mixed precision and bias correction where configured); installs the activation hooks
     so that ``model`` computes the simulation, bit-exact with :class:`~deepshrink.runtime.IntegerModel`.
+    Embeddings get weight formats only (their input is token ids, their output a row of the weight).
     """
     batches = _batches(calib)
     was_training = model.training
     model.eval()
     folded, float_bns = _maybe_fold(model, batches[0])
+    equalized = equalize_(model, batches[0]) if config.equalize else []
     selection = select_layers(model, select, exclude=exclude)
     modules = dict(selection.layers)
     if not modules:
@@ -221,14 +280,14 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
     del reference, ref_modules
 
     # weight stage
-    pairs = [(latent_weight(m).detach(), config.weight_bits(m)) for m in modules.values()]
-    static_fl = search_static_weight_frac_len(pairs, config.span) if config.static else None
+    bits = {name: config.weight_bits(m) for name, m in modules.items()}
+    static_fl = (search_static_weight_frac_len([(latent_weight(m).detach(), bits[n]) for n, m in modules.items()],
+                                               config.span) if config.static else None)
     errors: dict[str, float] = {}
-    for (name, module), (weight, bits) in zip(modules.items(), pairs, strict=True):
-        fl = static_fl if static_fl is not None else search_weight_frac_len(weight, bits, config.span)
-        norm = float((weight.double() ** 2).sum()) or 1.0
-        errors[name] = weight_error(weight, FixedPointFormat(bits, fl)) / norm
-        set_value_transform(module, FixedPoint(bits, fl))
+    per_token = {n for n, m in modules.items() if config.activations == "per_token" and isinstance(m, nn.Linear)}
+    for name, module in modules.items():
+        frac, errors[name] = _weight_formats(module, latent_weight(module).detach(), bits[name], config, static_fl)
+        set_value_transform(module, FixedPoint(bits[name], frac, dynamic_input=name in per_token))
         install_hooks(module)
     if config.weight_objective == "accuracy" and not config.static:
         _refine_weights_by_accuracy(model, order, modules, batches, config.span)
@@ -239,24 +298,46 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
             errors[name] = weight_error(w, fp.weight_format) / (float((w.double() ** 2).sum()) or 1.0)
 
     # data stage: every layer but embeddings (their input is token ids, their output a row of the weight)
-    act_bits = config.activation_bits
     computed = [n for n in order if not isinstance(modules[n], nn.Embedding)]
-    outputs = set(computed) if config.quantize_outputs else set()
+    outputs = set(computed) - per_token if config.quantize_outputs else set()
     if computed and not config.quantize_last_output:
         outputs.discard(computed[-1])
+    act_bits = {n: config.activation_bits for n in computed}
+    widened: list[str] = []
     with parametrize.cached():  # weights are fixed now: quantize each once, not on every forward
         if config.static:
-            static_data_stage(model, computed, modules, ref_in, ref_out, final, batches, act_bits, outputs, config.span)
+            static_data_stage(model, computed, modules, ref_in, ref_out, final, batches, config.activation_bits,
+                              outputs, config.span)
         else:
-            greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span)
+            output_errors = greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs,
+                                              config.span)
+            if config.max_bits_avg is not None:
+                score = {n: errors[n] + output_errors.get(n, 0.0) for n in modules}
+                widened = widen_for_budget(score, modules, bits, config.wide_bits, float(config.max_bits_avg))
+                for name in widened:
+                    module = modules[name]
+                    bits[name] = config.wide_bits
+                    frac, errors[name] = _weight_formats(module, latent_weight(module).detach(), bits[name], config,
+                                                         None)
+                    fp = fixed_point_of(module)
+                    assert fp is not None
+                    fp.set_weight_frac_len(bits[name], frac)
+                    act_bits[name] = max(config.wide_bits, config.activation_bits) if name in act_bits else 0
+            if widened:
+                with parametrize.cached():
+                    greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span)
+    bias_corrected = correct_biases_(model, computed, modules, ref_out, batches) if config.bias_correction else {}
     model.train(was_training)
 
-    report = FixedPointReport(static=config.static, skipped=[*selection.skipped, *float_bns], folded=list(folded))
+    report = FixedPointReport(static=config.static, skipped=[*selection.skipped, *float_bns], folded=list(folded),
+                              equalized=equalized, bias_corrected=bias_corrected,
+                              average_bits=average_bits(bits, modules))
     for name in [*order, *[n for n in modules if n not in order]]:
         fp = fixed_point_of(modules[name])
         assert fp is not None
+        frac_lens = fp.frac_len.tolist() if fp.per_channel else None
         report.layers.append(LayerFormat(name, layer_type_name(modules[name]), fp.weight_format, fp.act_in,
-                                         fp.act_out, errors[name]))
+                                         fp.act_out, errors[name], frac_lens, fp.dynamic_input, name in widened))
         if name not in order:
             report.skipped.append((name, "not called on the calibration data: activations stay float"))
     return report

@@ -13,13 +13,21 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..core.fixed_point import FixedPointFormat, fake_quantize, from_int, overflow_free_frac_len, to_int
+from ..core.fixed_point import (
+    MAX_FRAC_LEN,
+    FixedPointFormat,
+    fake_quantize,
+    from_int,
+    overflow_free_frac_len,
+    row_frac_lens,
+    to_int,
+)
 from ..core.graph import run_model
 from .transform import fixed_point_of
 
@@ -46,6 +54,26 @@ def search_weight_frac_len(weight: Tensor, bits: int, span: int) -> int:
     """Overflow-free fractional length from the range analysis, then the best of it and ``span`` finer ones."""
     start = overflow_free_frac_len(float(weight.detach().abs().max()), bits)
     return min(range(start, start + span + 1), key=lambda fl: weight_error(weight, FixedPointFormat(bits, fl)))
+
+
+def search_channel_frac_lens(weight: Tensor, bits: int, span: int) -> Tensor:
+    """Per output channel (row of ``weight``): the overflow-free fractional length of the row's own range, then the
+    best of it and ``span`` finer ones by the row's squared error. An int64 vector."""
+    rows = weight.detach().double().reshape(weight.shape[0], -1)
+    start = row_frac_lens(rows, bits)
+    best, best_error = start.clone(), torch.full((rows.shape[0],), float("inf"), dtype=torch.float64)
+    for offset in range(span + 1):
+        fl = (start + offset).clamp(max=MAX_FRAC_LEN)
+        error = ((from_int(to_int(rows, bits, fl), fl, torch.float64) - rows) ** 2).sum(1)
+        better = error < best_error
+        best, best_error = torch.where(better, fl, best), torch.where(better, error, best_error)
+    return best
+
+
+def channel_weight_error(weight: Tensor, bits: int, frac_lens: Tensor) -> float:
+    """Squared quantization error of ``weight`` with one fractional length per output channel."""
+    w = weight.detach().double()
+    return float(((from_int(to_int(w, bits, frac_lens), frac_lens, torch.float64) - w) ** 2).sum())
 
 
 def search_static_weight_frac_len(weights: Sequence[tuple[Tensor, int]], span: int) -> int:
@@ -139,26 +167,31 @@ def _argmin(candidates: Iterable[int], cost: Callable[[int], float]) -> int:
 
 @torch.no_grad()
 def greedy_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str, nn.Module],
-                      reference_out: dict[str, list[Tensor]], batches: Sequence[Batch], act_bits: int,
-                      quantize_outputs: set[str], span: int) -> None:
+                      reference_out: dict[str, list[Tensor]], batches: Sequence[Batch], act_bits: int | Mapping[str, int],
+                      quantize_outputs: set[str], span: int) -> dict[str, float]:
     """Choose every layer's input (and, for layers in ``quantize_outputs``, output) fractional length
-    greedily in ``order`` (see module doc).
+    greedily in ``order`` (see module doc); returns each layer's relative output error (its output's squared
+    error against the float model's, over the reference's energy) as the chosen formats leave it.
 
-    Layers that read the very same, unmodified input tensor as the layer being fixed (a transformer's
-    query/key/value) cannot depend on its formats; their inputs come from the same capture pass.
+    ``act_bits``: one width, or one per layer. A layer whose input format is per token (``dynamic_input``) keeps
+    that: its input needs no search. Layers that read the very same, unmodified input tensor as the layer being
+    fixed (a transformer's query/key/value) cannot depend on its formats; their inputs come from the same capture pass.
     """
     for module in (modules[name] for name in order):
         fp = fixed_point_of(module)
         assert fp is not None
         fp.set_act_in(None)
         fp.set_act_out(None)
+    errors: dict[str, float] = {}
     i = 0
     while i < len(order):
         group = capture_group_inputs(model, [modules[name] for name in order[i:]], batches)
         for name, xs in zip(order[i:], group, strict=False):
             refs = reference_out[name][:: max(1, len(reference_out[name]) // max(1, len(xs)))][: len(xs)]
-            _choose_layer_formats(modules[name], xs, refs, act_bits, name in quantize_outputs, span)
+            bits = act_bits[name] if isinstance(act_bits, Mapping) else act_bits
+            errors[name] = _choose_layer_formats(modules[name], xs, refs, bits, name in quantize_outputs, span)
         i += len(group)
+    return errors
 
 
 @torch.no_grad()
@@ -197,25 +230,35 @@ def capture_group_inputs(model: nn.Module, layers: Sequence[nn.Module], batches:
 
 
 def _choose_layer_formats(module: nn.Module, xs: list[Tensor], y_ref: list[Tensor], act_bits: int,
-                          quantize_outputs: bool, span: int) -> None:
+                          quantize_outputs: bool, span: int) -> float:
+    """Set the layer's input (and output) format; returns its relative output error with them."""
     fp = fixed_point_of(module)
     assert fp is not None
+    energy = sum(float((y.double() ** 2).sum()) for y in y_ref) or 1.0
+    if fp.dynamic_input:  # chosen per token at run time: only the width is set here
+        fp.set_act_in(FixedPointFormat(act_bits, 0))
+        return _sq_error((module(x), y) for x, y in zip(xs, y_ref, strict=True)) / energy
     start = overflow_free_frac_len(_max_abs(xs), act_bits)
 
     def input_cost(fl: int) -> float:
         fp.set_act_in(FixedPointFormat(act_bits, fl))
         return _sq_error((module(x), y) for x, y in zip(xs, y_ref, strict=True))
 
-    fp.set_act_in(FixedPointFormat(act_bits, _argmin(range(start, start + span + 1), input_cost)))
+    costs: dict[int, float] = {}
+    best = _argmin(range(start, start + span + 1), lambda fl: costs.setdefault(fl, input_cost(fl)))
+    fp.set_act_in(FixedPointFormat(act_bits, best))
     if not quantize_outputs:
-        return
+        return costs[best] / energy
     ys = [module(x) for x in xs]
     start = overflow_free_frac_len(_max_abs(ys), act_bits)
 
     def output_cost(fl: int) -> float:
         return _sq_error((fake_quantize(y, act_bits, fl), r) for y, r in zip(ys, y_ref, strict=True))
 
-    fp.set_act_out(FixedPointFormat(act_bits, _argmin(range(start, start + span + 1), output_cost)))
+    out_costs: dict[int, float] = {}
+    best_out = _argmin(range(start, start + span + 1), lambda fl: out_costs.setdefault(fl, output_cost(fl)))
+    fp.set_act_out(FixedPointFormat(act_bits, best_out))
+    return out_costs[best_out] / energy
 
 
 @torch.no_grad()

@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core.fixed_point import FixedPointFormat, fake_quantize, from_int, to_int
+from ..core.fixed_point import FixedPointFormat, fake_quantize, from_int, int_range, row_frac_lens, to_int
 from ..core.kinds import stored_from_export
 from ..core.kinds.fixedpoint import ACT_KEYS, formats
 from ..core.state import ValueTransform, get_value_transform
@@ -25,7 +26,11 @@ from .simulate import exact_output
 
 
 class FixedPoint(ValueTransform):
-    """Dynamic fixed-point weight: ``round_half_up(w * 2**fl)`` saturated to ``bits``, straight-through gradient."""
+    """Dynamic fixed-point weight: ``round_half_up(w * 2**fl)`` saturated to ``bits``, straight-through gradient.
+
+    ``frac_len`` is one fractional length for the layer (the paper) or one per output channel (a vector buffer);
+    ``dynamic_input`` chooses the input's fractional length per row (token) at run time instead of a calibrated one.
+    """
 
     kind: ClassVar[str] = "fixedpoint"
 
@@ -36,21 +41,39 @@ class FixedPoint(ValueTransform):
     act_out_bits: Tensor
     act_out_frac_len: Tensor
 
-    def __init__(self, bits: int, frac_len: int, act_in: FixedPointFormat | None = None,
-                 act_out: FixedPointFormat | None = None) -> None:
+    def __init__(self, bits: int, frac_len: int | Tensor, act_in: FixedPointFormat | None = None,
+                 act_out: FixedPointFormat | None = None, dynamic_input: bool = False) -> None:
         super().__init__()
-        fmt = FixedPointFormat(int(bits), int(frac_len))
-        self.register_buffer("bits_buf", torch.tensor(fmt.bits, dtype=torch.int64))
-        self.register_buffer("frac_len", torch.tensor(fmt.frac_len, dtype=torch.int64))
+        fl = torch.as_tensor(frac_len, dtype=torch.int64).clone()
+        for value in fl.reshape(-1).tolist():
+            FixedPointFormat(int(bits), int(value))  # validates
+        self.register_buffer("bits_buf", torch.tensor(int(bits), dtype=torch.int64))
+        self.register_buffer("frac_len", fl)
         for key in ACT_KEYS:
             self.register_buffer(key, torch.tensor(0, dtype=torch.int64))
+        if dynamic_input:
+            self.register_buffer("act_in_dynamic", torch.tensor(1, dtype=torch.int64))
         self.set_act_in(act_in)
         self.set_act_out(act_out)
 
     # formats --------------------------------------------------------------------------------------------
     @property
+    def per_channel(self) -> bool:
+        return self.frac_len.dim() > 0
+
+    @property
+    def dynamic_input(self) -> bool:
+        return "act_in_dynamic" in self._buffers
+
+    @property
+    def weight_frac_len(self) -> int | Tensor:
+        """The weight's fractional length: an int, or an int64 tensor of one per output channel."""
+        return self.frac_len.clone() if self.per_channel else int(self.frac_len)
+
+    @property
     def weight_format(self) -> FixedPointFormat:
-        return FixedPointFormat(int(self.bits_buf), int(self.frac_len))
+        """The weight format of a per-layer weight; for a per-channel one, its coarsest (smallest) fractional length."""
+        return FixedPointFormat(int(self.bits_buf), int(self.frac_len.min()))
 
     @property
     def act_in(self) -> FixedPointFormat | None:
@@ -66,6 +89,11 @@ class FixedPoint(ValueTransform):
         self.bits_buf.fill_(fmt.bits)
         self.frac_len.fill_(fmt.frac_len)
 
+    def set_weight_frac_len(self, bits: int, frac_len: int | Tensor) -> None:
+        """Set the width and the fractional length(s): one for the layer or one per output channel."""
+        self.bits_buf.fill_(int(bits))
+        self.frac_len = torch.as_tensor(frac_len, dtype=torch.int64).clone().to(self.frac_len.device)
+
     def set_act_in(self, fmt: FixedPointFormat | None) -> None:
         self.act_in_bits.fill_(fmt.bits if fmt else 0)
         self.act_in_frac_len.fill_(fmt.frac_len if fmt else 0)
@@ -76,8 +104,8 @@ class FixedPoint(ValueTransform):
 
     # ValueTransform -------------------------------------------------------------------------------------
     def forward(self, weight: Tensor) -> Tensor:
-        fmt = self.weight_format
-        q = from_int(to_int(weight, fmt.bits, fmt.frac_len), fmt.frac_len, weight.dtype)
+        bits, fl = int(self.bits_buf), self.weight_frac_len
+        q = from_int(to_int(weight, bits, fl), fl, weight.dtype)
         return q + (weight - weight.detach())  # value exactly q (adds 0.0), gradient straight through
 
     @property
@@ -86,27 +114,33 @@ class FixedPoint(ValueTransform):
 
     def integers(self, masked_latent: Tensor) -> Tensor:
         """The stored integers (int64) of the weight."""
-        fmt = self.weight_format
-        return to_int(masked_latent, fmt.bits, fmt.frac_len).to(torch.int64)
+        return to_int(masked_latent, int(self.bits_buf), self.weight_frac_len).to(torch.int64)
 
     def export(self, masked_latent: Tensor) -> dict[str, Any]:
-        fmt = self.weight_format
+        fl = self.weight_frac_len
         out: dict[str, Any] = {"kind": self.kind, "int": self.integers(masked_latent).cpu().numpy(),
-                               "bits": fmt.bits, "frac_len": fmt.frac_len}
+                               "bits": int(self.bits_buf),
+                               "frac_len": fl.cpu().numpy().astype(np.int64) if isinstance(fl, Tensor) else fl}
         for key in ACT_KEYS:
             out[key] = int(getattr(self, key))
+        if self.dynamic_input:
+            out["act_in_dynamic"] = 1
         return out
 
     @classmethod
     def from_export(cls, exported: dict[str, Any]) -> FixedPoint:
         weight = stored_from_export(exported)
         weight.value_kind.check(weight)
-        fmt, act_in, act_out = formats(weight)
-        return cls(fmt.bits, fmt.frac_len, act_in, act_out)
+        fmt = formats(weight)
+        frac: int | Tensor = torch.from_numpy(fmt.frac_lens) if fmt.per_channel else int(fmt.frac_lens[0])
+        return cls(fmt.bits, frac, fmt.act_in, fmt.act_out, fmt.dynamic_input)
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, Tensor], weight_shape: torch.Size) -> FixedPoint:
-        return cls(8, 0)  # shapes are scalars; values arrive with load_state_dict
+        frac = tensors.get("frac_len")
+        shape = tuple(frac.shape) if frac is not None else ()
+        # values arrive with load_state_dict; the shapes (per channel or not) and the optional buffer must be right
+        return cls(8, torch.zeros(shape, dtype=torch.int64), dynamic_input="act_in_dynamic" in tensors)
 
     @classmethod
     def attach(cls, module: nn.Module, exported: dict[str, Any], name: str = "weight") -> None:
@@ -119,9 +153,11 @@ class FixedPoint(ValueTransform):
         install_hooks(module)
 
     def extra_repr(self) -> str:
-        parts = [f"w={self.weight_format}"]
+        weight = f"Q{int(self.bits_buf)}.[{int(self.frac_len.min())}..{int(self.frac_len.max())}]" \
+            if self.per_channel else str(FixedPointFormat(int(self.bits_buf), int(self.frac_len)))
+        parts = [f"w={weight}"]
         if self.act_in is not None:
-            parts.append(f"in={self.act_in}")
+            parts.append(f"in={'per-token ' if self.dynamic_input else ''}{self.act_in}")
         if self.act_out is not None:
             parts.append(f"out={self.act_out}")
         return ", ".join(parts)
@@ -133,19 +169,33 @@ def fixed_point_of(module: nn.Module) -> FixedPoint | None:
     return transform if isinstance(transform, FixedPoint) else None
 
 
+def input_frac_len(fp: FixedPoint, x: Tensor) -> int | Tensor:
+    """The input's fractional length: the calibrated one, or per row (token) from the row's own range."""
+    assert fp.act_in is not None
+    if fp.dynamic_input:
+        return row_frac_lens(x, fp.act_in.bits).unsqueeze(-1)
+    return fp.act_in.frac_len
+
+
 def _pre_hook(module: nn.Module, args: tuple) -> tuple | None:
     fp = fixed_point_of(module)
     if fp is None or fp.act_in is None or not args:
         return None
-    fmt = fp.act_in
-    return (fake_quantize(args[0], fmt.bits, fmt.frac_len), *args[1:])
+    x = args[0]
+    frac = input_frac_len(fp, x)
+    if isinstance(frac, Tensor):  # per row: scale each row by its own power of two
+        scale = torch.pow(2.0, frac.double())
+        q = (torch.floor(x.detach().double() * scale + 0.5).clamp_(*int_range(fp.act_in.bits)) / scale).to(x.dtype)
+        return (q + (x - x.detach()), *args[1:])
+    return (fake_quantize(x, fp.act_in.bits, frac), *args[1:])
 
 
 def _post_hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
     fp = fixed_point_of(module)
     if fp is None or fp.act_in is None or not args:
         return None  # without an input format the float32 output is the simulation
-    exact = exact_output(module, args[0], fp.weight_format, fp.act_in, fp.act_out, output.dtype)
+    exact = exact_output(module, args[0], int(fp.bits_buf), fp.weight_frac_len, input_frac_len(fp, args[0]),
+                         fp.act_out, output.dtype)
     return exact + (output - output.detach())
 
 

@@ -33,15 +33,17 @@ from ..core.fixed_point import (
     FixedPointFormat,
     bias_int,
     from_int,
+    int_range,
     requantize,
     rounding_shift,
+    row_frac_lens,
     saturate,
     to_int,
 )
-from ..core.graph import is_leaf
+from ..core.graph import is_leaf, run_model, split_batch
 from ..core.kinds import FixedPointKind, StoredWeight, kind_of, stored_from_export
 from ..core.kinds.fixedpoint import formats
-from ..core.layer_call import layer_call, plain_type
+from ..core.layer_call import channel_axis, layer_call, plain_type
 from ..core.select import layer_type_name
 from ..core.state import get_mask, get_value_transform, latent_weight
 from .registry import ANY_LOOKUP, LAYER_BUILDERS, register_layer_builder
@@ -59,49 +61,68 @@ class QTensor:
 
 
 class IntegerLayer(nn.Module):
-    """A quantized Linear/Conv1d/Conv2d computed on integers only (between its input and output formats)."""
+    """A quantized Linear/Conv1d/Conv2d computed on integers only (between its input and output formats).
+
+    The weight has one fractional length or one per output channel (a per-channel shift at the output); the input
+    a calibrated format, or (``dynamic_input``) one per row chosen from the row's own range at run time.
+    """
 
     weight_int: Tensor
     bias_int: Tensor | None
+    bias_float: Tensor | None
     weight_t8: Tensor | None
     _template: nn.Module  # the layer's computation (kept out of the module tree: it holds no state of ours)
 
     is_runtime_layer = True  # listed by deepshrink.runtime.runtime_layers
 
-    def __init__(self, module: nn.Module, w_int: Tensor, bias: Tensor | None, w_fmt: FixedPointFormat,
-                 act_in: FixedPointFormat, act_out: FixedPointFormat | None, float_io: bool = False) -> None:
+    def __init__(self, module: nn.Module, w_int: Tensor, bias: Tensor | None, bits: int, w_frac: int | Tensor,
+                 act_in: FixedPointFormat, act_out: FixedPointFormat | None, float_io: bool = False,
+                 dynamic_input: bool = False) -> None:
         """``module`` gives the layer's computation and geometry only (it may live on the meta device)."""
         super().__init__()
-        self.w_fmt, self.act_in, self.act_out = w_fmt, act_in, act_out
-        self.acc_frac_len = act_in.frac_len + w_fmt.frac_len
+        self.bits, self.act_in, self.act_out, self.dynamic_input = int(bits), act_in, act_out, dynamic_input
+        self.w_frac: int | Tensor = w_frac.clone() if isinstance(w_frac, Tensor) and w_frac.dim() else int(w_frac)
         self.float_io = float_io
+        self.axis = channel_axis(module)
         with torch.no_grad():
             w_int = w_int.detach().to("cpu", torch.int64)
-            b = bias_int(None if bias is None else bias.detach().cpu(), self.acc_frac_len)
-            # int32 accumulation when no partial sum can reach 2**31, else int64
+            static_acc = None if dynamic_input else self._channel_frac(act_in.frac_len)
+            b = bias_int(None if bias is None else bias.detach().cpu(), static_acc) if static_acc is not None else None
+            # int32 accumulation when no partial sum (bias included) can reach 2**31, else int64
             row_sum = int(w_int.abs().reshape(w_int.shape[0], -1).sum(1).max()) if w_int.numel() else 0
-            bound = (1 << (act_in.bits - 1)) * row_sum + (int(b.abs().max()) if b is not None and b.numel() else 0)
+            bias_bound = (int(b.abs().max()) if b is not None and b.numel() else 0) if not dynamic_input else 1 << 62
+            bound = (1 << (act_in.bits - 1)) * row_sum + bias_bound
             self.acc_dtype = torch.int32 if bound < 2**31 else torch.int64
             self.register_buffer("weight_int", w_int.to(self.acc_dtype))
             self.register_buffer("bias_int", None if b is None else b.to(self.acc_dtype))
+            self.register_buffer("bias_float", bias.detach().cpu().double() if dynamic_input and bias is not None
+                                 else None)
             # int8 x int8 -> int32 GEMM (torch._int_mm) for 8-bit Linear layers: the fast CPU integer path
-            self.int8_gemm = (plain_type(module) is nn.Linear and act_in.bits <= 8 and w_fmt.bits <= 8
+            self.int8_gemm = (plain_type(module) is nn.Linear and act_in.bits <= 8 and self.bits <= 8
                               and self.acc_dtype == torch.int32 and hasattr(torch, "_int_mm"))
             self.register_buffer("weight_t8", w_int.t().contiguous().to(torch.int8) if self.int8_gemm else None)
         self.kind = layer_type_name(module)
         self.__dict__["_template"] = _template_of(module)  # not a submodule: it holds no state of ours
 
+    def _channel_frac(self, in_frac: int | Tensor) -> int | Tensor:
+        """The accumulator's fractional length: input's + weight's (per channel, per row, or one)."""
+        if isinstance(self.w_frac, Tensor):
+            return self.w_frac + in_frac
+        return in_frac + self.w_frac
+
     @classmethod
     def from_stored(cls, module: nn.Module, weight: StoredWeight, bias: Tensor | None,
                     float_io: bool = True) -> IntegerLayer:
         """The integer form of a layer from its stored ``fixedpoint`` weight (as read from a ``.dsz`` file)."""
-        w_fmt, act_in, act_out = formats(weight)
-        if act_in is None:
+        fmt = formats(weight)
+        if fmt.act_in is None:
             raise UnsupportedLayerError("this fixedpoint weight has no activation format (quantized without "
                                         "calibration data); the integer kernel needs one")
         ints = torch.zeros(weight.numel, dtype=torch.int64)
         ints[torch.from_numpy(weight.flat_positions())] = torch.from_numpy(np.asarray(weight.data, dtype=np.int64))
-        return cls(module, ints.reshape(weight.shape), bias, w_fmt, act_in, act_out, float_io)
+        frac: int | Tensor = torch.from_numpy(fmt.frac_lens.copy()) if fmt.per_channel else int(fmt.frac_lens[0])
+        return cls(module, ints.reshape(weight.shape), bias, fmt.bits, frac, fmt.act_in, fmt.act_out, float_io,
+                   fmt.dynamic_input)
 
     @classmethod
     def from_module(cls, module: nn.Module, float_io: bool = False) -> IntegerLayer:
@@ -114,16 +135,36 @@ class IntegerLayer(nn.Module):
 
     def forward(self, x: Tensor | QTensor) -> Tensor | QTensor:
         fmt = self.act_in
-        if isinstance(x, QTensor):
-            x_int = requantize(x.data.to(torch.int64), x.frac_len, fmt.bits, fmt.frac_len)
+        if self.dynamic_input:
+            value = x.dequantize() if isinstance(x, QTensor) else x
+            rows = row_frac_lens(value, fmt.bits).unsqueeze(-1)
+            in_frac: int | Tensor = rows
+            x_int = torch.floor(value.detach().double() * torch.pow(2.0, rows.double()) + 0.5).clamp_(
+                *int_range(fmt.bits))
+        elif isinstance(x, QTensor):
+            in_frac, x_int = fmt.frac_len, requantize(x.data.to(torch.int64), x.frac_len, fmt.bits, fmt.frac_len)
         else:
-            x_int = to_int(x, fmt.bits, fmt.frac_len)
+            in_frac, x_int = fmt.frac_len, to_int(x, fmt.bits, fmt.frac_len)
         acc = self._accumulate(x_int).to(torch.int64)
+        acc_frac = self._output_frac(acc, in_frac)
+        if self.dynamic_input and self.bias_float is not None:  # the bias at each row's accumulator format
+            acc = acc + torch.floor(self.bias_float * torch.pow(2.0, acc_frac.double()) + 0.5).to(torch.int64)  # type: ignore[union-attr]
         if self.act_out is None:
-            return from_int(acc, self.acc_frac_len, torch.float32)
-        out = QTensor(saturate(rounding_shift(acc, self.acc_frac_len - self.act_out.frac_len), self.act_out.bits),
+            if isinstance(acc_frac, Tensor):
+                return (acc.double() / torch.pow(2.0, acc_frac.double())).to(torch.float32)
+            return from_int(acc, acc_frac, torch.float32)
+        out = QTensor(saturate(rounding_shift(acc, acc_frac - self.act_out.frac_len), self.act_out.bits),
                       self.act_out.frac_len)
         return out.dequantize() if self.float_io else out
+
+    def _output_frac(self, acc: Tensor, in_frac: int | Tensor) -> int | Tensor:
+        """The accumulator's fractional length shaped for ``acc`` (channels on :attr:`axis`, rows leading)."""
+        if not isinstance(self.w_frac, Tensor) and not isinstance(in_frac, Tensor):
+            return in_frac + self.w_frac
+        shape = [1] * acc.dim()
+        shape[self.axis] = -1
+        w = self.w_frac.reshape(shape) if isinstance(self.w_frac, Tensor) else self.w_frac
+        return w + in_frac
 
     def _accumulate(self, x_int: Tensor) -> Tensor:
         if self.int8_gemm and self.weight_t8 is not None:
@@ -141,7 +182,10 @@ class IntegerLayer(nn.Module):
     def extra_repr(self) -> str:
         out = self.act_out or "float"
         gemm = ", int8 GEMM" if self.int8_gemm else ""
-        return f"{self.kind}, w={self.w_fmt}, in={self.act_in}, out={out}, acc={self.acc_dtype}{gemm}"
+        weight = (f"Q{self.bits}.[{int(self.w_frac.min())}..{int(self.w_frac.max())}]"
+                  if isinstance(self.w_frac, Tensor) else f"Q{self.bits}.{self.w_frac}")
+        source = "per-token " if self.dynamic_input else ""
+        return f"{self.kind}, w={weight}, in={source}{self.act_in}, out={out}, acc={self.acc_dtype}{gemm}"
 
 
 def _template_of(module: nn.Module) -> nn.Module:
@@ -228,7 +272,7 @@ class _Interpreter(fx.Interpreter):
 def _has_input_format(module: nn.Module) -> bool:
     """A fixed-point layer that computes on integers (weight-only ones, e.g. embeddings, stay as they are)."""
     weight = fixed_point_weight(module)
-    return weight is not None and formats(weight)[1] is not None
+    return weight is not None and formats(weight).act_in is not None
 
 
 class _LeafTracer(fx.Tracer):
@@ -263,9 +307,14 @@ def _trace(model: nn.Module) -> fx.GraphModule:
 
 
 class IntegerModel(nn.Module):
-    """A fixed-point model run on integers end to end (float only at the input and at non-integer ops)."""
+    """A fixed-point model run on integers end to end (float only at the input and at non-integer ops).
 
-    def __init__(self, model: nn.Module) -> None:
+    With ``example`` (one input batch) the traced graph is checked to reproduce the model's simulation on it
+    exactly: a ``forward`` whose Python branches the tracer resolved one way for every input (``isinstance``
+    tests, shape checks) is refused rather than run wrongly.
+    """
+
+    def __init__(self, model: nn.Module, example: Any = None) -> None:
         super().__init__()
         self.graph_module = _trace(model)
         self.layers = nn.ModuleDict()
@@ -277,6 +326,22 @@ class IntegerModel(nn.Module):
                 self.layer_names[fqn] = safe
         if not self.layer_names:
             raise UnsupportedLayerError("the model has no fixed-point layers; quantize it first")
+        if example is not None:
+            self._check(model, example)
+
+    @torch.no_grad()
+    def _check(self, model: nn.Module, example: Any) -> None:
+        inputs = split_batch(example)[0]
+        try:
+            ours = self(inputs)
+        except Exception as exc:
+            raise UnsupportedLayerError(f"the traced graph of {type(model).__name__} fails on the example input "
+                                        f"({type(exc).__name__}: {str(exc).splitlines()[0]}); use swap_integer_layers_"
+                                        "(model) instead") from exc
+        if not torch.equal(torch.as_tensor(ours), torch.as_tensor(run_model(model, inputs))):
+            raise UnsupportedLayerError(f"the traced graph of {type(model).__name__} does not reproduce the model on "
+                                        "the example input (a branch of its forward was fixed at tracing); use "
+                                        "swap_integer_layers_(model) instead")
 
     @torch.no_grad()
     def forward(self, *args: Any) -> Any:
@@ -297,6 +362,6 @@ def build_fixedpoint(module: nn.Module, weight: StoredWeight, bias: Tensor | Non
     integer kernel does not cover) run their palette through the sparse kernel."""
     m: Any = module
     supported = isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d) and getattr(m, "padding_mode", "zeros") == "zeros"
-    if supported and formats(weight)[1] is not None:
+    if supported and formats(weight).act_in is not None:
         return IntegerLayer.from_stored(module, weight, bias)
     return LAYER_BUILDERS[ANY_LOOKUP](module, weight, bias, name)

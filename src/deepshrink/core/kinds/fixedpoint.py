@@ -2,10 +2,14 @@
 
 Export form ``{"kind": "fixedpoint", "int": int64 array, "bits": int, "frac_len": int, "act_in_bits",
 "act_in_frac_len", "act_out_bits", "act_out_frac_len": int}`` (``*_bits == 0``: that activation stays float).
+``frac_len`` may instead be an int64 array with one fractional length per output channel (per-channel weights);
+``act_in_dynamic: 1`` means the input's fractional length is chosen per row (token) at run time from its own
+range (``act_in_frac_len`` is then unused).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -17,6 +21,28 @@ from .base import Palette, StoredWeight, ValueKind, register_kind
 ACT_KEYS = ("act_in_bits", "act_in_frac_len", "act_out_bits", "act_out_frac_len")
 
 
+@dataclass(frozen=True)
+class Formats:
+    """A fixed-point layer's formats: weight bits and fractional length(s), input and output formats."""
+
+    bits: int
+    frac_lens: np.ndarray  # int64, shape (1,) or (output channels,)
+    act_in: FixedPointFormat | None
+    act_out: FixedPointFormat | None
+    dynamic_input: bool = False
+
+    @property
+    def per_channel(self) -> bool:
+        return self.frac_lens.size > 1
+
+    @property
+    def weight(self) -> FixedPointFormat:
+        """The weight format of a per-layer weight (FormatError for a per-channel one)."""
+        if self.per_channel:
+            raise FormatError("a per-channel fixed-point weight has no single weight format")
+        return FixedPointFormat(self.bits, int(self.frac_lens[0]))
+
+
 def _int_field(params: Any, key: str, default: int | None = None) -> int:
     value = params.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
@@ -24,44 +50,70 @@ def _int_field(params: Any, key: str, default: int | None = None) -> int:
     return int(value)
 
 
-def formats(weight: StoredWeight) -> tuple[FixedPointFormat, FixedPointFormat | None, FixedPointFormat | None]:
-    """``(weight format, input format or None, output format or None)`` of a fixed-point weight."""
+def formats(weight: StoredWeight) -> Formats:
+    """The formats of a fixed-point weight (FormatError when a field is missing or out of range)."""
     p = weight.params
+    raw = p.get("frac_len")
     try:
-        fmt = FixedPointFormat(_int_field(p, "bits"), _int_field(p, "frac_len"))
+        bits = check_bits(_int_field(p, "bits"), "bits")
+        if isinstance(raw, np.ndarray):
+            if raw.ndim != 1 or raw.size == 0 or not np.issubdtype(raw.dtype, np.integer):
+                raise FormatError(f"per-channel frac_len must be a 1-D integer array, got {raw.dtype} {raw.shape}")
+            frac_lens = raw.astype(np.int64)
+        else:
+            frac_lens = np.array([_int_field(p, "frac_len")], dtype=np.int64)
+        if np.abs(frac_lens).max() > MAX_FRAC_LEN:
+            raise FormatError(f"fixedpoint frac_len beyond +-{MAX_FRAC_LEN}")
         acts = [_int_field(p, key, 0) for key in ACT_KEYS]
         act_in = FixedPointFormat(check_bits(acts[0], "act_in_bits"), acts[1]) if acts[0] else None
         act_out = FixedPointFormat(check_bits(acts[2], "act_out_bits"), acts[3]) if acts[2] else None
+        dynamic = bool(_int_field(p, "act_in_dynamic", 0))
     except ConfigError as exc:
         raise FormatError(f"invalid fixed-point format: {exc}") from exc
-    return fmt, act_in, act_out
+    if dynamic and (act_in is None or act_out is not None):
+        raise FormatError("a per-token (dynamic) input format needs an input width and a float output")
+    return Formats(bits, frac_lens, act_in, act_out, dynamic)
+
+
+def _groups(weight: StoredWeight, frac_lens: np.ndarray) -> np.ndarray:
+    """Per kept weight, the index of its fractional length."""
+    if frac_lens.size == 1:
+        return np.zeros(weight.kept, dtype=np.int64)
+    return weight.flat_positions() // max(weight.numel // frac_lens.size, 1)
 
 
 class FixedPointKind(ValueKind):
     name = "fixedpoint"
     symbol_key = "int"
-    doc = "signed integers in `bits` bits times 2^-frac_len, plus the layer's activation formats"
+    doc = "signed integers in `bits` bits times 2^-frac_len (per layer or per output channel), plus the layer's " \
+          "activation formats"
 
     def check(self, weight: StoredWeight) -> None:
-        fmt, _, _ = formats(weight)
-        if abs(fmt.frac_len) > MAX_FRAC_LEN:
-            raise FormatError(f"fixedpoint frac_len {fmt.frac_len} out of range")
+        fmt = formats(weight)
+        rows = weight.shape[0] if weight.shape else 1
+        if fmt.per_channel and fmt.frac_lens.size != rows:
+            raise FormatError(f"{fmt.frac_lens.size} fractional lengths for {rows} output channels")
         lo, hi = -(1 << (fmt.bits - 1)), (1 << (fmt.bits - 1)) - 1
         if weight.kept and (int(weight.data.min()) < lo or int(weight.data.max()) > hi):
             raise FormatError(f"fixedpoint integers out of the {fmt.bits}-bit range [{lo}, {hi}]")
 
-    def step(self, weight: StoredWeight) -> np.float32:
-        return np.float32(2.0 ** -int(weight.params["frac_len"]))
+    @staticmethod
+    def steps(frac_lens: np.ndarray) -> np.ndarray:
+        return np.array([2.0 ** -int(f) for f in frac_lens], dtype=np.float32)
 
     def values(self, weight: StoredWeight) -> np.ndarray:
-        return (weight.data.astype(np.float32) * self.step(weight)).astype(np.float32)
+        frac_lens = formats(weight).frac_lens
+        if frac_lens.size == 1:
+            return (weight.data.astype(np.float32) * self.steps(frac_lens)[0]).astype(np.float32)
+        return (weight.data.astype(np.float32) * self.steps(frac_lens)[_groups(weight, frac_lens)]).astype(np.float32)
 
     def palette(self, weight: StoredWeight) -> Palette:
-        """Every integer of the used range as a table entry; exact zeros get code -1."""
+        """Every integer of the used range as a table entry (one table per fractional length); exact zeros get -1."""
         data = np.asarray(weight.data, dtype=np.int64)
         low, high = (int(data.min()), int(data.max())) if data.size else (0, 0)
-        table = (np.arange(low, high + 1, dtype=np.int64).astype(np.float32) * self.step(weight)).astype(np.float32)
-        return Palette(table.reshape(1, -1), np.where(data == 0, -1, data - low))
+        ints = np.arange(low, high + 1, dtype=np.int64).astype(np.float32)
+        table = (ints[None, :] * self.steps(formats(weight).frac_lens)[:, None]).astype(np.float32)
+        return Palette(table, np.where(data == 0, -1, data - low))
 
 
 register_kind(FixedPointKind())
