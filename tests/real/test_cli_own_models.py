@@ -97,7 +97,7 @@ def test_text_file_model_takes_lists_of_strings(tmp_path: Path) -> None:
 def test_bad_images_are_named_or_skipped(tmp_path: Path) -> None:
     folder = _images(tmp_path / "imgs", per_class=3)
     (folder / "class0" / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="broken.png"):
+    with pytest.raises(DataError, match=r"broken\.png"):
         open_data(f"imagefolder:{folder}", DataOptions(image_size=8))
     source = open_data(f"imagefolder:{folder}", DataOptions(image_size=8, skip_bad_images=True))
     assert source.num_classes == 3
