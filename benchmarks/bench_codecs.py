@@ -83,7 +83,7 @@ def build(arch: str) -> tuple[torch.nn.Module, str]:
         model, _ = load_checkpoint(ROOT / f"benchmarks/baselines/{arch}-fmnist.pt")
         prune_to(model, PAPER[arch])
         source = f"baselines/{arch}-fmnist.pt pruned to the paper's densities (not retrained)"
-    share_weights_(model, WeightSharing(bits=6 if arch == "lenet300" else {"conv": 8, "fc": 5}))
+    share_weights_(model, WeightSharing(bits=6 if arch == "lenet300" else {"conv": 8, "fc": 5}, init="linear"))
     return model, source
 
 

@@ -67,7 +67,7 @@ def compress_(model: nn.Module, density: dict[str, float]) -> nn.Module:
         k = max(round(keep * magnitude.numel()), 1)
         threshold = magnitude.flatten().kthvalue(magnitude.numel() - k + 1).values
         set_mask(layer, magnitude >= threshold)
-    share_weights_(model, WeightSharing(bits={"conv": 8, "fc": 5}))
+    share_weights_(model, WeightSharing(bits={"conv": 8, "fc": 5}, init="linear"))
     return model.eval()
 
 

@@ -245,7 +245,10 @@ class SentenceEmbedder(nn.Module):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+    def forward(self, batch: dict[str, Tensor] | list[str]) -> Tensor:
+        """Embeddings of tokenized features, or of sentences (tokenized here: the CLI's ``textfile:`` data)."""
+        if isinstance(batch, list):
+            batch = tokenize(batch)
         hidden = self.encoder(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

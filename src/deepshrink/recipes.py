@@ -139,6 +139,7 @@ def run_recipe(recipe: Recipe, context: RecipeContext) -> list[dict[str, Any]]:
         context.teacher = frozen_copy(context.model)
     records = []
     for position, stage in enumerate(recipe.stages, 1):
+        context.upcoming = tuple(s.name for s in recipe.stages[position:])
         started = time.perf_counter()
         if not context.quiet:
             print(f"[{position}/{len(recipe.stages)}] {stage.name} {dict(stage.options) or ''}".rstrip())

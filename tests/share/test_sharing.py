@@ -158,3 +158,35 @@ def test_bias_sharing_and_small_codebooks() -> None:
     set_mask(tiny[0], torch.tensor([[True, False], [False, True]]))
     share_weights_(tiny, WeightSharing(bits=5))
     assert get_value_transform(tiny[0]).centroids.numel() == 2  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("groups", ["channel", 2])
+def test_channel_group_codebooks_round_trip_fine_tune_and_run(tmp_path, groups) -> None:  # type: ignore[no-untyped-def]
+    import deepshrink.runtime as rt
+    from deepshrink.codec import load_compressed, read_compressed, save_compressed
+    from deepshrink.core import set_mask
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4 * 4, 6))
+    with torch.no_grad():  # channels of very different ranges: one codebook each is what helps
+        model[0].weight.mul_(torch.logspace(-2, 1, 4).reshape(-1, 1, 1, 1))
+    set_mask(model[3], model[3].weight.abs() > 0.02)
+    per_layer = share_weights_(copy.deepcopy(model), WeightSharing(bits=2, groups="layer"))
+    report = share_weights_(model, WeightSharing(bits=2, groups=groups))
+    expected = {"channel": (4, 6), 2: (2, 2)}[groups]
+    assert (report.layers["0"]["codebooks"], report.layers["3"]["codebooks"]) == expected
+    assert report.layers["0"]["mse"] < per_layer.layers["0"]["mse"]
+    transform = model[0].parametrizations.weight[0]
+    assert isinstance(transform, SharedWeights) and transform.centroids.shape == (expected[0], 4)
+    x = torch.randn(5, 2, 6, 6)
+    loss = model(x).square().mean()
+    loss.backward()
+    assert transform.centroids.grad is not None and transform.centroids.grad.abs().sum() > 0
+    path = tmp_path / "groups.dsz"
+    save_compressed(model, path)
+    assert read_compressed(path).weights["0.weight"].params["centroids"].shape == (expected[0], 4)
+    loaded = load_compressed(path, model=copy.deepcopy(nn.Sequential(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Flatten(),
+                                                                      nn.Linear(4 * 4 * 4, 6))))
+    assert torch.equal(loaded[0].weight, model[0].weight) and torch.equal(loaded[3].weight, model[3].weight)
+    with torch.no_grad():
+        torch.testing.assert_close(rt.from_model(model)(x), model(x), rtol=1e-5, atol=1e-6)

@@ -36,6 +36,9 @@ class RecipeContext:
     encoded: Any = None
     teacher: nn.Module | None = None
     calib_data: Any = None
+    upcoming: tuple[str, ...] = ()
+    """The names of the stages after the running one (e.g. weight sharing picks its init by whether a fine-tune
+    follows)."""
 
     @property
     def calibration(self) -> Any:

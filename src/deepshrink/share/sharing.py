@@ -37,8 +37,10 @@ MAX_BITS = 16
 class SharedWeights(ValueTransform):
     """``forward(w) = centroids[index]``, zero where ``index == -1`` (pruned); the input is ignored.
 
-    Because the input is ignored, the mask before this step cannot zero anything: this step keeps pruned
-    positions at exactly zero itself (``torch.where``), whatever the optimizer does to the centroids.
+    ``centroids`` is one codebook ``(K,)`` (the paper) or one per group of output channels ``(G, K)``: the rows
+    of the weight split into ``G`` equal contiguous groups, each indexing its own row of centroids. Because the
+    input is ignored, the mask before this step cannot zero anything: this step keeps pruned positions at exactly
+    zero itself (``torch.where``), whatever the optimizer does to the centroids.
     """
 
     kind: ClassVar[str] = "codebook"
@@ -46,25 +48,39 @@ class SharedWeights(ValueTransform):
 
     def __init__(self, centroids: Tensor, index: Tensor) -> None:
         super().__init__()
-        centroids = centroids.detach().to(torch.float32).reshape(-1).clone()
-        if centroids.numel() < 1:
-            raise ConfigError("a codebook needs at least one centroid")
+        centroids = centroids.detach().to(torch.float32).clone()
+        if centroids.dim() == 2 and centroids.shape[0] == 1:
+            centroids = centroids.reshape(-1)
+        if centroids.dim() not in (1, 2) or centroids.numel() < 1:
+            raise ConfigError(f"a codebook is a non-empty (K,) or (G, K) tensor, got shape {tuple(centroids.shape)}")
         index = index.detach().to(torch.int64).clone()
-        if index.numel() and int(index.max()) >= centroids.numel():
-            raise ConfigError(f"cluster index {int(index.max())} out of range for {centroids.numel()} centroids")
+        groups = centroids.shape[0] if centroids.dim() == 2 else 1
+        if index.dim() and (index.shape[0] % groups or groups > index.shape[0]):
+            raise ConfigError(f"{groups} codebooks do not split {index.shape[0]} output channels evenly")
+        if index.numel() and int(index.max()) >= centroids.shape[-1]:
+            raise ConfigError(f"cluster index {int(index.max())} out of range for {centroids.shape[-1]} centroids")
         if index.numel() and int(index.min()) < -1:
             raise ConfigError("cluster indices must be >= -1 (-1 marks a pruned weight)")
         self.centroids = nn.Parameter(centroids)
         self.register_buffer("index", index)
 
+    @property
+    def groups(self) -> int:
+        return int(self.centroids.shape[0]) if self.centroids.dim() == 2 else 1
+
     def forward(self, weight: Tensor) -> Tensor:
         live = self.index >= 0
-        values = self.centroids[self.index.clamp(min=0)]
+        if self.centroids.dim() == 1:
+            values = self.centroids[self.index.clamp(min=0)]
+        else:
+            rows = self.index.reshape(self.index.shape[0], -1)
+            group = torch.arange(rows.shape[0], device=rows.device) // (rows.shape[0] // self.groups)
+            values = self.centroids[group[:, None], rows.clamp(min=0)].reshape(self.index.shape)
         return torch.where(live, values, torch.zeros((), dtype=values.dtype, device=values.device)).to(weight.dtype)
 
     @property
     def bits(self) -> float:
-        return float(max(1, math.ceil(math.log2(self.centroids.numel()))))
+        return float(max(1, math.ceil(math.log2(self.centroids.shape[-1]))))
 
     def export(self, masked_latent: Tensor | None = None) -> dict[str, Any]:
         return {
@@ -93,8 +109,8 @@ class SharedWeights(ValueTransform):
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, Tensor], weight_shape: torch.Size) -> SharedWeights:
         centroids = tensors.get("centroids")
-        if centroids is None or centroids.dim() != 1:
-            raise FormatError("SharedWeights state needs a 1-D 'centroids' tensor")
+        if centroids is None or centroids.dim() not in (1, 2):
+            raise FormatError("SharedWeights state needs a (K,) or (G, K) 'centroids' tensor")
         index = tensors.get("index")
         if index is not None and tuple(index.shape) != tuple(weight_shape):
             raise FormatError(f"SharedWeights index shape {tuple(index.shape)} does not match weight {tuple(weight_shape)}")
@@ -102,7 +118,8 @@ class SharedWeights(ValueTransform):
 
     def extra_repr(self) -> str:
         live = int((self.index >= 0).sum())
-        return f"clusters={self.centroids.numel()}, bits={self.bits:g}, shared={live}/{self.index.numel()}"
+        groups = f", codebooks={self.groups}" if self.groups > 1 else ""
+        return f"clusters={self.centroids.shape[-1]}{groups}, bits={self.bits:g}, shared={live}/{self.index.numel()}"
 
 
 BitsSpec = int | Mapping[str, int]
@@ -114,20 +131,28 @@ class WeightSharing:
 
     ``bits``: one int for every layer, or a dict keyed by layer family (``"conv"``, ``"fc"``) and/or layer name
     (exact fqn or glob; names win over families); families missing from the dict keep the paper's defaults
-    (conv 8, fc 5). ``init``: linear (paper's best) | density | random | optimal (exact 1-D k-means).
+    (conv 8, fc 5). ``init``: linear (the paper's best before centroid fine-tuning) | density | random | optimal
+    (the exact 1-D k-means: far better when no fine-tuning follows) | auto (the default: optimal; the recipe stage
+    picks linear when a ``finetune`` stage follows). ``groups``: ``"layer"`` (one codebook per layer, the paper),
+    ``"channel"`` (one per output channel) or an int ``G`` (one per group of ``out / G`` channels; a layer whose
+    channel count ``G`` does not divide keeps one per layer); each codebook's bytes are stored in the file.
     ``bias_bits``: also share each selected layer's bias with that many bits (off by default, as in the paper);
     a bias with at most ``4 * 2^bias_bits`` elements stays float32, where a codebook would not pay for itself.
     """
 
     bits: BitsSpec = field(default_factory=lambda: {"conv": 8, "fc": 5})
-    init: str = "linear"
+    init: str = "auto"
     max_iter: int = 100
     seed: int = 0
     bias_bits: int | None = None
+    groups: str | int = "layer"
 
     def __post_init__(self) -> None:
-        if self.init not in INITS:
-            raise ConfigError(f"unknown init {self.init!r} for weight sharing (allowed: {', '.join(INITS)})")
+        if self.init not in (*INITS, "auto"):
+            raise ConfigError(f"unknown init {self.init!r} for weight sharing (allowed: {', '.join(INITS)}, auto)")
+        if not (self.groups in ("layer", "channel") or (isinstance(self.groups, int)
+                                                         and not isinstance(self.groups, bool) and self.groups >= 1)):
+            raise ConfigError(f"groups must be 'layer', 'channel' or a positive int, got {self.groups!r}")
         if self.max_iter < 0:
             raise ConfigError(f"max_iter must be >= 0, got {self.max_iter}")
         values = [self.bits] if isinstance(self.bits, int) else list(self.bits.values())
@@ -170,29 +195,57 @@ class SharingReport:
         return dict(self.layers)
 
 
+def _group_count(config: WeightSharing, rows: int) -> int:
+    if config.groups == "layer" or rows == 0:
+        return 1
+    if config.groups == "channel":
+        return rows
+    return int(config.groups) if rows % int(config.groups) == 0 else 1
+
+
+def _cluster(values: np.ndarray, k_max: int, config: WeightSharing) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(k_max centroids, labels, inertia)`` of one group's values (never more clusters than distinct values:
+    the unused centroids repeat the last one and are never indexed)."""
+    if values.size == 0:
+        return np.zeros(k_max, dtype=np.float32), np.zeros(0, dtype=np.int64), 0.0
+    k = min(k_max, max(1, int(np.unique(values).size)))
+    init = "optimal" if config.init == "auto" else config.init
+    result = kmeans_1d(values, k, init, max_iter=config.max_iter, seed=config.seed)
+    centroids = result.centroids
+    if k < k_max:
+        centroids = np.concatenate([centroids, np.full(k_max - k, centroids[-1], dtype=np.float32)])
+    return centroids, result.labels, result.inertia
+
+
 def share_layer_(module: nn.Module, bits: int, config: WeightSharing, name: str = "weight") -> dict[str, float]:
-    """Cluster one layer's surviving weights and attach :class:`SharedWeights` (replacing any value transform).
+    """Cluster one layer's surviving weights (per group of output channels) and attach :class:`SharedWeights`
+    (replacing any value transform).
 
     The weight clustered is the layer's current effective value (mask and any previous transform applied).
     """
     weight = getattr(module, name).detach()
     mask = get_mask(module, name)
     live = mask.to(torch.bool) if mask is not None else torch.ones_like(weight, dtype=torch.bool)
-    values = weight[live].cpu().double().numpy()
+    rows = weight.shape[0] if weight.dim() > 1 else 1
+    groups = _group_count(config, rows) if weight.dim() > 1 else 1
+    flat_w = weight.cpu().double().reshape(groups, -1).numpy()
+    flat_live = live.cpu().reshape(groups, -1).numpy()
     # never more shared values than distinct weights: a bigger codebook would only cost bytes
-    k = min(2**bits, max(1, int(np.unique(values).size)))
-    index = torch.full(weight.shape, -1, dtype=torch.int64)
-    if values.size == 0:
-        centroids = torch.zeros(k)
-        mse = 0.0
-    else:
-        result = kmeans_1d(values, k, config.init, max_iter=config.max_iter, seed=config.seed)
-        centroids = torch.from_numpy(result.centroids)
-        index[live.cpu()] = torch.from_numpy(result.labels)
-        mse = result.inertia / values.size
-    transform = SharedWeights(centroids, index).to(weight.device)
+    everything = flat_w[flat_live]
+    k = min(2**bits, max(1, int(np.unique(everything).size)))
+    index = np.full(flat_w.shape, -1, dtype=np.int64)
+    centroids = np.zeros((groups, k), dtype=np.float32)
+    inertia = 0.0
+    for g in range(groups):
+        centroids[g], labels, part = _cluster(flat_w[g][flat_live[g]], k, config)
+        index[g][flat_live[g]] = labels
+        inertia += part
+    table = torch.from_numpy(centroids if groups > 1 else centroids[0])
+    transform = SharedWeights(table, torch.from_numpy(index.reshape(weight.shape))).to(weight.device)
     set_value_transform(module, transform, name)
-    return {"bits": transform.bits, "clusters": k, "shared": int(values.size), "mse": mse}
+    count = int(flat_live.sum())
+    return {"bits": transform.bits, "clusters": k, "codebooks": groups, "shared": count,
+            "mse": inertia / count if count else 0.0}
 
 
 def share_weights_(model: nn.Module, config: WeightSharing | None = None, select: Selector = None, *,

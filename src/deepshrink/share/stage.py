@@ -14,17 +14,19 @@ from .sharing import WeightSharing, share_weights_
 
 __all__ = ["FINETUNE_KEYS", "SHARE_KEYS", "build_finetune", "build_share"]
 
-_CONFIG_KEYS = ("bits", "init", "max_iter", "bias_bits")
+_CONFIG_KEYS = ("bits", "init", "max_iter", "bias_bits", "groups")
 SHARE_KEYS = frozenset({*_CONFIG_KEYS, "select", "exclude"})
 FINETUNE_KEYS = TRAIN_KEYS | {"train_others", "distill"}
 
 
 def build_share(options: Mapping[str, Any]) -> StageFn:
-    """Weight sharing: per-layer k-means into 2^bits shared values (defaults conv 8, fc 5; linear init)."""
+    """Weight sharing: per-layer (or per channel-group) k-means into 2^bits shared values (defaults conv 8, fc 5;
+    ``init: auto`` is linear when a ``finetune`` stage follows, the paper's pipeline, else the exact k-means)."""
     config = WeightSharing(**{k: options[k] for k in _CONFIG_KEYS if k in options})
 
     def run(ctx: RecipeContext) -> dict[str, Any]:
-        sharing = dataclasses.replace(config, seed=ctx.seed)
+        init = ("linear" if "finetune" in ctx.upcoming else "optimal") if config.init == "auto" else config.init
+        sharing = dataclasses.replace(config, seed=ctx.seed, init=init)
         report = share_weights_(ctx.model, sharing, select=options.get("select"), exclude=options.get("exclude"))
         return {"layers": report.to_dict()}
 
