@@ -138,3 +138,29 @@ def test_prune_final_retrain_is_validated() -> None:
         parse_recipe({"stages": [{"prune": {"sparsity": 0.5, "rounds": 2, "final_retrain": {"epoch": 1}}}]})
     with pytest.raises(ConfigError, match=r"final_retrain must be a mapping"):
         parse_recipe({"stages": [{"prune": {"sparsity": 0.5, "rounds": 2, "final_retrain": 3}}]})
+
+
+def test_post_training_recipe_obs_bn_bias_quantize_and_ternary_stages(tmp_path: Path) -> None:
+    """Stages of every technique, calibration-only recovery included, on a BatchNorm model."""
+    from deepshrink.data import load_dataset
+    from deepshrink.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vgg", in_channels=1, num_classes=10, widths=(4, 8)).eval()
+    recipe = parse_recipe({"stages": [
+        {"prune": {"method": "obs", "sparsity": 0.5, "max_samples": 64, "select": "type:conv"}},
+        {"recalibrate_bn": {"batches": 2, "batch_size": 32}},
+        {"bias_correct": {"samples": 64}},
+        {"quantize": {"bits": 8, "granularity": "channel", "calib": 64, "bias_correction": True}},
+        {"encode": {"entropy": "ans"}},
+    ]})
+    data = load_dataset("digits", "train", limit=200)
+    context = RecipeContext(model=model, train_data=data, val_data=load_dataset("digits", "val"), out=tmp_path / "m.dsz")
+    records = run_recipe(recipe, context)
+    assert [r["stage"] for r in records] == ["prune", "recalibrate_bn", "bias_correct", "quantize", "encode"]
+    assert 0.45 < records[0]["sparsity"] < 0.55 and records[2]["layers"] > 0
+    assert (tmp_path / "m.dsz").stat().st_size == records[-1]["bytes"]
+    ternary = parse_recipe({"stages": [{"ternarize": {"epochs": 1, "batch_size": 64}}, "encode"]})
+    model = build_model("lenet300", in_features=64, num_classes=10, hidden=(16, 8))
+    run_recipe(ternary, RecipeContext(model=model, train_data=data, out=tmp_path / "t.dsz"))
+    assert (tmp_path / "t.dsz").is_file()

@@ -135,7 +135,8 @@ def run_recipe(recipe: Recipe, context: RecipeContext) -> list[dict[str, Any]]:
     """Run every stage of ``recipe`` on ``context.model`` in order; one record per stage (with val accuracy)."""
     from .train import evaluate
 
-    if context.teacher is None and any("distill" in stage.options for stage in recipe.stages):
+    if context.teacher is None and any("distill" in stage.options or stage.name == "bias_correct"
+                                       for stage in recipe.stages):
         context.teacher = frozen_copy(context.model)
     records = []
     for position, stage in enumerate(recipe.stages, 1):

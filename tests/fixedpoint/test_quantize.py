@@ -95,8 +95,10 @@ def test_sibling_capture_gives_the_same_formats_as_one_pass_per_layer(monkeypatc
     report_grouped = quantize_(grouped, DynamicFixedPoint(bits=6), calib=calib)
     assert seen[0] == 3  # q, k, v from one pass
 
+    from deepshrink.core.capture import capture_first_input
+
     def one_by_one(model, layers, batches):  # type: ignore[no-untyped-def]
-        return [search.capture_first_input(model, layers[0], batches)]
+        return [capture_first_input(model, layers[0], batches)]
 
     monkeypatch.setattr(search, "capture_group_inputs", one_by_one)
     single = copy.deepcopy(base)

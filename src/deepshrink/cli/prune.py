@@ -61,7 +61,10 @@ def prune_cmd(
     path: Annotated[Path | None, typer.Argument(help="Checkpoint to prune (or give --model).")] = None,
     model_spec: ModelOpt = None,
     weights: WeightsOpt = None,
-    method: Annotated[str, typer.Option("--method", help="magnitude | obd | random (deepshrink.prune.PRUNE_METHODS)")] = "magnitude",
+    method: Annotated[str, typer.Option("--method", help="magnitude | obd | obs (layer-wise OBS from the validation "
+                                        "split, no retraining needed) | random")] = "magnitude",
+    pattern: Annotated[str, typer.Option("--pattern", help="OBS: unstructured | 2:4")] = "unstructured",
+    calib: Annotated[int, typer.Option("--calib", help="OBS: calibration samples (validation split).")] = 256,
     sparsity: Annotated[str | None, typer.Option("--sparsity", help="Final sparsity: 0.9 or fc1=0.92,fc2=0.9")] = None,
     quality: Annotated[str | None, typer.Option("--quality", help="Han's quality parameter (x layer std).")] = None,
     from_sensitivity: Annotated[Path | None, typer.Option("--from-sensitivity", help="Folder of `deepshrink sensitivity`.")] = None,
@@ -144,7 +147,8 @@ def prune_cmd(
     else:
         assert final_sparsity is not None
         schedule = rising_schedule(final_sparsity, rounds, method, scope, power, hessian=hessian,
-                                   max_samples=hessian_samples, seed=seed)
+                                   max_samples=calib if method == "obs" else hessian_samples, seed=seed,
+                                   pattern=pattern)
     base_lr = float(meta.get("config", {}).get("lr", 0.05)) if isinstance(meta.get("config"), dict) else 0.05
     retrain = TrainConfig(epochs=retrain_epochs, lr=lr if lr is not None else base_lr / 10, seed=seed)
     partial = out.with_name(out.name + ".partial")
@@ -154,7 +158,7 @@ def prune_cmd(
     loss_fn = None if source.labelled else DistillationLoss(reference, alpha=1.0, target=kd_target)
     history = iterative_prune_(model, train, val, schedule, retrain, partial, select=select or None,
                                dropout_adjust=dropout_adjust, final_retrain=final, meta=new_meta,
-                               quiet=quiet or json_out, loss_fn=loss_fn)
+                               quiet=quiet or json_out, loss_fn=loss_fn, prune_data=val if method == "obs" else None)
     after = measure(model, test, reference)
     last = history[-1]["prune"]
     save_checkpoint(out, model, meta={**new_meta, "test_accuracy": after.get("accuracy"),

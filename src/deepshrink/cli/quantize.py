@@ -52,6 +52,17 @@ def quantize(
     bits: Annotated[str, typer.Option("--bits", help="Weight bits: N, or per layer kind conv=8,fc=4.")] = "8",
     act_bits: Annotated[int | None, typer.Option("--act-bits", help="Activation bits (default: widest weight bits).")] = None,
     static: Annotated[bool, typer.Option("--static/--dynamic", help="One global fractional length (baseline).")] = False,
+    granularity: Annotated[str, typer.Option("--granularity", help="Weight fractional lengths: layer (the paper) | "
+                                             "channel (one per output channel).")] = "layer",
+    activations: Annotated[str, typer.Option("--activations", help="static (calibrated) | per_token (Linear "
+                                             "inputs: a format per row chosen at run time).")] = "static",
+    max_bits_avg: Annotated[float | None, typer.Option("--max-bits-avg", help="Mixed precision: widen the costliest "
+                                                       "layers to --wide-bits within this average weight width.")] = None,
+    wide_bits: Annotated[int, typer.Option("--wide-bits", help="Width of widened layers.")] = 16,
+    bias_correction: Annotated[bool, typer.Option("--bias-correction", help="Fold each layer's mean output shift "
+                                                  "into its bias.")] = False,
+    equalize: Annotated[bool, typer.Option("--equalize", help="Cross-layer equalisation of channel ranges "
+                                           "first.")] = False,
     calib: Annotated[int, typer.Option("--calib", help="Calibration samples from the validation split (the first N "
                                        "of its seeded order).")] = 512,
     objective: Annotated[str, typer.Option("--weight-objective", help="Weight search: error | accuracy "
@@ -94,7 +105,10 @@ def quantize(
     source = open_source(meta, dataset, data_options(data_dir=data_dir, val_split=val_split, image_size=image_size,
                                                      resize=resize, norm=norm, mean=mean, std=std,
                                                      skip_bad_images=skip_bad_images, seed=seed))
-    config = DynamicFixedPoint(bits=parse_bits(bits), act_bits=act_bits, static=static, weight_objective=objective)
+    config = DynamicFixedPoint(bits=parse_bits(bits), act_bits=act_bits, static=static, weight_objective=objective,
+                               granularity=granularity, activations=activations, max_bits_avg=max_bits_avg,
+                               wide_bits=wide_bits, bias_correction=bias_correction, equalize=equalize,
+                               quantize_outputs=activations == "static")
     batches = calibration_batches(source.split("val"), calib)
     test_set = source.split("test") if evaluate_after else None
     reference = frozen_copy(model)

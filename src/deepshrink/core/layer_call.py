@@ -102,6 +102,38 @@ class _Swap(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+_ARGS = {"linear": ("input", "weight", "bias"),
+         "conv1d": ("input", "weight", "bias", "stride", "padding", "dilation", "groups"),
+         "conv2d": ("input", "weight", "bias", "stride", "padding", "dilation", "groups")}
+
+
+class _Record(TorchFunctionMode):
+    """Records the arguments of the first linear/conv call a layer's ``forward`` makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.call: tuple[str, dict[str, Any]] | None = None
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if self.call is None and name in _ARGS and func in (_CALLS[name], getattr(torch, name, None)):
+            self.call = (name, {**dict(zip(_ARGS[name], args, strict=False)), **(kwargs or {})})
+        return func(*args, **(kwargs or {}))
+
+
+def op_call(module: nn.Module, x: Tensor) -> tuple[str, Tensor, dict[str, Any]]:
+    """``(op, op input, geometry)`` of the linear/conv call ``module`` makes on ``x``: what the weight multiplies
+    (after any padding the layer's own ``forward`` applies), with the op's stride/padding/dilation/groups."""
+    record = _Record()
+    with record:
+        type(module).forward(module, x)
+    if record.call is None:
+        raise UnsupportedLayerError(f"{type(module).__name__}.forward made no linear/conv call")
+    name, arguments = record.call
+    geometry = {k: v for k, v in arguments.items() if k not in ("input", "weight", "bias")}
+    return name, arguments["input"], geometry
+
+
 def layer_call(module: nn.Module, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``module``'s computation on ``x`` with ``weight`` and ``bias`` in place of its own (any dtype the op takes)."""
     kind = plain_type(module)

@@ -1,28 +1,20 @@
-"""Beyond the paper's per-layer formats: greedy mixed precision under a bit budget, and bias correction.
+"""Beyond the paper's per-layer formats: greedy mixed precision under a bit budget.
 
-* :func:`widen_for_budget`: in Qiu et al.'s greedy spirit, the layers whose quantization costs the most error per
-  byte are widened (e.g. 8 -> 16 bits, weights and activations) one at a time while the average weight width stays
-  within the budget. A depthwise convolution's channels span very different ranges and it holds few weights, so
-  it is usually widened first.
-* :func:`correct_biases_` (Nagel et al. 2019, "data-free quantization", here with calibration data): each layer's
-  mean output shift against the float model, per output channel, is subtracted from its bias, in execution order
-  (later layers see the corrected earlier ones). The bias stays a float the integer engine rounds, so simulation
-  and integer engine stay bit-exact.
+In Qiu et al.'s greedy spirit, the layers whose quantization costs the most error per weight bit are widened (e.g.
+8 -> 16 bits, weights and activations) one at a time while the average weight width stays within the budget. A
+depthwise convolution's channels span very different ranges and it holds few weights, so it is usually widened
+first.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Mapping
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..core.layer_call import channel_axis
 from ..core.state import latent_weight
-from .search import capture_group_inputs
 
-__all__ = ["average_bits", "correct_biases_", "widen_for_budget"]
+__all__ = ["average_bits", "widen_for_budget"]
 
 
 def average_bits(bits: Mapping[str, int], modules: Mapping[str, nn.Module]) -> float:
@@ -47,42 +39,3 @@ def widen_for_budget(errors: Mapping[str, float], modules: Mapping[str, nn.Modul
             chosen.append(name)
             spent += extra
     return chosen
-
-
-def _bias_of(module: nn.Module) -> Tensor:
-    """The layer's bias parameter (a zero one is added where the layer has none)."""
-    bias = getattr(module, "bias", None)
-    if not isinstance(bias, Tensor):
-        weight = latent_weight(module)
-        module.bias = nn.Parameter(torch.zeros(weight.shape[0], dtype=weight.dtype, device=weight.device))
-        bias = module.bias
-    return bias
-
-
-@torch.no_grad()
-def correct_biases_(model: nn.Module, order: Sequence[str], modules: Mapping[str, nn.Module],
-                    reference_out: Mapping[str, list[Tensor]], batches: Sequence[Any]) -> dict[str, float]:
-    """Subtract each layer's mean output error (per output channel) from its bias, in ``order``; returns the mean
-    absolute shift removed per layer."""
-    removed: dict[str, float] = {}
-    for name in order:
-        module = modules[name]
-        if isinstance(module, nn.Embedding):
-            continue
-        inputs = capture_group_inputs(model, [module], batches)[0]
-        refs = reference_out[name][: len(inputs)]
-        axis = channel_axis(module)
-        shift = None
-        for x, ref in zip(inputs, refs, strict=False):
-            diff = (module(x) - ref).double()
-            dims = [d for d in range(diff.dim()) if d != axis % diff.dim()]
-            total = diff.sum(dim=dims)
-            shift = total if shift is None else shift + total
-        if shift is None:
-            continue
-        count = sum(ref.numel() // ref.shape[axis] for ref in refs)
-        shift = shift / max(count, 1)
-        bias = _bias_of(module)
-        bias.sub_(shift.to(bias.dtype))
-        removed[name] = float(shift.abs().mean())
-    return removed

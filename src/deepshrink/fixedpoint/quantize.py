@@ -11,17 +11,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ..core.capture import capture, execution_order
 from ..core.errors import ConfigError, UnsupportedLayerError
 from ..core.fixed_point import FixedPointFormat, check_bits, overflow_free_frac_len
 from ..core.fold import fold_batchnorm_
 from ..core.select import Selector, layer_kind, layer_type_name, select_layers
 from ..core.state import latent_weight, set_value_transform
+from ..train.recovery import correct_biases_
 from .equalize import equalize_
-from .mixed import average_bits, correct_biases_, widen_for_budget
+from .mixed import average_bits, widen_for_budget
 from .search import (
-    capture,
     channel_weight_error,
-    execution_order,
     greedy_data_stage,
     output_tensors,
     run_model,

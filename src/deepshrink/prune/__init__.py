@@ -1,4 +1,5 @@
-"""Pruning: magnitude (Han et al. 2015), Optimal Brain Damage (LeCun et al. 1989), sensitivity, schedules.
+"""Pruning: magnitude (Han et al. 2015), Optimal Brain Damage (LeCun et al. 1989), layer-wise Optimal Brain Surgeon
+(Hassibi & Stork 1993, one shot as in SparseGPT), sensitivity, schedules.
 
 ``prune_(model, MagnitudePrune(quality=1.5))`` narrows each layer's mask in the shared compression state;
 ``iterative_prune_`` alternates pruning and retraining; ``sensitivity_sweep`` + ``choose_thresholds`` pick
@@ -8,6 +9,7 @@ per-layer sparsities from one-layer-at-a-time accuracy curves.
 from .base import LayerReport, PruneReport, clear_pruned_optimizer_state_, model_sparsity, prune_
 from .magnitude import MagnitudePrune, RandomPrune
 from .obd import HESSIANS, OBDPrune, hessian_diagonal, saliency
+from .obs import OBSPrune, layer_hessians, obs_prune_matrix
 from .schedule import (
     PRUNE_METHODS,
     DropoutAdjuster,
@@ -37,6 +39,7 @@ __all__ = [
     "LayerReport",
     "MagnitudePrune",
     "OBDPrune",
+    "OBSPrune",
     "PruneReport",
     "RandomPrune",
     "Sensitivity",
@@ -45,8 +48,10 @@ __all__ = [
     "clear_pruned_optimizer_state_",
     "hessian_diagonal",
     "iterative_prune_",
+    "layer_hessians",
     "method_config",
     "model_sparsity",
+    "obs_prune_matrix",
     "plot_sensitivity",
     "prune_",
     "quality_schedule",

@@ -199,25 +199,32 @@ def apply_masks(layers: dict[str, nn.Module], masks: dict[str, Tensor], threshol
 
 def prune_(model: nn.Module, config: PruneMethod, select: Selector = None, *, data: Any = None,
            exclude: Selector = None) -> PruneReport:
-    """Prune ``model`` in place with ``config`` (MagnitudePrune, OBDPrune, RandomPrune) on the selected layers.
+    """Prune ``model`` in place with ``config`` (MagnitudePrune, OBDPrune, OBSPrune, RandomPrune) on the selected
+    layers.
 
-    ``data`` (a Dataset, DataLoader or iterable of ``(inputs, labels)`` batches) is needed by criteria that
-    look at the loss (OBD). Returns a per-layer report. Pruned weights are zeroed in the latent tensor too.
+    ``data`` (a Dataset, DataLoader or iterable of batches) is needed by criteria that look at the loss (OBD) or
+    at the layers' inputs (OBS, which also updates the surviving weights). Returns a per-layer report. Pruned
+    weights are zeroed in the latent tensor too.
     """
     selection = select_layers(model, select, exclude=exclude)
     if not selection.layers:
         raise ConfigError(f"no prunable (Linear/Conv) layer matched select={select!r}")
     if config.needs_data and data is None:
-        raise ConfigError(f"{type(config).__name__} needs data (a training subset) to estimate the Hessian")
+        raise ConfigError(f"{type(config).__name__} needs data (training or calibration samples) to estimate the "
+                          "Hessian: pass data= (calib= with compress_)")
     layers = dict(selection.layers)
     if isinstance(config.sparsity, Mapping) and config.scope == "layer":
         named = per_layer(config.sparsity, layers, "sparsity")
         layers = {n: m for n, m in layers.items() if n in named}
     with torch.no_grad():
         alive = {n: current_mask(m).cpu() for n, m in layers.items()}
-    scores = {n: s.detach().cpu() for n, s in config.scores(model, list(layers.items()), data).items()}
+    solve = getattr(config, "solve", None)  # criteria that also update the surviving weights (OBS)
+    scores = {} if solve is not None else {
+        n: s.detach().cpu() for n, s in config.scores(model, list(layers.items()), data).items()}
     masks_and_thresholds = getattr(config, "masks", None)
-    if masks_and_thresholds is not None:
+    if solve is not None:
+        masks, thresholds = solve(model, layers, alive, data)
+    elif masks_and_thresholds is not None:
         masks, thresholds = masks_and_thresholds(layers, scores, alive)
     else:
         assert config.sparsity is not None

@@ -25,6 +25,7 @@ from ..train.loop import LossFn
 from .base import PerLayer, PruneMethod, prune_
 from .magnitude import MagnitudePrune, RandomPrune
 from .obd import OBDPrune
+from .obs import OBSPrune
 
 
 def rising_sparsities(final: PerLayer, rounds: int, power: float = 1.0) -> list[PerLayer]:
@@ -44,7 +45,7 @@ def rising_sparsities(final: PerLayer, rounds: int, power: float = 1.0) -> list[
     return out
 
 
-PRUNE_METHODS: dict[str, type] = {"magnitude": MagnitudePrune, "obd": OBDPrune, "random": RandomPrune}
+PRUNE_METHODS: dict[str, type] = {"magnitude": MagnitudePrune, "obd": OBDPrune, "obs": OBSPrune, "random": RandomPrune}
 """Criteria by the name recipes and the CLI use; each is a config taking ``sparsity`` and ``scope``."""
 
 

@@ -11,6 +11,7 @@ from ..core.techniques import Technique, register_technique
 from .base import PruneReport, prune_
 from .magnitude import MagnitudePrune, RandomPrune
 from .obd import OBDPrune
+from .obs import OBSPrune
 from .stage import PRUNE_KEYS, build_prune
 
 
@@ -21,5 +22,5 @@ def apply(model: nn.Module, config: Any, *, select: Selector = None, exclude: Se
 
 
 TECHNIQUE = register_technique(Technique(
-    "prune", (MagnitudePrune, OBDPrune, RandomPrune), apply, stages={"prune": (PRUNE_KEYS, build_prune)},
-    doc="magnitude (Han et al. 2015), Optimal Brain Damage (LeCun et al. 1989), a random control"))
+    "prune", (MagnitudePrune, OBDPrune, OBSPrune, RandomPrune), apply, stages={"prune": (PRUNE_KEYS, build_prune)},
+    doc="magnitude (Han et al. 2015), Optimal Brain Damage (LeCun et al. 1989), layer-wise OBS, a random control"))

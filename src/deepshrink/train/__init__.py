@@ -2,8 +2,9 @@
 
 from .checkpoint import load_checkpoint, load_into, read_checkpoint, save_checkpoint
 from .distributed import init_distributed, is_main_process, shutdown
-from .evaluate import agreement, evaluate, recalibrate_batchnorm_
+from .evaluate import agreement, evaluate
 from .loop import Callback, DistillationLoss, History, TrainConfig, fit, make_optimizer
+from .recovery import bias_correction_, correct_biases_, recalibrate_batchnorm_
 
 __all__ = [
     "Callback",
@@ -11,6 +12,8 @@ __all__ = [
     "History",
     "TrainConfig",
     "agreement",
+    "bias_correction_",
+    "correct_biases_",
     "evaluate",
     "fit",
     "init_distributed",

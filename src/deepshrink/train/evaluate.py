@@ -1,4 +1,4 @@
-"""Top-1 evaluation, agreement with a reference model (for data without labels), BatchNorm re-estimation."""
+"""Top-1 evaluation, and agreement with a reference model (for data without labels)."""
 
 from __future__ import annotations
 
@@ -76,26 +76,3 @@ def agreement(reference: nn.Module, model: nn.Module, dataset: Dataset, batch_si
     cos = torch.cat(cosines) if cosines else torch.zeros(0)
     return {"top1_agreement": same / max(total, 1), "cosine": float(cos.mean()) if total else None,
             "cosine_p05": float(cos.quantile(0.05)) if total else None, "samples": total}
-
-
-@torch.no_grad()
-def recalibrate_batchnorm_(model: nn.Module, dataset: Dataset, batches: int = 50, batch_size: int = 128) -> nn.Module:
-    """Re-estimate BatchNorm running statistics on ``dataset`` (a cheap recovery after pruning or low-rank)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return model
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the batches seen
-    was_training = model.training
-    model.train()
-    device = _device(model, None)
-    for i, batch in enumerate(make_loader(dataset, batch_size, shuffle=True)):
-        if i >= batches:
-            break
-        run_model(model, to_device(split_batch(batch)[0], device))
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    model.train(was_training)
-    return model

@@ -17,7 +17,9 @@ from torch import nn
 from ..core.errors import ConfigError
 from ..core.stages import RecipeContext, StageFn, register_stage
 from ..core.state import plain_copy
+from ..data import calibration_batches
 from .loop import DistillationLoss, TrainConfig, fit
+from .recovery import bias_correction_, recalibrate_batchnorm_
 
 __all__ = ["TRAIN_KEYS", "check_distill", "check_train", "distill_loss", "frozen_copy", "train_config"]
 
@@ -93,3 +95,39 @@ def _build_retrain(options: Mapping[str, Any]) -> StageFn:
 
 
 register_stage("retrain", TRAIN_KEYS | {"distill"}, _build_retrain)
+
+
+def _build_recalibrate_bn(options: Mapping[str, Any]) -> StageFn:
+    """Re-estimate BatchNorm statistics on the calibration data (``batches`` of ``batch_size``): a cheap recovery
+    after one-shot pruning or low-rank."""
+    batches, batch_size = int(options.get("batches", 50)), int(options.get("batch_size", 64))
+    if batches < 1 or batch_size < 1:
+        raise ConfigError("batches and batch_size must be >= 1")
+
+    def run(ctx: RecipeContext) -> dict[str, Any]:
+        recalibrate_batchnorm_(ctx.model, ctx.calibration, batches=batches, batch_size=batch_size)
+        return {"batches": batches, "batch_size": batch_size}
+
+    return run
+
+
+def _build_bias_correct(options: Mapping[str, Any]) -> StageFn:
+    """Fold each layer's mean output shift against the model the recipe started from into its bias
+    (``samples`` calibration samples; ``select`` the layers)."""
+    samples = int(options.get("samples", 256))
+    if samples < 1:
+        raise ConfigError("samples must be >= 1")
+
+    def run(ctx: RecipeContext) -> dict[str, Any]:
+        if ctx.teacher is None:
+            raise ConfigError("bias_correct compares with the model the recipe started from: run_recipe keeps it "
+                              "when a stage needs it (a recipe context without a teacher cannot correct)")
+        removed = bias_correction_(ctx.model, ctx.teacher, calibration_batches(ctx.calibration, samples),
+                                   options.get("select"))
+        return {"layers": len(removed), "mean_shift_removed": removed}
+
+    return run
+
+
+register_stage("recalibrate_bn", {"batches", "batch_size"}, _build_recalibrate_bn)
+register_stage("bias_correct", {"samples", "select"}, _build_bias_correct)
