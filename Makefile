@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned in constraints.txt (a CPU build lies on disk; never let pip pick another)
 	$(BIN)/pip install -q -c constraints.txt torch
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,minilm]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,minilm,onnx]'
 	touch $(STAMP)
 
 install: $(STAMP)
