@@ -77,32 +77,38 @@ class _Attention(torch.nn.Module):
         return self.out(att @ self.v(h))
 
 
-def test_sibling_capture_gives_the_same_formats_as_one_pass_per_layer(monkeypatch: pytest.MonkeyPatch) -> None:
-    from deepshrink.fixedpoint import search
+def test_one_pass_grouped_and_per_layer_calibration_choose_the_same_formats(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The greedy data stage decides each layer inside one forward pass when the calibration batches stack; else
+    it captures each layer's input by a pass stopping there (q, k, v sharing one); all three give one result."""
+    from deepshrink.core import capture
 
     base = randomize_(_Attention(), 5, 1.0)
     calib = [torch.randn(2, 6, 8) * 2 for _ in range(2)]
+    one_pass = copy.deepcopy(base)
+    report_one_pass = quantize_(one_pass, DynamicFixedPoint(bits=6), calib=calib)
+
+    monkeypatch.setattr(capture, "concat_batches", lambda batches: None)
     grouped = copy.deepcopy(base)
     seen: list[int] = []
-    original = search.capture_group_inputs
+    original = capture.capture_group_inputs
 
     def spy(model, layers, batches):  # type: ignore[no-untyped-def]
         group = original(model, layers, batches)
         seen.append(len(group))
         return group
 
-    monkeypatch.setattr(search, "capture_group_inputs", spy)
+    monkeypatch.setattr(capture, "capture_group_inputs", spy)
     report_grouped = quantize_(grouped, DynamicFixedPoint(bits=6), calib=calib)
     assert seen[0] == 3  # q, k, v from one pass
 
-    from deepshrink.core.capture import capture_first_input
-
     def one_by_one(model, layers, batches):  # type: ignore[no-untyped-def]
-        return [capture_first_input(model, layers[0], batches)]
+        return [capture.capture_first_input(model, layers[0], batches)]
 
-    monkeypatch.setattr(search, "capture_group_inputs", one_by_one)
+    monkeypatch.setattr(capture, "capture_group_inputs", one_by_one)
     single = copy.deepcopy(base)
     report_single = quantize_(single, DynamicFixedPoint(bits=6), calib=calib)
-    assert [r.to_dict() for r in report_grouped.layers] == [r.to_dict() for r in report_single.layers]
+    rows = [r.to_dict() for r in report_single.layers]
+    assert [r.to_dict() for r in report_grouped.layers] == rows
+    assert [r.to_dict() for r in report_one_pass.layers] == rows
     x = torch.randn(3, 6, 8)
-    assert torch.equal(grouped(x), single(x))
+    assert torch.equal(grouped(x), single(x)) and torch.equal(one_pass(x), single(x))

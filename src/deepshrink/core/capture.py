@@ -6,15 +6,16 @@ Shared by the data-driven passes: fixed point's format search, bias correction, 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .graph import run_model
+from .graph import run_model, split_batch
 
-__all__ = ["capture", "capture_first_input", "capture_group_inputs", "execution_order"]
+__all__ = ["capture", "capture_first_input", "capture_group_inputs", "concat_batches", "execution_order",
+           "layer_by_layer"]
 
 Batch = Any
 
@@ -116,3 +117,72 @@ def capture_group_inputs(model: nn.Module, layers: Sequence[nn.Module], batches:
     if size == 0:
         raise RuntimeError("calibration forward pass never reached the layer being calibrated")
     return [[b[k].detach() for b in per_batch] for k in range(size)]
+
+
+def concat_batches(batches: Sequence[Batch]) -> Batch | None:
+    """The inputs of ``batches`` as one batch (tensors, or feature dicts, whose shapes agree past the batch
+    dimension), or None when they do not stack (e.g. token batches padded to different lengths)."""
+    inputs = [split_batch(b)[0] for b in batches]
+    if not inputs:
+        return None
+    if len(inputs) == 1:
+        return inputs[0]
+    if all(isinstance(x, Tensor) for x in inputs):
+        if len({(x.shape[1:], x.dtype) for x in inputs}) == 1:
+            return torch.cat(inputs)
+        return None
+    if all(isinstance(x, dict) for x in inputs):
+        keys = set(inputs[0])
+        if any(set(x) != keys for x in inputs):
+            return None
+        out = {}
+        for key in keys:
+            values = [x[key] for x in inputs]
+            if not all(isinstance(v, Tensor) for v in values) or len({(v.shape[1:], v.dtype) for v in values}) != 1:
+                return None
+            out[key] = torch.cat(values)
+        return out
+    return None
+
+
+def _first_calls(outputs: list[Tensor], n_batches: int) -> list[Tensor]:
+    """A layer's recorded outputs (every call, in order, over ``n_batches``) -> its first call's per batch."""
+    calls = max(1, len(outputs) // max(1, n_batches))
+    return outputs[::calls][:n_batches]
+
+
+@torch.no_grad()
+def layer_by_layer(model: nn.Module, order: Sequence[str], modules: Mapping[str, nn.Module], batches: Sequence[Batch],
+                   reference_out: Mapping[str, list[Tensor]],
+                   decide: Callable[[str, list[Tensor], list[Tensor]], None]) -> None:
+    """Greedy calibration: ``decide(name, inputs, references)`` for each layer in call order, where ``inputs`` are
+    what the layer receives with every earlier layer already decided, and ``references`` its reference outputs
+    (the uncompressed model's, ``reference_out`` as :func:`capture` records them) for the same samples.
+
+    When the batches stack into one, a single forward pass does it all: each layer is decided inside its forward
+    pre-hook, and the pass continues through the decided layer. Otherwise each layer's input is captured by a
+    forward pass that stops at it (layers reading the very same tensor share one pass).
+    """
+    merged = concat_batches(batches)
+    if merged is not None:
+        pending = {modules[name]: name for name in order}
+
+        def hook(module: nn.Module, args: tuple) -> None:
+            name = pending.pop(module, None)  # popped first: decide() calls the module again
+            if name is not None:
+                refs = _first_calls(reference_out[name], len(batches))
+                decide(name, [args[0].detach()], [torch.cat(refs)] if len(refs) > 1 else refs)
+
+        handles = [modules[name].register_forward_pre_hook(hook, prepend=True) for name in order]
+        try:
+            run_model(model, merged)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return
+    i = 0
+    while i < len(order):
+        group = capture_group_inputs(model, [modules[name] for name in order[i:]], batches)
+        for name, xs in zip(order[i:], group, strict=False):
+            decide(name, xs, _first_calls(reference_out[name], len(batches))[: len(xs)])
+        i += len(group)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core.capture import capture_group_inputs
+from ..core.capture import layer_by_layer
 from ..core.fixed_point import (
     MAX_FRAC_LEN,
     FixedPointFormat,
@@ -119,14 +119,12 @@ def greedy_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str,
         fp.set_act_in(None)
         fp.set_act_out(None)
     errors: dict[str, float] = {}
-    i = 0
-    while i < len(order):
-        group = capture_group_inputs(model, [modules[name] for name in order[i:]], batches)
-        for name, xs in zip(order[i:], group, strict=False):
-            refs = reference_out[name][:: max(1, len(reference_out[name]) // max(1, len(xs)))][: len(xs)]
-            bits = act_bits[name] if isinstance(act_bits, Mapping) else act_bits
-            errors[name] = _choose_layer_formats(modules[name], xs, refs, bits, name in quantize_outputs, span)
-        i += len(group)
+
+    def decide(name: str, xs: list[Tensor], refs: list[Tensor]) -> None:
+        bits = act_bits[name] if isinstance(act_bits, Mapping) else act_bits
+        errors[name] = _choose_layer_formats(modules[name], xs, refs, bits, name in quantize_outputs, span)
+
+    layer_by_layer(model, order, modules, batches, reference_out, decide)
     return errors
 
 

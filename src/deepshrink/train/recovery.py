@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ..core.capture import capture, capture_group_inputs, execution_order
+from ..core.capture import capture, execution_order, layer_by_layer
 from ..core.graph import run_model, split_batch
 from ..core.layer_call import channel_axis
 from ..core.select import Selector, select_layers
@@ -66,12 +66,9 @@ def correct_biases_(model: nn.Module, order: Sequence[str], modules: Mapping[str
     """Subtract each layer's mean output error (per output channel) from its bias, in ``order``; returns the mean
     absolute shift removed per layer."""
     removed: dict[str, float] = {}
-    for name in order:
+
+    def decide(name: str, inputs: list[Tensor], refs: list[Tensor]) -> None:
         module = modules[name]
-        if isinstance(module, nn.Embedding):
-            continue
-        inputs = capture_group_inputs(model, [module], batches)[0]
-        refs = reference_out[name][: len(inputs)]
         axis = channel_axis(module)
         shift = None
         for x, ref in zip(inputs, refs, strict=False):
@@ -80,12 +77,15 @@ def correct_biases_(model: nn.Module, order: Sequence[str], modules: Mapping[str
             total = diff.sum(dim=dims)
             shift = total if shift is None else shift + total
         if shift is None:
-            continue
-        count = sum(ref.numel() // ref.shape[axis] for ref in refs)
+            return
+        count = sum(ref.numel() // ref.shape[axis] for ref in refs[: len(inputs)])
         shift = shift / max(count, 1)
         bias = _bias_of(module)
         bias.sub_(shift.to(bias.dtype))
         removed[name] = float(shift.abs().mean())
+
+    layer_by_layer(model, [n for n in order if not isinstance(modules[n], nn.Embedding)], modules, batches,
+                   reference_out, decide)
     return removed
 
 
