@@ -112,3 +112,34 @@ def test_one_pass_grouped_and_per_layer_calibration_choose_the_same_formats(monk
     assert [r.to_dict() for r in report_one_pass.layers] == rows
     x = torch.randn(3, 6, 8)
     assert torch.equal(grouped(x), single(x)) and torch.equal(one_pass(x), single(x))
+
+
+class _ClippedConv(torch.nn.Module):
+    """A conv whose pre-activation outputs reach ~±100 but which only ReLU6 reads, then a conv on its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 4, 3, padding=1)
+        self.act = torch.nn.ReLU6()
+        self.head = torch.nn.Conv2d(4, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act(self.conv(x)))
+
+
+def test_an_output_read_only_by_relu6_gets_a_format_for_what_survives_the_clip() -> None:
+    from deepshrink.core.graph import clip_range, trace_calls
+
+    torch.manual_seed(0)
+    model = _ClippedConv().eval()
+    with torch.no_grad():
+        model.conv.weight.mul_(40.0)
+    x = torch.randn(4, 2, 6, 6)
+    graph = trace_calls(model, x)
+    reader = graph.sole_reader(graph.calls_of("conv")[0])
+    assert reader is not None and clip_range(reader) == (0.0, 6.0)
+    assert float(model.conv(x).detach().abs().max()) > 50  # an unclipped 8-bit format would need fl <= 0
+    report = quantize_(model, DynamicFixedPoint(bits=8), calib=[x])
+    conv = next(r for r in report.layers if r.name == "conv")
+    assert conv.act_out is not None and conv.act_out.frac_len == 4  # [0, 6] fits Q8.4 (max 7.94)
+    assert torch.equal(IntegerModel(model)(x), model(x))

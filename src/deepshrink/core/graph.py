@@ -24,7 +24,7 @@ from torch.utils._pytree import tree_flatten
 
 from .errors import ConfigError
 
-__all__ = ["Call", "ExecutionGraph", "is_leaf", "run_model", "split_batch", "trace_calls"]
+__all__ = ["Call", "ExecutionGraph", "clip_range", "is_leaf", "is_relu", "run_model", "split_batch", "trace_calls"]
 
 
 def split_batch(batch: Any) -> tuple[Any, Tensor | None]:
@@ -246,3 +246,33 @@ def is_relu(call: Call) -> bool:
     if call.module is not None:
         return isinstance(call.module, nn.ReLU)
     return call.op in RELU_OPS or call.op_name in ("relu", "relu_")
+
+
+def clip_range(call: Call) -> tuple[float, float] | None:
+    """``(low, high)`` when ``call`` clips its input to a fixed interval (ReLU, ReLU6, Hardtanh, ``clamp`` with
+    constant bounds), else None: error beyond those bounds never reaches the rest of the network."""
+    inf = float("inf")
+    module = call.module
+    if module is not None:
+        if isinstance(module, nn.ReLU6):
+            return 0.0, 6.0
+        if isinstance(module, nn.Hardtanh):
+            return float(module.min_val), float(module.max_val)
+        if isinstance(module, nn.ReLU):
+            return 0.0, inf
+        return None
+    if is_relu(call):
+        return 0.0, inf
+    name = call.op_name
+    if name in ("relu6", "relu6_"):
+        return 0.0, 6.0
+    if name in ("hardtanh", "hardtanh_"):
+        low = call.kwargs.get("min_val", call.args[1] if len(call.args) > 1 else -1.0)
+        high = call.kwargs.get("max_val", call.args[2] if len(call.args) > 2 else 1.0)
+        return (float(low), float(high)) if isinstance(low, int | float) and isinstance(high, int | float) else None
+    if name in ("clamp", "clamp_", "clip", "clip_"):
+        low = call.kwargs.get("min", call.args[1] if len(call.args) > 1 else None)
+        high = call.kwargs.get("max", call.args[2] if len(call.args) > 2 else None)
+        if (low is None or isinstance(low, int | float)) and (high is None or isinstance(high, int | float)):
+            return (-inf if low is None else float(low)), (inf if high is None else float(high))
+    return None

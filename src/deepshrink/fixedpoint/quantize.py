@@ -15,6 +15,7 @@ from ..core.capture import capture, execution_order
 from ..core.errors import ConfigError, UnsupportedLayerError
 from ..core.fixed_point import FixedPointFormat, check_bits, overflow_free_frac_len
 from ..core.fold import fold_batchnorm_
+from ..core.graph import clip_range, trace_calls
 from ..core.select import Selector, layer_kind, layer_type_name, select_layers
 from ..core.state import latent_weight, set_value_transform
 from ..train.recovery import correct_biases_
@@ -240,6 +241,19 @@ def _maybe_fold(model: nn.Module, example: Any) -> tuple[list[tuple[str, str]], 
     return report.pairs, report.kept
 
 
+def _clipped_outputs(model: nn.Module, names: Iterable[str], example: Any) -> dict[str, tuple[float, float]]:
+    """Layers called once whose output feeds only a clipping activation (ReLU, ReLU6, ...), with its bounds."""
+    graph = trace_calls(model, example)
+    clips = {}
+    for name in names:
+        calls = graph.calls_of(name)
+        reader = graph.sole_reader(calls[0], passthrough=(nn.Identity, nn.Dropout)) if len(calls) == 1 else None
+        bounds = clip_range(reader) if reader is not None else None
+        if bounds is not None:
+            clips[name] = bounds
+    return clips
+
+
 def _weight_formats(module: nn.Module, weight: Tensor, bits: int, config: DynamicFixedPoint,
                     static_fl: int | None) -> tuple[int | Tensor, float]:
     """The weight's fractional length(s) and its relative squared error."""
@@ -276,6 +290,7 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
     ref_modules = {name: reference.get_submodule(name) for name in modules}
     order = execution_order(reference, ref_modules, batches[0])
     ref_in, ref_out = capture(reference, ref_modules, batches, inputs=config.static)
+    clips = {} if config.static else _clipped_outputs(reference, modules, batches[0])
     final = [output_tensors(run_model(reference, b)) for b in batches] if config.static else []
     del reference, ref_modules
 
@@ -310,7 +325,7 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
                               outputs, config.span)
         else:
             output_errors = greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs,
-                                              config.span)
+                                              config.span, clips)
             if config.max_bits_avg is not None:
                 score = {n: errors[n] + output_errors.get(n, 0.0) for n in modules}
                 widened = widen_for_budget(score, modules, bits, config.wide_bits, float(config.max_bits_avg))
@@ -325,7 +340,8 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
                     act_bits[name] = max(config.wide_bits, config.activation_bits) if name in act_bits else 0
             if widened:
                 with parametrize.cached():
-                    greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span)
+                    greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span,
+                                      clips)
     bias_corrected = correct_biases_(model, computed, modules, ref_out, batches) if config.bias_correction else {}
     model.train(was_training)
 

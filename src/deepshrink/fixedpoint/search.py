@@ -104,13 +104,16 @@ def _argmin(candidates: Iterable[int], cost: Callable[[int], float]) -> int:
 @torch.no_grad()
 def greedy_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str, nn.Module],
                       reference_out: dict[str, list[Tensor]], batches: Sequence[Batch], act_bits: int | Mapping[str, int],
-                      quantize_outputs: set[str], span: int) -> dict[str, float]:
+                      quantize_outputs: set[str], span: int,
+                      clips: Mapping[str, tuple[float, float]] | None = None) -> dict[str, float]:
     """Choose every layer's input (and, for layers in ``quantize_outputs``, output) fractional length
     greedily in ``order`` (see module doc); returns each layer's relative output error (its output's squared
     error against the float model's, over the reference's energy) as the chosen formats leave it.
 
     ``act_bits``: one width, or one per layer. A layer whose input format is per token (``dynamic_input``) keeps
-    that: its input needs no search. Layers that read the very same, unmodified input tensor as the layer being
+    that: its input needs no search. ``clips``: layers whose output only feeds a clipping activation (ReLU,
+    ReLU6) with its bounds: their output format is judged after the clip (error the clip removes is no error).
+    Layers that read the very same, unmodified input tensor as the layer being
     fixed (a transformer's query/key/value) cannot depend on its formats; their inputs come from the same capture pass.
     """
     for module in (modules[name] for name in order):
@@ -122,14 +125,15 @@ def greedy_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str,
 
     def decide(name: str, xs: list[Tensor], refs: list[Tensor]) -> None:
         bits = act_bits[name] if isinstance(act_bits, Mapping) else act_bits
-        errors[name] = _choose_layer_formats(modules[name], xs, refs, bits, name in quantize_outputs, span)
+        errors[name] = _choose_layer_formats(modules[name], xs, refs, bits, name in quantize_outputs, span,
+                                             (clips or {}).get(name))
 
     layer_by_layer(model, order, modules, batches, reference_out, decide)
     return errors
 
 
 def _choose_layer_formats(module: nn.Module, xs: list[Tensor], y_ref: list[Tensor], act_bits: int,
-                          quantize_outputs: bool, span: int) -> float:
+                          quantize_outputs: bool, span: int, clip: tuple[float, float] | None = None) -> float:
     """Set the layer's input (and output) format; returns its relative output error with them."""
     fp = fixed_point_of(module)
     assert fp is not None
@@ -148,11 +152,15 @@ def _choose_layer_formats(module: nn.Module, xs: list[Tensor], y_ref: list[Tenso
     fp.set_act_in(FixedPointFormat(act_bits, best))
     if not quantize_outputs:
         return costs[best] / energy
+    def after(t: Tensor) -> Tensor:
+        return t if clip is None else t.clamp(*clip)
+
     ys = [module(x) for x in xs]
-    start = overflow_free_frac_len(_max_abs(ys), act_bits)
+    refs = [after(r) for r in y_ref]
+    start = overflow_free_frac_len(_max_abs([after(y) for y in ys]), act_bits)
 
     def output_cost(fl: int) -> float:
-        return _sq_error((fake_quantize(y, act_bits, fl), r) for y, r in zip(ys, y_ref, strict=True))
+        return _sq_error((after(fake_quantize(y, act_bits, fl)), r) for y, r in zip(ys, refs, strict=True))
 
     out_costs: dict[int, float] = {}
     best_out = _argmin(range(start, start + span + 1), lambda fl: out_costs.setdefault(fl, output_cost(fl)))
