@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test lint typecheck data install baselines clean
+.PHONY: demo test lint typecheck data mcu-tools install baselines clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,19 @@ data:
 	  fi; \
 	fi
 
+# the Cortex-M4 cross compiler, newlib and QEMU for the C exporter's emulated-MCU test (skipped when absent)
+MCU_PKGS := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+mcu-tools:
+	@if ! command -v arm-none-eabi-gcc >/dev/null 2>&1 || ! command -v qemu-system-arm >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing the Cortex-M4 toolchain and emulator (Debian packages $(MCU_PKGS))"; \
+	    (apt-get install -y -qq --no-install-recommends $(MCU_PKGS) || (apt-get update -qq && apt-get install -y -qq --no-install-recommends $(MCU_PKGS))) >/dev/null \
+	      || echo "warning: could not install $(MCU_PKGS); the Cortex-M4 tests will be skipped"; \
+	  else \
+	    echo "arm-none-eabi-gcc/qemu-system-arm missing: install $(MCU_PKGS) (the Cortex-M4 tests are skipped without them)"; \
+	  fi; \
+	fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports
@@ -34,7 +47,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: $(STAMP) data lint typecheck
+test: $(STAMP) data mcu-tools lint typecheck
 	$(BIN)/python -m pytest
 
 demo: $(STAMP) data
