@@ -25,6 +25,7 @@ front (a typo fails in a second instead of after an hour of retraining) and runs
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -40,6 +41,7 @@ from .core.errors import ConfigError, DeepShrinkError
 from .core.plugins import load_technique_plugins
 from .core.stages import STAGES, RecipeContext, StageFn, StageHandler, register_stage
 from .train import stage as _train_stage  # noqa: F401  (registers the retrain stage)
+from .train.resume import RunDir, digest, model_digest
 from .train.stage import frozen_copy
 
 __all__ = [
@@ -131,29 +133,45 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     return parse_recipe(data, str(path))
 
 
-def run_recipe(recipe: Recipe, context: RecipeContext) -> list[dict[str, Any]]:
-    """Run every stage of ``recipe`` on ``context.model`` in order; one record per stage (with val accuracy)."""
+def run_recipe(recipe: Recipe, context: RecipeContext, run: RunDir | None = None) -> list[dict[str, Any]]:
+    """Run every stage of ``recipe`` on ``context.model`` in order; one record per stage (with val accuracy).
+
+    With ``run`` (a :class:`~deepshrink.train.resume.RunDir` opened for this recipe), the model is checkpointed
+    after every stage but the last and every training epoch, and a stopped run continues from its last
+    checkpoint: ``context.model`` must then be the model the run started from (fresh, as loaded).
+    """
     from .train import evaluate
 
     if context.teacher is None and any("distill" in stage.options or stage.name == "bias_correct"
                                        for stage in recipe.stages):
-        context.teacher = frozen_copy(context.model)
-    records = []
-    for position, stage in enumerate(recipe.stages, 1):
-        context.upcoming = tuple(s.name for s in recipe.stages[position:])
-        started = time.perf_counter()
-        if not context.quiet:
-            print(f"[{position}/{len(recipe.stages)}] {stage.name} {dict(stage.options) or ''}".rstrip())
-        try:
-            record = stage.run(context)
-        except DeepShrinkError as exc:
-            raise type(exc)(f"recipe {recipe.name!r}, stage {position} ({stage.name}): {exc}") from exc
-        record = {"stage": stage.name, **record, "seconds": round(time.perf_counter() - started, 1)}
-        if context.val_data is not None:
-            record["val_accuracy"] = evaluate(context.model, context.val_data)["accuracy"]
-        if not context.quiet and "val_accuracy" in record:
-            print(f"    val top-1 {record['val_accuracy']:.4f} ({record['seconds']}s)")
-        records.append(record)
+        context.teacher = frozen_copy(context.model)  # the starting model, also when resuming
+    records: list[dict[str, Any]] = []
+    done = 0
+    if run is not None:
+        done, records = run.restore_stage(context.model)
+        if done and not context.quiet:
+            names = ", ".join(s.name for s in recipe.stages[:done])
+            print(f"resuming from {run.path}: {done} of {len(recipe.stages)} stages done ({names})")
+    with run.active() if run is not None else contextlib.nullcontext():
+        for position, stage in enumerate(recipe.stages[done:], done + 1):
+            context.upcoming = tuple(s.name for s in recipe.stages[position:])
+            if run is not None:
+                run.begin_stage(position, len(recipe.stages), stage.name)
+            started = time.perf_counter()
+            if not context.quiet:
+                print(f"[{position}/{len(recipe.stages)}] {stage.name} {dict(stage.options) or ''}".rstrip())
+            try:
+                record = stage.run(context)
+            except DeepShrinkError as exc:
+                raise type(exc)(f"recipe {recipe.name!r}, stage {position} ({stage.name}): {exc}") from exc
+            record = {"stage": stage.name, **record, "seconds": round(time.perf_counter() - started, 1)}
+            if context.val_data is not None:
+                record["val_accuracy"] = evaluate(context.model, context.val_data)["accuracy"]
+            if not context.quiet and "val_accuracy" in record:
+                print(f"    val top-1 {record['val_accuracy']:.4f} ({record['seconds']}s)")
+            records.append(record)
+            if run is not None and position < len(recipe.stages):
+                run.save_stage(position, context.model, records)
     return records
 
 
@@ -179,13 +197,22 @@ def compress_checkpoint(
     model: nn.Module | None = None,
     meta: dict[str, Any] | None = None,
     data_options: Any = None,
+    workdir: Path | None = None,
+    resume: str = "auto",
+    command: str = "",
 ) -> dict[str, Any]:
     """Run the recipe on a checkpoint (or on ``model`` with its ``meta``), write ``out``; returns a JSON-able report
     (stages, sizes, ratio).
 
     Choices inside the recipe see only the training and validation splits; the test split is never touched here.
     On data without labels, training stages need ``distill`` (their loss then needs no labels).
+    With ``workdir`` the run is resumable (:mod:`deepshrink.train.resume`): checkpoints after every stage and
+    epoch, fingerprinted by the recipe, the starting model and the options; ``resume`` is ``auto`` (continue a
+    stopped run of the same fingerprint), ``resume`` (insist) or ``restart``; ``command`` is recorded in the run
+    directory. The directory is removed when the run completes.
     """
+    from dataclasses import asdict, is_dataclass
+
     from .data import DataOptions, open_data
     from .train import load_checkpoint
 
@@ -199,6 +226,19 @@ def compress_checkpoint(
     if not name:
         raise ConfigError(f"{checkpoint or 'the model'}: no dataset given and the model records none")
     options = data_options or DataOptions(data_dir=data_dir)
+    run_seed = recipe.seed if seed is None else seed
+    run = None
+    if workdir is not None:
+        data = ({f"data.{k}": v for k, v in asdict(options).items() if k != "data_dir"}
+                if is_dataclass(options) and not isinstance(options, type) else {})
+        run = RunDir.open(workdir, {
+            "recipe": digest([recipe.name, [[s.name, dict(s.options)] for s in recipe.stages]]),
+            "model": digest([model_digest(model), meta]),
+            "options": {"dataset": str(name), "limit": limit, "seed": run_seed, **data},
+        }, resume, command)
+        if run.resumed:
+            for leftover in out.parent.glob(f".{out.name}.*.tmp"):  # the file's write was stopped before its rename
+                leftover.unlink(missing_ok=True)
     source = open_data(str(name), options)
     fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
     config = meta.get("config")
@@ -210,13 +250,15 @@ def compress_checkpoint(
         calib_data=source.split("val"),
         out=out,
         base_lr=base_lr,
-        seed=recipe.seed if seed is None else seed,
+        seed=run_seed,
         quiet=quiet,
         meta={"dataset": str(name), "recipe": recipe.name, "source": str(checkpoint or meta.get("arch"))},
     )
     started = time.perf_counter()
-    stages = run_recipe(recipe, context)
+    stages = run_recipe(recipe, context, run)
     size = out.stat().st_size
+    if run is not None:
+        run.finish()
     return {
         "checkpoint": str(checkpoint) if checkpoint else None,
         "recipe": recipe.name,

@@ -28,6 +28,7 @@ from .common import (
     open_model,
     set_threads,
 )
+from .runs import RestartOpt, ResumeOpt, WorkdirOpt, interruptible, resume_command, run_mode, workdir_for
 
 
 def register(app: typer.Typer) -> None:
@@ -56,6 +57,7 @@ def format_stages(report: dict[str, Any]) -> str:
 
 
 def compress(
+    ctx: typer.Context,
     recipe: Annotated[Path, typer.Option("--recipe", "-r", help="YAML recipe, e.g. recipes/deep-compression-lenet300.yaml")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Compressed file to write (.dsz).")],
     checkpoint: Annotated[Path | None, typer.Argument(help="Trained checkpoint (deepshrink train ...), or give "
@@ -74,19 +76,28 @@ def compress(
     std: StdOpt = None,
     skip_bad_images: SkipBadOpt = False,
     threads: ThreadsOpt = None,
+    workdir: WorkdirOpt = None,
+    resume: ResumeOpt = False,
+    restart: RestartOpt = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Compress a model with a recipe (Deep Compression: prune, retrain, share, fine-tune, encode; or any stages)."""
+    """Compress a model with a recipe (Deep Compression: prune, retrain, share, fine-tune, encode; or any stages).
+
+    Resumable: a checkpoint after every stage and training epoch in the run directory; rerun the same command
+    (or add --resume) after a stop to continue, with the same result as a run never stopped."""
     from ..recipes import compress_checkpoint, load_compression_recipe
 
     set_threads(threads)
+    mode = run_mode(resume, restart)
     load_compression_recipe(recipe)  # a bad recipe fails before any model or data is read
     model, meta = open_model(checkpoint, model_spec, weights)
     options = data_options(data_dir=data_dir, val_split=val_split, image_size=image_size, resize=resize, norm=norm,
                            mean=mean, std=std, skip_bad_images=skip_bad_images)
-    report = compress_checkpoint(checkpoint, recipe, out, dataset, data_dir, limit, seed, quiet or json_out,
-                                 model=model, meta=meta, data_options=options)
+    with interruptible(ctx):
+        report = compress_checkpoint(checkpoint, recipe, out, dataset, data_dir, limit, seed, quiet or json_out,
+                                     model=model, meta=meta, data_options=options,
+                                     workdir=workdir_for(out, workdir), resume=mode, command=resume_command(ctx))
     if json_out:
         emit_json(report)
     else:

@@ -32,6 +32,7 @@ from .common import (
     set_threads,
 )
 from .common import quality as measure
+from .runs import RestartOpt, ResumeOpt, WorkdirOpt, open_run, resumable, run_mode
 
 SelectOpt = Annotated[list[str] | None, typer.Option("--select", help="Layer name glob or type:linear|conv (repeat).")]
 
@@ -57,6 +58,7 @@ def parse_per_layer(text: str | None, option: str) -> float | dict[str, float] |
 
 
 def prune_cmd(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write.")],
     path: Annotated[Path | None, typer.Argument(help="Checkpoint to prune (or give --model).")] = None,
     model_spec: ModelOpt = None,
@@ -92,11 +94,15 @@ def prune_cmd(
     skip_bad_images: SkipBadOpt = False,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
+    workdir: WorkdirOpt = None,
+    resume: ResumeOpt = False,
+    restart: RestartOpt = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Prune a model (Han et al. magnitude, Optimal Brain Damage or random), optionally retraining (on data without
-    labels, by distillation from the model as it was before pruning)."""
+    labels, by distillation from the model as it was before pruning). With retraining the run is resumable:
+    rerun the same command (or add --resume) after a stop."""
     from dataclasses import replace
 
     import torch
@@ -114,6 +120,7 @@ def prune_cmd(
     from ..train.stage import frozen_copy
 
     set_threads(threads)
+    run_mode(resume, restart)
     torch.manual_seed(seed)
     given = [o for o, v in (("--sparsity", sparsity), ("--quality", quality), ("--from-sensitivity", from_sensitivity))
              if v is not None]
@@ -151,21 +158,30 @@ def prune_cmd(
                                    pattern=pattern)
     base_lr = float(meta.get("config", {}).get("lr", 0.05)) if isinstance(meta.get("config"), dict) else 0.05
     retrain = TrainConfig(epochs=retrain_epochs, lr=lr if lr is not None else base_lr / 10, seed=seed)
-    partial = out.with_name(out.name + ".partial")
     new_meta = {"dataset": name, "source": str(path or model_spec), "method": method, "retrain": retrain.__dict__}
     final = replace(retrain, epochs=final_epochs) if final_epochs is not None else None
     kd_target = "logits" if source.input_shape is not None else "outputs"  # images: class scores; text: embeddings
     loss_fn = None if source.labelled else DistillationLoss(reference, alpha=1.0, target=kd_target)
-    history = iterative_prune_(model, train, val, schedule, retrain, partial, select=select or None,
-                               dropout_adjust=dropout_adjust, final_retrain=final, meta=new_meta,
-                               quiet=quiet or json_out, loss_fn=loss_fn, prune_data=val if method == "obs" else None)
+    run = None
+    if retrain_epochs > 0 or (final_epochs or 0) > 0:  # only runs that train are worth resuming
+        run = open_run(ctx, out, workdir, resume, restart, model, meta, {
+            "method": method, "pattern": pattern, "calib": calib, "sparsity": final_sparsity, "quality": quality,
+            "scope": scope, "rounds": rounds, "retrain": retrain.__dict__, "final_epochs": final_epochs,
+            "power": power, "hessian": hessian, "hessian_samples": hessian_samples, "dropout_adjust": dropout_adjust,
+            "select": select, "dataset": name, "limit": limit, "val_split": val_split, "image_size": image_size,
+            "resize": resize, "norm": norm, "mean": mean, "std": std, "skip_bad_images": skip_bad_images})
+    with resumable(ctx, run, "prune"):
+        history = iterative_prune_(model, train, val, schedule, retrain, None, select=select or None,
+                                   dropout_adjust=dropout_adjust, final_retrain=final, meta=new_meta,
+                                   quiet=quiet or json_out, loss_fn=loss_fn,
+                                   prune_data=val if method == "obs" else None)
     after = measure(model, test, reference)
     last = history[-1]["prune"]
     save_checkpoint(out, model, meta={**new_meta, "test_accuracy": after.get("accuracy"),
                                       "test_accuracy_before": before.get("accuracy"), "test_quality": after,
                                       "prune_rounds": history, "thresholds": chosen})
-    for leftover in [partial, *out.parent.glob(f"{partial.name}.round*.partial")]:
-        leftover.unlink(missing_ok=True)
+    if run is not None:
+        run.finish()
     report = {"file": str(path or model_spec), "out": str(out), "dataset": name, "method": method,
               "top1_before": before.get("accuracy"), "top1_after": after.get("accuracy"), "quality_before": before,
               "quality_after": after, "sparsity": last["sparsity"], "layers": last["layers"], "thresholds": chosen}

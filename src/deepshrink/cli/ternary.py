@@ -36,6 +36,7 @@ from .common import (
     quality,
     set_threads,
 )
+from .runs import RestartOpt, ResumeOpt, WorkdirOpt, open_run, resumable, run_mode
 
 
 def register(app: typer.Typer) -> None:
@@ -43,6 +44,7 @@ def register(app: typer.Typer) -> None:
 
 
 def ternary(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option("--out", "-o", help="FILE.dsz (compressed) or FILE.pt (checkpoint with state).")],
     checkpoint: Annotated[Path | None, typer.Argument(help="Trained fp32 checkpoint to start from (or give --model).")] = None,
     model_spec: ModelOpt = None,
@@ -71,11 +73,15 @@ def ternary(
     skip_bad_images: SkipBadOpt = False,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
+    workdir: WorkdirOpt = None,
+    resume: ResumeOpt = False,
+    restart: RestartOpt = False,
     quiet: QuietOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Ternarize every Linear/Conv weight but the first and last, train Wp, Wn and the latent weights, write OUT
-    (on data without labels the training is distillation from the fp32 model)."""
+    (on data without labels the training is distillation from the fp32 model). The training is resumable: rerun
+    the same command (or add --resume) after a stop."""
     import torch
 
     from ..core.errors import ConfigError
@@ -89,9 +95,15 @@ def ternary(
     if out.suffix not in (".dsz", ".pt"):
         raise ConfigError(f"--out must end in .dsz (compressed file) or .pt (checkpoint), got {out}")
     set_threads(threads)
+    run_mode(resume, restart)
     init_distributed()
     torch.manual_seed(seed)
     model, meta = open_model(checkpoint, model_spec, weights)
+    run = open_run(ctx, out, workdir, resume, restart, model, meta, {
+        "t": t, "epochs": epochs, "method": method, "init": init, "keep_first_last": keep_first_last, "lr": lr,
+        "batch_size": batch_size, "optimizer": optimizer, "weight_decay": weight_decay, "dataset": dataset,
+        "limit": limit, "val_split": val_split, "image_size": image_size, "resize": resize, "norm": norm,
+        "mean": mean, "std": std, "skip_bad_images": skip_bad_images, "seed": seed}) if epochs > 0 else None
     model = model.to(default_device())
     source = open_source(meta, dataset, data_options(data_dir=data_dir, val_split=val_split, image_size=image_size,
                                                      resize=resize, norm=norm, mean=mean, std=std,
@@ -108,8 +120,9 @@ def ternary(
     loss_fn = None if source.labelled else DistillationLoss(
         reference, alpha=1.0, target="logits" if source.input_shape else "outputs")
     started = time.perf_counter()
-    history = fit(model, source.split("train", limit), train_config, params=ternary_param_groups(model),
-                  quiet=quiet or json_out, loss_fn=loss_fn)
+    with resumable(ctx, run, "ternary"):
+        history = fit(model, source.split("train", limit), train_config, params=ternary_param_groups(model),
+                      quiet=quiet or json_out, loss_fn=loss_fn)
     seconds = time.perf_counter() - started
     if main:
         after = quality(model, test_set, reference)
@@ -129,6 +142,8 @@ def ternary(
             for row in rows:
                 typer.echo(f"{row['name']:<24} {row['wp']:>9.4f} {row['wn']:>9.4f} {row['sparsity']:>7.1%}")
             typer.echo(f"wrote {out} ({out.stat().st_size:,} bytes)")
+    if run is not None:
+        run.finish()
     shutdown()
 
 

@@ -18,7 +18,7 @@ from ..core.errors import FormatError
 from ..core.kinds import StoredWeight, kind_of
 from .container import Container, expect
 from .encode import DTYPES, MAX_ALPHABET
-from .maskctx import decode_mask_ctx
+from .maskctx import decode_mask_ctx_positions
 from .sparse import MAX_INDEX_BITS, decode_positions
 from .stream import decode_stream
 
@@ -108,7 +108,7 @@ class SectionReader:
         except FormatError as exc:
             raise FormatError(f"{w}: {exc}") from exc
 
-    def ctx_mask(self, entry: Any, where: str, fqn: str, shape: tuple[int, ...]) -> np.ndarray:
+    def ctx_positions(self, entry: Any, where: str, fqn: str, shape: tuple[int, ...]) -> np.ndarray:
         w = f"{self.name}: {where} mask"
         if expect(entry, "coding", str, w) != "ctx":
             raise FormatError(f"{w} has unknown coding {entry['coding']!r} (known: ctx)")
@@ -118,7 +118,7 @@ class SectionReader:
         self._count(fqn, "index_table", len(model))
         self._count(fqn, "index", len(data))
         try:
-            return decode_mask_ctx(model, data, shape, rows, pbar)
+            return decode_mask_ctx_positions(model, data, shape, rows, pbar)
         except FormatError as exc:
             raise FormatError(f"{w}: {exc}") from exc
 
@@ -136,7 +136,7 @@ class SectionReader:
             except FormatError as exc:
                 raise FormatError(f"{self.name}: {where}: {exc}") from exc
         if "mask" in entry:
-            return np.flatnonzero(self.ctx_mask(entry["mask"], where, fqn, shape))
+            return self.ctx_positions(entry["mask"], where, fqn, shape)
         return None
 
     def weight(self, fqn: str, entry: Any) -> StoredWeight:

@@ -20,7 +20,7 @@ import numpy as np
 from ..core.errors import FormatError
 from .bits import pack_nibbles, unpack_nibbles
 
-__all__ = ["LEVELS", "MAX_POSITIONS_PER_BYTE", "decode_mask_ctx", "encode_mask_ctx"]
+__all__ = ["LEVELS", "MAX_POSITIONS_PER_BYTE", "decode_mask_ctx", "decode_mask_ctx_positions", "encode_mask_ctx"]
 
 LEVELS = np.array([0] + [round(65536 * 2 ** (-(15 - q) / 2)) for q in range(1, 15)] + [65535], dtype=np.int64)
 """Row / column density per level, in units of 2**-16: 0, then 2**-7 ... 1 in steps of sqrt(2)."""
@@ -67,8 +67,10 @@ def encode_mask_ctx(mask: np.ndarray) -> tuple[bytes, bytes, int, int] | None:
     return pack_nibbles(np.concatenate([qr, qc])), data, rows, pbar
 
 
-def decode_mask_ctx(model: bytes, data: bytes, shape: tuple[int, ...], rows: int, pbar: int) -> np.ndarray:
-    """The boolean mask of ``shape``; FormatError on anything inconsistent (checked before allocating)."""
+def decode_mask_ctx_positions(model: bytes, data: bytes, shape: tuple[int, ...], rows: int, pbar: int) -> np.ndarray:
+    """The kept flat positions (int64, increasing) of the mask of ``shape``; FormatError on anything inconsistent
+    (checked before allocating). Memory is bounded by the coded positions (at most 256 per data byte), never by
+    the stated shape: rows and columns of level 0 cost nothing, not even a zero byte each."""
     numel = int(np.prod(shape, dtype=np.int64))
     if rows < 1 or numel % rows or (shape and rows != shape[0]) or not 1 <= pbar <= 65536:
         raise FormatError(f"context mask model has rows={rows}, pbar={pbar} for shape {list(shape)}")
@@ -80,21 +82,31 @@ def decode_mask_ctx(model: bytes, data: bytes, shape: tuple[int, ...], rows: int
     live = int(np.count_nonzero(qr)) * int(np.count_nonzero(qc))
     if len(data) % 4 or live > MAX_POSITIONS_PER_BYTE * len(data) or (live and not data):
         raise FormatError(f"context mask data of {len(data)} bytes cannot code {live} positions")
-    grid = np.zeros((rows, cols), dtype=bool)
-    if live:
-        live_rows, live_cols = np.flatnonzero(qr), qc > 0
-        chunk = max(1, DECODE_CHUNK // int(np.count_nonzero(live_cols)))  # live rows decoded per step
-        try:
-            coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
-            for start in range(0, live_rows.size, chunk):
-                part = live_rows[start:start + chunk]  # the probabilities of a few rows at a time, not the whole grid
-                bits = np.asarray(coder.decode(_model(), _probabilities(qr[part], qc, pbar)), dtype=bool)
-                grid[np.ix_(part, live_cols)] = bits.reshape(part.size, -1)
-            empty = coder.is_empty()
-        except (ValueError, RuntimeError, OverflowError) as exc:
-            raise FormatError(f"context mask data is malformed: {exc}") from exc
-        if not empty:
-            raise FormatError("context mask data holds more than its positions")
-    elif data:
-        raise FormatError("context mask of an empty model holds data")
-    return grid.reshape(shape)
+    if not live:
+        if data:
+            raise FormatError("context mask of an empty model holds data")
+        return np.zeros(0, dtype=np.int64)
+    live_rows, live_cols = np.flatnonzero(qr), np.flatnonzero(qc)
+    chunk = max(1, DECODE_CHUNK // live_cols.size)  # live rows decoded per step
+    found: list[np.ndarray] = []
+    try:
+        coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+        for start in range(0, live_rows.size, chunk):
+            part = live_rows[start:start + chunk]  # the probabilities of a few rows at a time, not the whole grid
+            bits = np.asarray(coder.decode(_model(), _probabilities(qr[part], qc, pbar)), dtype=bool)
+            r, c = np.nonzero(bits.reshape(part.size, live_cols.size))
+            found.append(part[r].astype(np.int64) * cols + live_cols[c])
+        empty = coder.is_empty()
+    except (ValueError, RuntimeError, OverflowError) as exc:
+        raise FormatError(f"context mask data is malformed: {exc}") from exc
+    if not empty:
+        raise FormatError("context mask data holds more than its positions")
+    return np.concatenate(found)
+
+
+def decode_mask_ctx(model: bytes, data: bytes, shape: tuple[int, ...], rows: int, pbar: int) -> np.ndarray:
+    """The boolean mask of ``shape`` (see :func:`decode_mask_ctx_positions`)."""
+    positions = decode_mask_ctx_positions(model, data, shape, rows, pbar)
+    mask = np.zeros(int(np.prod(shape, dtype=np.int64)), dtype=bool)
+    mask[positions] = True
+    return mask.reshape(shape)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import io
 import os
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +25,8 @@ MAX_IDX_BYTES = 1 << 31
 """Refuse headers that promise more than 2 GiB: a corrupt header must not trigger a giant allocation."""
 
 
-def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
-    """Parse IDX bytes into a numpy array, checking magic, dtype, rank and the payload length."""
+def _header(data: bytes, source: str) -> tuple[np.dtype, tuple[int, ...], int]:
+    """``(dtype, shape, header length)`` from the first bytes of an IDX file (at most 20 are read)."""
     if len(data) < 4:
         raise FormatError(f"{source}: truncated IDX file ({len(data)} bytes, no header)")
     zero1, zero2, dtype_code, ndim = data[0], data[1], data[2], data[3]
@@ -35,9 +37,17 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
         raise FormatError(f"{source}: truncated IDX header ({len(data)} of {header_len} bytes)")
     shape = struct.unpack(f">{ndim}I", data[4:header_len])
     dtype = _DTYPES[dtype_code]
+    claimed = int(np.prod([d for d in shape if d], dtype=np.float64)) * dtype.itemsize  # zero dims aside
+    if claimed > MAX_IDX_BYTES:
+        raise FormatError(f"{source}: IDX header shape {shape} claims {claimed:,} bytes (zero dimensions aside), "
+                          "more than allowed")
+    return dtype, shape, header_len
+
+
+def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
+    """Parse IDX bytes into a numpy array, checking magic, dtype, rank and the payload length."""
+    dtype, shape, header_len = _header(data, source)
     expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if expected > MAX_IDX_BYTES:
-        raise FormatError(f"{source}: IDX header claims {expected:,} bytes of data, more than allowed")
     payload = len(data) - header_len
     if payload < expected:
         raise FormatError(f"{source}: truncated IDX file: header shape {shape} needs {expected:,} bytes, found {payload:,}")
@@ -47,6 +57,21 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     return array.reshape(shape).astype(dtype.newbyteorder("="), copy=True)
 
 
+def _gunzip(raw: bytes, source: str) -> bytes:
+    """Inflate a gzipped IDX file reading no more than its header states (plus one byte to see trailing data), so
+    a small file that inflates to gigabytes is refused without inflating it."""
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(raw)) as stream:
+            head = stream.read(20)  # the longest header (rank 4)
+            dtype, shape, header_len = _header(head, source)
+            expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            return head + stream.read(max(0, header_len + expected + 1 - len(head)))
+    except FormatError:
+        raise
+    except (OSError, EOFError, zlib.error) as exc:
+        raise FormatError(f"{source}: corrupt or truncated gzip stream ({exc})") from exc
+
+
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file; ``.gz`` files are decompressed (a corrupt gzip stream is a FormatError)."""
     path = Path(path)
@@ -54,8 +79,5 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataError(f"IDX file not found: {path}")
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise FormatError(f"{path}: corrupt or truncated gzip stream ({exc})") from exc
+        raw = _gunzip(raw, str(path))
     return parse_idx(raw, str(path))

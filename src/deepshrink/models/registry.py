@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..core.errors import ConfigError, FormatError
+from ..core.torchfile import load_torch_file, state_dict_from
 from .zoo import LeNet5, LeNet300, ResNet20, VGGSmall
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -126,16 +126,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"weights file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FormatError(f"{path}: not a readable state dict ({type(exc).__name__}: {exc})") from exc
-    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FormatError(f"{path}: expected a state dict (tensor name -> tensor)")
+    payload = load_torch_file(path, "state dict")  # weights_only=True, size-checked: FormatError naming the file
+    state = state_dict_from(payload.get("state_dict", payload) if isinstance(payload, dict) else None, str(path))
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError, KeyError) as exc:
         raise FormatError(f"{path}: the weights do not fit {type(model).__name__}: {str(exc).splitlines()[0]}") from exc
     return model
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from ..core.edits import set_submodule
-from ..core.errors import UnsupportedLayerError
+from ..core.errors import FormatError, UnsupportedLayerError
 from ..core.fixed_point import (
     FixedPointFormat,
     bias_int,
@@ -118,6 +118,8 @@ class IntegerLayer(nn.Module):
         if fmt.act_in is None:
             raise UnsupportedLayerError("this fixedpoint weight has no activation format (quantized without "
                                         "calibration data); the integer kernel needs one")
+        if bias is not None and not bool(torch.isfinite(bias).all()):
+            raise FormatError("the bias of a fixed-point layer is not finite; the integer engine rounds it to an integer")
         ints = torch.zeros(weight.numel, dtype=torch.int64)
         ints[torch.from_numpy(weight.flat_positions())] = torch.from_numpy(np.asarray(weight.data, dtype=np.int64))
         frac: int | Tensor = torch.from_numpy(fmt.frac_lens.copy()) if fmt.per_channel else int(fmt.frac_lens[0])

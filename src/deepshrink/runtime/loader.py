@@ -43,8 +43,13 @@ def _skeleton(model: Skeleton, edits: list[dict[str, Any]] | None) -> nn.Module:
     if isinstance(model, nn.Module):
         skeleton = model
     elif isinstance(model, tuple) and len(model) == 2 and isinstance(model[0], str):
-        with torch.device("meta"):
-            skeleton = build_model(model[0], **dict(model[1]))
+        try:
+            with torch.device("meta"):
+                skeleton = build_model(model[0], **dict(model[1]))
+        except ConfigError:
+            raise
+        except Exception as exc:  # arguments a file stated: whatever the constructor raises on them is theirs
+            raise ConfigError(f"cannot build {model[0]!r} with {dict(model[1])}: {type(exc).__name__}: {exc}") from exc
     else:
         raise ConfigError(f"from_stored needs an nn.Module or (arch, kwargs), got {type(model).__name__}")
     if edits:
@@ -108,12 +113,19 @@ def from_stored(
             raise FormatError(f"the file has a weight {tensor_name!r}, which the model does not have")
         if not module_fqn:
             raise FormatError(f"{tensor_name!r}: the model itself is a single layer; wrap it in a container")
+        expected = getattr(module, attr)
+        if not isinstance(expected, Tensor) or tuple(expected.shape) != tuple(weight.shape):
+            raise FormatError(f"the file's {tensor_name!r} has shape {list(weight.shape)}, the model's "
+                              f"{list(expected.shape) if isinstance(expected, Tensor) else type(expected).__name__}")
         bias_name = f"{module_fqn}.bias"
         bias = _tensor(tensors[bias_name]) if bias_name in tensors else None
         wants_bias = isinstance(getattr(module, "bias", None), Tensor)
         if wants_bias != (bias is not None):
             missing = "lacks" if wants_bias else "has a stray"
             raise FormatError(f"the file {missing} tensor {bias_name!r} for layer {module_fqn!r}")
+        if bias is not None and tuple(bias.shape) != tuple(module.bias.shape):
+            raise FormatError(f"the file's {bias_name!r} has shape {list(bias.shape)}, the model's "
+                              f"{list(module.bias.shape)}")
         replacement = build_layer(module, weight, bias, tensor_name)
         if replacement is None:
             state[tensor_name] = _tensor(weight.dense())
@@ -125,7 +137,10 @@ def from_stored(
         set_submodule(skeleton, module_fqn, replacement)
         report.replaced[module_fqn] = f"{type(replacement).__name__} ({weight.kind})"
     state.update({name: _tensor(value) for name, value in tensors.items()})
-    result = skeleton.load_state_dict(state, strict=False, assign=True)
+    try:
+        result = skeleton.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:  # a tensor of another shape than the model's
+        raise FormatError(f"the file's tensors do not fit the model: {str(exc).strip().splitlines()[-1]}") from exc
     if result.unexpected_keys:
         raise FormatError(f"tensors {sorted(result.unexpected_keys)} do not belong to the model")
     _fill_unsaved_buffers(skeleton, buffers_from, model)
@@ -246,7 +261,7 @@ def load_with_meta(path: str | os.PathLike[str], model: nn.Module | None = None)
                           "or --model")
     try:
         rebuilt = from_stored(skeleton, compressed.weights, compressed.tensors, edits=edits, buffers_from=model)
-    except ConfigError as exc:
+    except (ConfigError, FormatError) as exc:  # name the file
         raise FormatError(f"{path}: {exc}") from exc
     meta = dict(compressed.meta)
     meta.setdefault("arch", arch)

@@ -11,7 +11,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -24,9 +23,9 @@ from ..core.errors import ConfigError, DataError
 from ..core.graph import run_model, split_batch
 from ..core.state import apply_masks_
 from ..data import make_loader
-from .checkpoint import read_checkpoint, save_checkpoint
 from .distributed import init_distributed, is_distributed, is_main_process
 from .evaluate import evaluate, to_device
+from .resume import fit_checkpoint
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "step", "constant")
@@ -110,7 +109,9 @@ def fit(
     """Train ``model`` in place on ``train_data``; returns per-epoch metrics.
 
     ``params`` restricts what the optimizer updates (default: every parameter). With ``checkpoint`` the run
-    writes a resumable checkpoint after each epoch and, if one exists, resumes from it. Under ``torchrun``
+    writes a resumable checkpoint after each epoch (model, optimizer, data order, RNG states) and, if one exists,
+    resumes from it; inside an active :class:`~deepshrink.train.resume.RunDir` it uses the run's next slot
+    (a finished run then loads its end state instead of training). Under ``torchrun``
     the model is wrapped in DistributedDataParallel and the data sharded with a DistributedSampler.
     ``loss_fn(logits, labels, inputs)`` replaces the default cross-entropy (see :class:`DistillationLoss`).
     """
@@ -122,19 +123,13 @@ def fit(
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, config)
     history = History()
-    start_epoch = 0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        payload = read_checkpoint(checkpoint)
-        state = payload.get("train_state")
-        if state is not None:
-            model.load_state_dict(payload["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch = int(state["epoch"]) + 1
-            history.epochs = list(state.get("history", []))
-            if not quiet and is_main_process():
-                print(f"resuming from {checkpoint} at epoch {start_epoch + 1}")
+    saver = fit_checkpoint(checkpoint, checkpoint_meta)  # its own file, or the active run's next slot
     sampler: DistributedSampler | None = DistributedSampler(train_data, seed=config.seed) if world > 1 else None
     loader = make_loader(train_data, config.batch_size, shuffle=True, seed=config.seed, sampler=sampler)
+    start_epoch = 0
+    if saver is not None:
+        start_epoch, history.epochs = saver.restore(model, optimizer, loader.generator, config.epochs,
+                                                    quiet=quiet)
     runner: nn.Module = nn.parallel.DistributedDataParallel(model) if is_distributed() else model
     show = not quiet and is_main_process()
     step = start_epoch * len(loader)
@@ -187,13 +182,8 @@ def fit(
         if show:
             extra = f" val_acc {metrics['val_accuracy']:.4f}" if metrics.get("val_accuracy") is not None else ""
             print(f"epoch {epoch + 1}/{config.epochs} loss {metrics['train_loss']:.4f}{extra} ({metrics['seconds']}s)")
-        if checkpoint is not None and is_main_process():
-            save_checkpoint(
-                checkpoint,
-                model,
-                meta=checkpoint_meta,
-                train_state={"optimizer": optimizer.state_dict(), "epoch": epoch, "history": history.epochs},
-            )
+        if saver is not None:
+            saver.save(model, optimizer, loader.generator, epoch, config.epochs, history.epochs)
     return history
 
 
