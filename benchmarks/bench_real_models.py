@@ -145,7 +145,7 @@ def _encoder_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def _selector(bench: Bench) -> Any:
     """What the weight techniques compress: every conv and the classifier (CNN), the encoder Linears (MiniLM)."""
-    return (lambda name, m: isinstance(m, nn.Linear) and ".pooler." not in f".{name}.") if bench.name == "minilm" \
+    return (lambda m, name: isinstance(m, nn.Linear) and ".pooler." not in f".{name}.") if bench.name == "minilm" \
         else None
 
 
@@ -306,7 +306,7 @@ def row_coreml_sparsegpt50(bench: Bench) -> Outcome:
         blocks = (list(model.encoder.encoder.layer) if bench.name == "minilm"  # type: ignore[union-attr]
                   else list(model.blocks))  # type: ignore[union-attr]
         config = LayerwiseCompressorConfig(layers=blocks, global_config=ModuleSparseGPTConfig(
-            target_sparsity=0.5, weight_dtype=None), calibration_nsamples=len(torch.cat(
+            target_sparsity=0.5, weight_dtype="float32"), calibration_nsamples=len(torch.cat(
                 [b if isinstance(b, Tensor) else b["input_ids"] for b in bench.calib])))
         model = LayerwiseCompressor(model, config).compress(bench.calib, device="cpu")
     return Outcome(model.eval(), deepshrink=False, info={"note": "coremltools layer-wise SparseGPT, blocks only"})
@@ -393,12 +393,13 @@ def row_share_conv8_fc5_linear(bench: Bench) -> Outcome:
     return _share(bench, bits={"conv": 8, "fc": 5}, init="linear")
 
 
-def _prune(bench: Bench, method: Any) -> Outcome:
+def _prune(bench: Bench, method: Any, bn: bool = True) -> Outcome:
     model = bench.fresh()
     start = time.perf_counter()
-    prune_(model, method, select=_selector(bench), data=bench.calib)
-    info: dict[str, Any] = {"prune_s": round(time.perf_counter() - start, 1)}
-    if bench.name == "effnet":
+    report = prune_(model, method, select=_selector(bench), data=bench.calib)
+    info: dict[str, Any] = {"prune_s": round(time.perf_counter() - start, 1),
+                            "sparsity": round(report.sparsity, 4)}
+    if bench.name == "effnet" and bn:
         recalibrate_batchnorm_(model, bench.calib_dataset(), batch_size=16)
         info["bn_reestimated"] = True
     return Outcome(model.eval(), info=info)
@@ -411,12 +412,24 @@ def row_magnitude50(bench: Bench) -> Outcome:
 
 @row("effnet", "minilm")
 def row_obs50(bench: Bench) -> Outcome:
+    """Every layer to 50%, sequentially (each from the already-pruned layers' outputs), no BN re-estimation."""
+    return _prune(bench, OBSPrune(sparsity=0.5), bn=False)
+
+
+@row("effnet")
+def row_obs50_bn(bench: Bench) -> Outcome:
     return _prune(bench, OBSPrune(sparsity=0.5))
 
 
 @row("effnet", "minilm")
+def row_obs50_global(bench: Bench) -> Outcome:
+    """50% of all selected weights, spread over the layers by their OBS reconstruction-error curves."""
+    return _prune(bench, OBSPrune(sparsity=0.5, scope="global"), bn=False)
+
+
+@row("effnet", "minilm")
 def row_obs_2of4(bench: Bench) -> Outcome:
-    return _prune(bench, OBSPrune(sparsity=0.5, pattern="2:4"))
+    return _prune(bench, OBSPrune(sparsity=0.5, pattern="2:4"), bn=False)
 
 
 @row("minilm")

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from deepshrink.core import get_mask
+from deepshrink.core import ConfigError, get_mask
 from deepshrink.prune import MagnitudePrune, OBSPrune, obs_prune_matrix, prune_
 
 
@@ -65,3 +65,25 @@ def test_conv_layers_grouped_or_not_keep_sparsity_and_the_previous_mask(groups: 
     assert abs(1 - float(after.float().mean()) - 0.6) < 0.05
     with torch.no_grad():
         assert float(((model(x) - reference) ** 2).mean()) < float(((magnitude(x) - reference) ** 2).mean())
+
+
+
+def test_global_allocation_meets_the_budget_and_spares_the_layer_that_costs_most() -> None:
+    from deepshrink.prune.allocate import allocate
+
+    # layer a loses little error per weight, b a lot: the budget is taken from a first
+    curves = {"a": {0.0: 0.0, 0.5: 0.01, 0.9: 0.05}, "b": {0.0: 0.0, 0.5: 0.5, 0.9: 2.0}}
+    chosen = allocate(curves, {"a": 100, "b": 100}, target=0.45)
+    assert chosen == {"a": 0.9, "b": 0.0}
+    chosen = allocate(curves, {"a": 100, "b": 100}, target=0.6)
+    assert chosen["a"] == 0.9 and chosen["b"] == 0.5
+
+
+def test_global_obs_prunes_the_share_asked_for_over_all_layers() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4))
+    data = [torch.randn(64, 16) @ torch.randn(16, 16) for _ in range(2)]
+    report = prune_(model, OBSPrune(sparsity=0.5, scope="global"), data=data)
+    assert report.sparsity >= 0.5 - 1e-9
+    with pytest.raises(ConfigError, match="global"):
+        OBSPrune(sparsity={"0": 0.5}, scope="global")

@@ -153,11 +153,11 @@ def _first_calls(outputs: list[Tensor], n_batches: int) -> list[Tensor]:
 
 @torch.no_grad()
 def layer_by_layer(model: nn.Module, order: Sequence[str], modules: Mapping[str, nn.Module], batches: Sequence[Batch],
-                   reference_out: Mapping[str, list[Tensor]],
+                   reference_out: Mapping[str, list[Tensor]] | None,
                    decide: Callable[[str, list[Tensor], list[Tensor]], None]) -> None:
     """Greedy calibration: ``decide(name, inputs, references)`` for each layer in call order, where ``inputs`` are
     what the layer receives with every earlier layer already decided, and ``references`` its reference outputs
-    (the uncompressed model's, ``reference_out`` as :func:`capture` records them) for the same samples.
+    (the uncompressed model's, ``reference_out`` as :func:`capture` records them, or none) for the same samples.
 
     When the batches stack into one, a single forward pass does it all: each layer is decided inside its forward
     pre-hook, and the pass continues through the decided layer. Otherwise each layer's input is captured by a
@@ -170,7 +170,7 @@ def layer_by_layer(model: nn.Module, order: Sequence[str], modules: Mapping[str,
         def hook(module: nn.Module, args: tuple) -> None:
             name = pending.pop(module, None)  # popped first: decide() calls the module again
             if name is not None:
-                refs = _first_calls(reference_out[name], len(batches))
+                refs = _first_calls(reference_out[name], len(batches)) if reference_out is not None else []
                 decide(name, [args[0].detach()], [torch.cat(refs)] if len(refs) > 1 else refs)
 
         handles = [modules[name].register_forward_pre_hook(hook, prepend=True) for name in order]
@@ -184,5 +184,6 @@ def layer_by_layer(model: nn.Module, order: Sequence[str], modules: Mapping[str,
     while i < len(order):
         group = capture_group_inputs(model, [modules[name] for name in order[i:]], batches)
         for name, xs in zip(order[i:], group, strict=False):
-            decide(name, xs, _first_calls(reference_out[name], len(batches))[: len(xs)])
+            refs = _first_calls(reference_out[name], len(batches))[: len(xs)] if reference_out is not None else []
+            decide(name, xs, refs)
         i += len(group)

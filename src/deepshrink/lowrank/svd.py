@@ -134,6 +134,8 @@ def svd_linear_(
     """
     report = SVDReport()
     layers = select_layers(model, select, supported=(nn.Linear,)).layers
+    if not layers:
+        raise ConfigError(f"no Linear layer to factorise: the selector {select!r} matched none")
     moments = _response_moments(model, [n for n, _ in layers], calib) if calib is not None else {}
     for fqn, layer in layers:
         assert isinstance(layer, nn.Linear)

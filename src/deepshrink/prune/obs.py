@@ -8,6 +8,10 @@ are pruned, and each pruned weight's error is spread over the columns to its rig
 layer keeps computing what it computed. ``pattern="2:4"`` keeps the two most salient of every four consecutive
 weights of a row (the semi-structured sparsity some accelerators run). Masks go to the shared state like any
 criterion's, so sharing, fixed point, the codec and the runtime take them unchanged.
+
+``sequential=True`` (the default, as SparseGPT runs): layers are pruned in call order, each from the inputs the
+already-pruned layers before it produce, so later layers also absorb the error of earlier ones; ``False`` estimates
+every Hessian from the uncompressed model in one pass.
 """
 
 from __future__ import annotations
@@ -15,20 +19,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..core.capture import execution_order, layer_by_layer
 from ..core.errors import ConfigError
 from ..core.graph import run_model
 from ..core.layer_call import op_call
 from ..core.state import latent_weight
 from ..data import calibration_batches
+from .allocate import GRID, allocate, relative_error
 from .base import PerLayer, check_fraction, frozen_copy, per_layer
 
-__all__ = ["OBSPrune", "layer_hessians", "obs_prune_matrix"]
+__all__ = ["OBSPrune", "input_hessian", "layer_hessians", "obs_prune_matrix"]
 
 PATTERNS = ("unstructured", "2:4")
 
@@ -38,7 +44,8 @@ class OBSPrune:
     """Layer-wise OBS pruning to ``sparsity`` (a float or ``{layer: s}``), from calibration ``data``.
 
     ``pattern``: unstructured, or ``"2:4"`` (two of every four consecutive weights kept; ``sparsity`` is then
-    0.5). ``block_size``: columns per lazy-update block. ``damp``: the fraction of the mean Hessian diagonal added
+    0.5). ``scope="global"``: ``sparsity`` (a float) is the share of all selected weights pruned, spread over the
+    layers by their reconstruction-error curves (:mod:`.allocate`); ``"layer"``: each layer to ``sparsity``. ``block_size``: columns per lazy-update block. ``damp``: the fraction of the mean Hessian diagonal added
     to it (numerical stability). ``max_samples``: calibration samples the Hessians are estimated from.
     Embeddings (no inputs to reconstruct) are pruned by magnitude.
     """
@@ -49,6 +56,7 @@ class OBSPrune:
     block_size: int = 128
     damp: float = 0.01
     max_samples: int = 512
+    sequential: bool = True
 
     needs_data: ClassVar[bool] = True
 
@@ -56,8 +64,10 @@ class OBSPrune:
         check_fraction("sparsity", self.sparsity)
         if self.pattern not in PATTERNS:
             raise ConfigError(f"pattern must be one of {PATTERNS}, got {self.pattern!r}")
-        if self.scope != "layer":
-            raise ConfigError("OBS prunes layer by layer: scope must be 'layer'")
+        if self.scope not in ("layer", "global"):
+            raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}")
+        if self.scope == "global" and (isinstance(self.sparsity, Mapping) or self.pattern != "unstructured"):
+            raise ConfigError("OBS with scope='global' takes one unstructured sparsity for the whole selection")
         if self.block_size < 1 or not self.damp > 0 or self.max_samples < 1:
             raise ConfigError("block_size and max_samples must be >= 1 and damp > 0")
         object.__setattr__(self, "sparsity", frozen_copy(self.sparsity))
@@ -71,23 +81,55 @@ class OBSPrune:
         """Masks for every layer; the surviving weights of the OBS layers are updated in place."""
         targets = per_layer(self.sparsity, layers, "sparsity")
         solvable = {n: m for n, m in layers.items() if not isinstance(m, nn.Embedding)}
-        hessians = layer_hessians(model, solvable, calibration_batches(data, self.max_samples))
+        batches = calibration_batches(data, self.max_samples)
+        if self.scope == "global":
+            targets = {**targets, **self._allocate(model, solvable, alive, batches)}
         masks: dict[str, Tensor] = {}
         thresholds: dict[str, float | None] = {}
+
+        def prune_layer(name: str, hessian: list[Tensor]) -> None:
+            module = layers[name]
+            weight = latent_weight(module)
+            new, mask = _solve_layer(module, weight.detach().cpu(), hessian, alive[name], targets[name], self)
+            with torch.no_grad():
+                weight.copy_(new.to(weight.dtype).to(weight.device))
+            masks[name], thresholds[name] = mask, None
+
+        if self.sequential:
+            was_training = model.training
+            model.eval()
+            try:
+                order = execution_order(model, solvable, batches[0])
+                layer_by_layer(model, order, solvable, batches, None,
+                               lambda name, xs, _: prune_layer(name, input_hessian(solvable[name], xs)))
+            finally:
+                model.train(was_training)
+        else:
+            for name, hessian in layer_hessians(model, solvable, batches).items():
+                prune_layer(name, hessian)
         for name, module in layers.items():
             weight = latent_weight(module)
-            if name not in hessians:  # an embedding, or a layer the calibration never reached: magnitude
+            if name not in masks:  # an embedding, or a layer the calibration never reached: magnitude
                 keep = round((1.0 - targets[name]) * weight.numel())
                 flat = torch.where(alive[name], weight.detach().abs().cpu(), torch.tensor(-1.0)).flatten()
                 mask = torch.zeros(flat.numel(), dtype=torch.bool)
                 mask[torch.topk(flat, max(0, min(keep, int(alive[name].sum()))), sorted=False).indices] = True
                 masks[name], thresholds[name] = mask.reshape(weight.shape), None
                 continue
-            new, mask = _solve_layer(module, weight.detach().cpu(), hessians[name], alive[name], targets[name], self)
-            with torch.no_grad():
-                weight.copy_(new.to(weight.dtype).to(weight.device))
-            masks[name], thresholds[name] = mask, None
         return masks, thresholds
+
+
+    def _allocate(self, model: nn.Module, layers: dict[str, nn.Module], alive: dict[str, Tensor],
+                  batches: list[Any]) -> dict[str, float]:
+        """Per-layer sparsities meeting the global target (see :mod:`.allocate`)."""
+        hessians = layer_hessians(model, layers, batches)
+        curves: dict[str, dict[float, float]] = {}
+        for name, hessian in hessians.items():
+            weight = latent_weight(layers[name]).detach().cpu()
+            curves[name] = {s: relative_error(weight, _solve_layer(layers[name], weight, hessian, alive[name], s,
+                                                                    self)[0], hessian) for s in GRID}
+        counts = {n: latent_weight(layers[n]).numel() for n in curves}
+        return allocate(curves, counts, float(cast(float, self.sparsity)))
 
 
 def _solve_layer(module: nn.Module, weight: Tensor, hessians: list[Tensor], alive: Tensor, sparsity: float,
@@ -194,6 +236,21 @@ def _first(value: Any) -> int:
 
 def _two(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, tuple | list) else (int(value), int(value))
+
+
+@torch.no_grad()
+def input_hessian(module: nn.Module, inputs: list[Tensor]) -> list[Tensor]:
+    """Per group of output channels, ``H = 2 X X^T / n`` of the layer's ``inputs`` (a list of input batches)."""
+    total: list[Tensor] | None = None
+    count = 0
+    for x in inputs:
+        kind, x, geometry = op_call(module, x)
+        rows = _patches(kind, x, latent_weight(module).shape, geometry)
+        products = list(torch.einsum("gnf,gnk->gfk", rows, rows))
+        total = products if total is None else [s + p for s, p in zip(total, products, strict=True)]
+        count += rows.shape[1]
+    assert total is not None
+    return [2.0 * s / max(count, 1) for s in total]
 
 
 @torch.no_grad()
