@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,28 +99,9 @@ class LayerFacts:
 
     def params(self) -> dict[str, str]:
         """The kind's parameters in words: codebook size, fixed-point formats, ternary scales."""
-        w, out = self.weight, {"kind": self.kind}
-        if self.kind == "codebook":
-            palette = w.palette()
-            assert palette is not None
-            out["codebook"] = f"{palette.table.shape[1]} values ({self.row['weight_bits_fixed']} bits)"
-            if palette.groups > 1:
-                out["codebook"] += f" x {palette.groups} channel groups"
-        elif self.kind == "fixedpoint":
-            fmt = formats(w)
-            fl = fmt.frac_lens
-            out["bits"] = str(fmt.bits)
-            out["fl_w"] = str(int(fl[0])) if fl.size == 1 else f"{int(fl.min())}..{int(fl.max())} per channel"
-            out["fl_a in"] = "float" if fmt.act_in is None else (
-                f"{fmt.act_in.bits} bits, per token" if fmt.dynamic_input else f"{fmt.act_in.bits} bits, fl {fmt.act_in.frac_len}")
-            out["fl_a out"] = "float" if fmt.act_out is None else f"{fmt.act_out.bits} bits, fl {fmt.act_out.frac_len}"
-        elif self.kind == "ternary":
-            wp, wn = scales(w)
-            out["Wp"] = f"{float(wp[0]):.4g}" if wp.size == 1 else f"{float(wp.mean()):.4g} (mean of {wp.size})"
-            out["Wn"] = f"{float(wn[0]):.4g}" if wn.size == 1 else f"{float(wn.mean()):.4g} (mean of {wn.size})"
-            out["zeros"] = f"{100.0 * (1 - self.nonzero / max(w.numel, 1)):.1f}%"
-        else:
-            out["values"] = f"float{self.row['weight_bits_fixed']}"
+        out = {"kind": self.kind}
+        describe = KIND_PARAMS.get(self.kind)
+        out.update(describe(self) if describe is not None else {"values": f"float{self.row['weight_bits_fixed']}"})
         err = self.error()
         if err is not None:
             out["change vs baseline"] = (f"{100 * err['kept']:.2f}% on kept weights (SQNR {err['sqnr_db']:.1f} dB), "
@@ -220,15 +202,18 @@ def technique_chain(header: dict[str, Any], layers: list[LayerFacts]) -> list[st
         kept = sum(x.weight.kept for x in pruned) / max(sum(x.weight.numel for x in pruned), 1)
         steps.append(f"pruning: {len(pruned)} of {len(layers)} tensors, {100 * kept:.1f}% of their weights kept")
 
-    def bits(kind: str, key: str = "weight_bits_fixed") -> str:
-        return "/".join(str(b) for b in sorted({x.row[key] for x in layers if x.kind == kind}))
+    by_kind: dict[str, list[Any]] = {}
+    for x in layers:
+        by_kind.setdefault(x.kind, []).append(x)
+
+    def bits(kind: str) -> str:
+        return "/".join(str(b) for b in sorted({x.row["weight_bits_fixed"] for x in by_kind.get(kind, [])}))
 
     names = {"codebook": "weight sharing: {b}-bit codebooks", "fixedpoint": "dynamic fixed point: {b}-bit weights",
              "ternary": "ternary weights (Wp, 0, -Wn)"}
     for kind, text in names.items():
-        count = sum(x.kind == kind for x in layers)
-        if count:
-            steps.append(f"{text.format(b=bits(kind))} in {count} tensors")
+        if by_kind.get(kind):
+            steps.append(f"{text.format(b=bits(kind))} in {len(by_kind[kind])} tensors")
     codings = set()
     for entry in header.get("weights", {}).values():
         for key in ("values", "index"):
@@ -238,9 +223,8 @@ def technique_chain(header: dict[str, Any], layers: list[LayerFacts]) -> list[st
             codings.add("context-modelled masks")
     if codings:
         steps.append("entropy coding: " + ", ".join(sorted(codings)))
-    dense = sum(x.kind == "dense" for x in layers)
-    if dense:
-        steps.append(f"{dense} tensors stored dense ({bits('dense')}-bit floats)")
+    if by_kind.get("dense"):
+        steps.append(f"{len(by_kind['dense'])} tensors stored dense ({bits('dense')}-bit floats)")
     return steps or ["no compression"]
 
 
@@ -383,3 +367,34 @@ def gather(path: str | os.PathLike[str], *, baseline: nn.Module | None = None, d
     if model is not None and dataset is not None:
         facts.quality = measure_quality(model, baseline, dataset, data_dir, limit)
     return facts, model
+
+
+def _codebook_params(layer: Any) -> dict[str, str]:
+    palette = layer.weight.palette()
+    assert palette is not None
+    text = f"{palette.table.shape[1]} values ({layer.row['weight_bits_fixed']} bits)"
+    return {"codebook": text + (f" x {palette.groups} channel groups" if palette.groups > 1 else "")}
+
+
+def _fixedpoint_params(layer: Any) -> dict[str, str]:
+    fmt = formats(layer.weight)
+    fl = fmt.frac_lens
+    act_in, act_out = fmt.act_in, fmt.act_out
+    return {"bits": str(fmt.bits),
+            "fl_w": str(int(fl[0])) if fl.size == 1 else f"{int(fl.min())}..{int(fl.max())} per channel",
+            "fl_a in": "float" if act_in is None else (
+                f"{act_in.bits} bits, per token" if fmt.dynamic_input else f"{act_in.bits} bits, fl {act_in.frac_len}"),
+            "fl_a out": "float" if act_out is None else f"{act_out.bits} bits, fl {act_out.frac_len}"}
+
+
+def _ternary_params(layer: Any) -> dict[str, str]:
+    w = layer.weight
+    wp, wn = scales(w)
+    return {"Wp": f"{float(wp[0]):.4g}" if wp.size == 1 else f"{float(wp.mean()):.4g} (mean of {wp.size})",
+            "Wn": f"{float(wn[0]):.4g}" if wn.size == 1 else f"{float(wn.mean()):.4g} (mean of {wn.size})",
+            "zeros": f"{100.0 * (1 - layer.nonzero / max(w.numel, 1)):.1f}%"}
+
+
+KIND_PARAMS: dict[str, Callable[[Any], dict[str, str]]] = {
+    "codebook": _codebook_params, "fixedpoint": _fixedpoint_params, "ternary": _ternary_params}
+"""How the report describes a kind's parameters (a kind without an entry shows its float width)."""
