@@ -312,6 +312,7 @@ def test_cli_writes_a_file_a_fresh_process_runs(tmp_path: Path) -> None:
     from deepshrink.cli import app
     from deepshrink.codec import save_compressed
     from deepshrink.models import build_model
+    from deepshrink.train import save_checkpoint
 
     torch.manual_seed(0)
     model = build_model("lenet300", in_features=64, num_classes=5).eval()
@@ -331,3 +332,13 @@ def test_cli_writes_a_file_a_fresh_process_runs(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
                    check=True, timeout=120)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), reference(model), atol=1e-5)
+
+    # a training checkpoint exports the same way (its compression state comes back with it)
+    save_checkpoint(tmp_path / "m.pt", model)
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "m.pt"), "--format", "onnx", "--out",
+                                      str(tmp_path / "c.onnx"), "--input-shape", "1,8,8", "--option",
+                                      "activations=exact", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert report["activations"] == "exact" and report["compressed_weight_bytes"] < report["fp32_weight_bytes"]
+    np.testing.assert_allclose(ort_run(tmp_path / "c.onnx", X), reference(model), atol=1e-5)
