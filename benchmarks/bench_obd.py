@@ -1,4 +1,4 @@
-"""One-shot pruning without retraining on LeNet-300-100 (Fashion-MNIST): magnitude vs. OBD vs. random.
+"""One-shot pruning without retraining on LeNet-300-100 (Fashion-MNIST): magnitude vs. OBD vs. OBS vs. random.
 
 From the trained baseline, each criterion prunes to 50..95% sparsity in one shot (per layer, and over the
 whole model with one global ranking) and the test top-1 is measured with no retraining. OBD saliencies use
@@ -7,6 +7,12 @@ Hutchinson estimate, both on 2048 training samples. The exact Hessian diagonal (
 back-propagation) is too costly for all 266K weights, so it is computed at 64 random positions per layer
 on 256 samples and compared with the Gauss-Newton diagonal there (LeNet-300-100 is ReLU, so the two
 should agree: the output is piecewise linear in each single weight).
+
+Layer-wise OBS (Hassibi & Stork's successor in SparseGPT's form: per layer ``H = 2 X X^T`` from the layer's
+inputs on the same 2,048 training images, prune by ``w^2 / [H^-1]_ii`` and update the surviving weights, layers
+in sequence) runs at the same sparsities, per layer and with ``scope="global"`` (per-layer sparsities from
+each layer's reconstruction-error curve under one budget). Unlike the other criteria it changes the kept
+weights, so it is a different trade: no retraining, but the survivors are re-fitted to the calibration data.
 
     nice -n 10 .venv/bin/python benchmarks/bench_obd.py    # -> benchmarks/results/pruning-obd.json
 """
@@ -27,7 +33,7 @@ from torch import Tensor, nn
 
 from deepshrink.core import latent_weight
 from deepshrink.data import load_dataset
-from deepshrink.prune import RandomPrune, hessian_diagonal, prune_, saliency
+from deepshrink.prune import OBSPrune, RandomPrune, hessian_diagonal, prune_, saliency
 from deepshrink.train import evaluate, load_checkpoint
 
 ROOT = Path(__file__).resolve().parent
@@ -131,6 +137,16 @@ def main() -> None:
                 pruned = copy.deepcopy(model)
                 prune_(pruned, Precomputed(table, s, scope))
                 curves[key][f"{s:g}"] = evaluate(pruned, test)["accuracy"]
+        key = f"obs/{scope}"
+        curves[key] = {}
+        calib = [torch.stack([hess_data[i][0] for i in range(j, min(j + 256, len(hess_data)))])
+                 for j in range(0, len(hess_data), 256)]
+        started = time.perf_counter()
+        for s in SPARSITIES:
+            pruned = copy.deepcopy(model)
+            prune_(pruned, OBSPrune(sparsity=s, scope=scope), data=calib)
+            curves[key][f"{s:g}"] = evaluate(pruned, test)["accuracy"]
+        timings[key] = round(time.perf_counter() - started, 1)
         key = f"random/{scope}"
         curves[key] = {}
         for s in SPARSITIES:
