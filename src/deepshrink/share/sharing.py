@@ -230,9 +230,10 @@ def share_layer_(module: nn.Module, bits: int, config: WeightSharing, name: str 
     groups = _group_count(config, rows) if weight.dim() > 1 else 1
     flat_w = weight.cpu().double().reshape(groups, -1).numpy()
     flat_live = live.cpu().reshape(groups, -1).numpy()
-    # never more shared values than distinct weights: a bigger codebook would only cost bytes
+    # never more shared values than distinct weights, nor than the largest group's live weights: a wider
+    # codebook would only cost bytes (a depthwise conv's channel of 9 weights needs at most 9 entries)
     everything = flat_w[flat_live]
-    k = min(2**bits, max(1, int(np.unique(everything).size)))
+    k = min(2**bits, max(1, int(np.unique(everything).size)), max(1, int(flat_live.sum(axis=1).max())))
     index = np.full(flat_w.shape, -1, dtype=np.int64)
     centroids = np.zeros((groups, k), dtype=np.float32)
     inertia = 0.0
