@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from deepshrink.core import UnsupportedLayerError
+from deepshrink.core import ConfigError, UnsupportedLayerError
 from deepshrink.core.state import set_value_transform
 from deepshrink.fixedpoint import DynamicFixedPoint, FixedPoint, FixedPointFormat, install_hooks, quantize_
 from deepshrink.runtime import IntegerLayer, IntegerModel, QTensor, swap_integer_layers_
@@ -133,3 +133,23 @@ def test_mixed_precision_widens_the_costliest_layers_within_the_budget() -> None
     widened = [r for r in report.layers if r.widened]
     assert widened and all(r.weight.bits == 16 for r in widened) and report.average_bits <= 8.5
     assert torch.equal(IntegerModel(model)(calib), model(calib))
+
+
+def test_network_objective_widens_what_the_output_loses_most_and_stays_bit_exact() -> None:
+    model = randomize_(TinyCNN(), 3, 1.0)
+    calib = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = model(calib)
+    errors = {}
+    for objective in ("layer", "network"):
+        candidate = copy.deepcopy(model)
+        report = quantize_(candidate, DynamicFixedPoint(bits=4, max_bits_avg=6, mixed_objective=objective),
+                           calib=calib)
+        assert report.average_bits <= 6 and any(r.widened for r in report.layers)
+        assert torch.equal(IntegerModel(candidate)(calib), candidate(calib))
+        with torch.no_grad():
+            errors[objective] = float(((candidate(calib) - reference) ** 2).sum())
+    # widening by what the output loses leaves less output error here than widening by each layer's own error
+    assert errors["network"] <= errors["layer"] * 1.0001
+    with pytest.raises(ConfigError, match="mixed_objective"):
+        DynamicFixedPoint(mixed_objective="output")

@@ -3,18 +3,27 @@
 In Qiu et al.'s greedy spirit, the layers whose quantization costs the most error per weight bit are widened (e.g.
 8 -> 16 bits, weights and activations) one at a time while the average weight width stays within the budget. A
 depthwise convolution's channels span very different ranges and it holds few weights, so it is usually widened
-first.
+first. What "error" means is the ``mixed_objective`` of the configuration: each layer's own relative error
+(``"layer"``: its weight error plus its output's error, one capture pass), or what the whole network loses
+(``"network"``, :func:`network_gains`: how much the network output's error against the float model falls when
+that layer alone runs wide, one calibration pass per layer) -- a layer's own error says little about how much
+of it survives to the output.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
+from ..core.graph import run_model
 from ..core.state import latent_weight
+from .search import output_tensors
+from .transform import fixed_point_of
 
-__all__ = ["average_bits", "widen_for_budget"]
+__all__ = ["average_bits", "network_gains", "widen_for_budget"]
 
 
 def average_bits(bits: Mapping[str, int], modules: Mapping[str, nn.Module]) -> float:
@@ -39,3 +48,38 @@ def widen_for_budget(errors: Mapping[str, float], modules: Mapping[str, nn.Modul
             chosen.append(name)
             spent += extra
     return chosen
+
+
+@torch.no_grad()
+def network_gains(model: nn.Module, modules: Mapping[str, nn.Module], names: Sequence[str], batches: Sequence[Any],
+                  reference: Sequence[Sequence[Tensor]], wide_weight: Callable[[str], tuple[int, int | Tensor]]
+                  ) -> dict[str, float]:
+    """For each layer in ``names``: how much the squared error of the network's outputs against ``reference`` (the
+    float model's, per calibration batch) falls when that layer alone runs wide -- its weight at the width and
+    fractional length(s) ``wide_weight(name)`` gives, its activations unrounded -- the rest as quantized.
+
+    Weights must not be cached (``parametrize.cached``) around this: each trial changes one layer's format.
+    """
+    def error() -> float:
+        total = 0.0
+        for batch, ref in zip(batches, reference, strict=True):
+            for got, want in zip(output_tensors(run_model(model, batch)), ref, strict=True):
+                total += float(((got.double() - want.double()) ** 2).sum())
+        return total
+
+    base = error()
+    gains: dict[str, float] = {}
+    for name in names:
+        fp = fixed_point_of(modules[name])
+        assert fp is not None
+        saved = int(fp.bits_buf), fp.weight_frac_len, fp.act_in, fp.act_out
+        fp.set_weight_frac_len(*wide_weight(name))
+        fp.set_act_in(None)
+        fp.set_act_out(None)
+        try:
+            gains[name] = base - error()
+        finally:
+            fp.set_weight_frac_len(saved[0], saved[1])
+            fp.set_act_in(saved[2])
+            fp.set_act_out(saved[3])
+    return gains

@@ -20,7 +20,7 @@ from ..core.select import Selector, layer_kind, layer_type_name, select_layers
 from ..core.state import latent_weight, set_value_transform
 from ..train.recovery import correct_biases_
 from .equalize import equalize_
-from .mixed import average_bits, widen_for_budget
+from .mixed import average_bits, network_gains, widen_for_budget
 from .search import (
     channel_weight_error,
     greedy_data_stage,
@@ -56,7 +56,10 @@ class DynamicFixedPoint:
     chosen per row (token) from the row's own range at run time (the fixed-point analogue of per-token dynamic
     int8; those layers' outputs stay float). ``max_bits_avg``: greedy mixed precision, widening to ``wide_bits``
     the layers whose quantization costs the most error per weight bit while the average weight width stays
-    within the budget. ``bias_correction``: each layer's mean output shift on the calibration data is folded
+    within the budget; ``mixed_objective`` says what error: ``"layer"`` (each layer's own relative error) or
+    ``"network"`` (how much the network output's error falls when the layer alone runs wide: one calibration
+    pass per layer, better where a layer's error is amplified or absorbed downstream). ``bias_correction``:
+    each layer's mean output shift on the calibration data is folded
     into its bias. ``equalize``: cross-layer equalisation of consecutive layers' channel ranges first.
     """
 
@@ -71,6 +74,7 @@ class DynamicFixedPoint:
     activations: str = "static"
     max_bits_avg: float | None = None
     wide_bits: int = 16
+    mixed_objective: str = "layer"
     bias_correction: bool = False
     equalize: bool = False
 
@@ -79,6 +83,8 @@ class DynamicFixedPoint:
             raise ConfigError(f"weight_objective must be 'error' or 'accuracy', got {self.weight_objective!r}")
         if self.granularity not in ("layer", "channel"):
             raise ConfigError(f"granularity must be 'layer' or 'channel', got {self.granularity!r}")
+        if self.mixed_objective not in ("layer", "network"):
+            raise ConfigError(f"mixed_objective must be 'layer' or 'network', got {self.mixed_objective!r}")
         if self.activations not in ("static", "per_token"):
             raise ConfigError(f"activations must be 'static' or 'per_token', got {self.activations!r}")
         if self.static and (self.granularity != "layer" or self.activations != "static" or self.max_bits_avg):
@@ -291,7 +297,9 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
     order = execution_order(reference, ref_modules, batches[0])
     ref_in, ref_out = capture(reference, ref_modules, batches, inputs=config.static)
     clips = {} if config.static else _clipped_outputs(reference, modules, batches[0])
-    final = [output_tensors(run_model(reference, b)) for b in batches] if config.static else []
+    network_objective = config.max_bits_avg is not None and config.mixed_objective == "network"
+    final = ([output_tensors(run_model(reference, b)) for b in batches] if config.static or network_objective
+             else [])
     del reference, ref_modules
 
     # weight stage
@@ -323,25 +331,29 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
         if config.static:
             static_data_stage(model, computed, modules, ref_in, ref_out, final, batches, config.activation_bits,
                               outputs, config.span)
+            output_errors: dict[str, float] = {}
         else:
             output_errors = greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs,
                                               config.span, clips)
-            if config.max_bits_avg is not None:
-                score = {n: errors[n] + output_errors.get(n, 0.0) for n in modules}
-                widened = widen_for_budget(score, modules, bits, config.wide_bits, float(config.max_bits_avg))
-                for name in widened:
-                    module = modules[name]
-                    bits[name] = config.wide_bits
-                    frac, errors[name] = _weight_formats(module, latent_weight(module).detach(), bits[name], config,
-                                                         None)
-                    fp = fixed_point_of(module)
-                    assert fp is not None
-                    fp.set_weight_frac_len(bits[name], frac)
-                    act_bits[name] = max(config.wide_bits, config.activation_bits) if name in act_bits else 0
-            if widened:
-                with parametrize.cached():
-                    greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span,
-                                      clips)
+    if config.max_bits_avg is not None:  # mixed precision: widen, then choose the activation formats again
+        wide = {n: _weight_formats(m, latent_weight(m).detach(), config.wide_bits, config, None)
+                for n, m in modules.items() if bits[n] < config.wide_bits}
+        if network_objective:
+            score = network_gains(model, modules, [n for n in computed if n in wide], batches, final,
+                                  lambda n: (config.wide_bits, wide[n][0]))
+        else:
+            score = {n: errors[n] + output_errors.get(n, 0.0) for n in modules}
+        widened = widen_for_budget(score, modules, bits, config.wide_bits, float(config.max_bits_avg))
+        for name in widened:
+            bits[name] = config.wide_bits
+            frac, errors[name] = wide[name]
+            fp = fixed_point_of(modules[name])
+            assert fp is not None
+            fp.set_weight_frac_len(bits[name], frac)
+            act_bits[name] = max(config.wide_bits, config.activation_bits) if name in act_bits else 0
+        if widened:
+            with parametrize.cached():  # a fresh cache: the widened layers' weights changed
+                greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span, clips)
     bias_corrected = correct_biases_(model, computed, modules, ref_out, batches) if config.bias_correction else {}
     model.train(was_training)
 
