@@ -27,7 +27,7 @@ from torch import nn
 
 from ...core.atomic import atomic_write_bytes
 from ...core.errors import ConfigError
-from ...core.kinds import StoredWeight, kind_of
+from ...core.kinds import FixedPointKind, StoredWeight, kind_of
 from ...core.kinds.fixedpoint import formats
 from ...core.state import plain_copy
 from ...runtime.loader import stored_from_model
@@ -75,7 +75,7 @@ def _locate(graph: Graph, name: str, weight: StoredWeight) -> str | None:
 
 
 def _with_act_formats(weight: StoredWeight) -> bool:
-    return weight.kind == "fixedpoint" and formats(weight).act_in is not None
+    return isinstance(kind_of(weight.kind), FixedPointKind) and formats(weight).act_in is not None
 
 
 @torch.no_grad()
