@@ -13,6 +13,10 @@ Every model is exported with ``deepshrink.export.to_c`` and measured, not estima
   what the host build prints; integer images are built ``-mfloat-abi=soft`` and must link no float routine;
 * **latency**: the host build (gcc -O2), mean per image over ``--latency-images`` images.
 
+``--unroll N`` (2, 4, 8) exports with ``unroll=N`` (the dense dot products N elements per iteration into N
+accumulators, docs/c.md) to compare host latency with the plain loops (1, the default); its rows are kept apart
+(``ARCH/TECHNIQUE/unrollN`` in the JSON, ``out/bench/mcu/ARCH-TECHNIQUE-uN``).
+
 Techniques: ``int8-dense`` (8-bit per-channel weights stored dense, int32-class biases: what TensorFlow Lite Micro
 stores), ``dfp8``, ``dfp-conv8-fc4`` (Qiu et al.'s 8/4), ``dc`` (Deep Compression, float: pruned + shared, the
 recipe's bits, from a ``.dsz`` file), ``dc-act8`` (the same file with 8-bit DFP activations: integer-only, the
@@ -136,10 +140,10 @@ def reference(model: nn.Module, x: torch.Tensor, integer: bool) -> np.ndarray:
 
 def measure(arch: str, technique: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             args: argparse.Namespace) -> dict[str, Any]:
-    folder = OUT / f"{arch}-{technique}"
+    folder = OUT / (f"{arch}-{technique}" + (f"-u{args.unroll}" if args.unroll > 1 else ""))
     shutil.rmtree(folder, ignore_errors=True)
     report = to_c(model, x[:1], folder / "c", layout="dense" if technique == "int8-dense" else "auto",
-                  source=f"{arch} {technique}")
+                  source=f"{arch} {technique}", unroll=args.unroll)
     integer = report["arithmetic"] == "integer"
     header = (folder / "c" / "model.h").read_text()
     in_t, out_t = (header.split("typedef ")[k].split()[0] for k in (1, 2))
@@ -149,7 +153,8 @@ def measure(arch: str, technique: str, model: nn.Module, x: torch.Tensor, y: tor
     n_lat = min(args.latency_images, inputs.shape[0])
     _, ns = toolchain.run_host(exe, inputs[:n_lat], in_t, out_t, report["output_size"], repeat=args.latency_repeat)
     ref = reference(model, x, integer)
-    row: dict[str, Any] = {"arch": arch, "technique": technique, "label": LABELS[technique],
+    label = LABELS[technique] + (f", unroll {args.unroll}" if args.unroll > 1 else "")
+    row: dict[str, Any] = {"arch": arch, "technique": technique, "label": label, "unroll": args.unroll,
                            "arithmetic": report["arithmetic"], "weights": report["weight_bytes"],
                            "arena": report["arena_bytes"], "layers": report["layers"], "images": int(x.shape[0]),
                            "top1_c": float((outputs.argmax(1) == y.numpy()).mean()),
@@ -210,6 +215,12 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def key(row: dict[str, Any]) -> str:
+    """A row's key in the JSON: ``ARCH/TECHNIQUE``, plus ``/unrollN`` for unrolled kernels."""
+    n = int(row.get("unroll", 1))
+    return f"{row['arch']}/{row['technique']}" + (f"/unroll{n}" if n > 1 else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["lenet300", "lenet5"])
@@ -219,6 +230,8 @@ def main() -> None:
     parser.add_argument("--latency-repeat", type=int, default=1)
     parser.add_argument("--ttq-epochs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--unroll", type=int, default=1, choices=(1, 2, 4, 8),
+                        help="the C exporter's unroll option (dense inner loops, N accumulators)")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "mcu.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -243,8 +256,8 @@ def main() -> None:
             print(table([row]).splitlines()[-1], flush=True)
     print(table(rows))
     existing = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    keyed = {f"{r['arch']}/{r['technique']}": r for r in existing.get("rows", [])}
-    keyed.update({f"{r['arch']}/{r['technique']}": r for r in rows})
+    keyed = {key(r): r for r in existing.get("rows", [])}
+    keyed.update({key(r): r for r in rows})
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"env": env, "rows": list(keyed.values())}, indent=1, default=str))
     print(f"wrote {args.json}")

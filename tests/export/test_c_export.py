@@ -230,6 +230,45 @@ def test_codebook_linear_within_1e5(tmp_path_factory: pytest.TempPathFactory, se
     _assert_close(model, torch.randn(32, 40, generator=gen), tmp_path_factory.mktemp("c"))
 
 
+def _unroll_net(seed: int) -> nn.Sequential:
+    """Inner lengths that no unroll factor divides: conv input channels 7 and 5 per group (padded, strided,
+    grouped), Linear columns 54 and 13."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(7, 10, 3, padding=1), nn.ReLU(), nn.Conv2d(10, 6, 3, stride=2, padding=1, groups=2),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(6 * 3 * 3, 13), nn.ReLU(), nn.Linear(13, 3)).eval()
+
+
+@needs_cc
+@pytest.mark.parametrize("unroll", [2, 4])
+def test_unrolled_kernels_exact_and_close(tmp_path: Path, unroll: int) -> None:
+    """``unroll=N``: N accumulators and a remainder loop in every dense Linear/Conv; DFP (int8 conv, 4-bit codes
+    fc) stays bit-exact with the engine, float within 1e-5 of the runtime; -Werror clean."""
+    x = torch.randn(60, 7, 6, 6, generator=torch.Generator().manual_seed(unroll)) * 1.5
+    dfp = _unroll_net(4)
+    quantize_(dfp, DynamicFixedPoint(bits={"conv": 8, "fc": 4}, act_bits=8), calib=x[:32])
+    report = _assert_bit_exact(dfp, x, tmp_path / "dfp", layout="dense", unroll=unroll)
+    assert report["unroll"] == unroll
+    source = (tmp_path / "dfp" / "model.c").read_text()
+    assert source.count(f"unrolled by {unroll} ({unroll} accumulators)") == 4
+    assert f"acc{unroll - 1} = 0," in source and "/* the last " in source
+    _assert_close(_unroll_net(5), x, tmp_path / "float", unroll=str(unroll))
+    assert (tmp_path / "float" / "model.c").read_text().count("unrolled by") == 4
+
+
+def test_unroll_option_default_and_refused(tmp_path: Path) -> None:
+    model, x = _unroll_net(6), torch.randn(1, 7, 6, 6)
+    to_c(model, x, tmp_path / "plain")
+    to_c(model, x, tmp_path / "one", unroll=1)
+    to_c(model, x, tmp_path / "eight", unroll=8)  # the convs (7 and 5 input channels) keep the plain loop
+    plain = (tmp_path / "plain" / "model.c").read_text()
+    assert plain == (tmp_path / "one" / "model.c").read_text() and "unrolled" not in plain
+    assert (tmp_path / "eight" / "model.c").read_text().count("unrolled by 8") == 2
+    for bad in (3, 0, "4x", True, 16):
+        with pytest.raises(ConfigError, match=r"unroll must be one of 1, 2, 4, 8"):
+            to_c(model, x, tmp_path / "never", unroll=bad)
+    assert not (tmp_path / "never").exists()
+
+
 class _Normed(nn.Module):
     def __init__(self) -> None:
         super().__init__()

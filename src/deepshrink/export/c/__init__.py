@@ -19,11 +19,14 @@ from ...core.errors import ConfigError
 from .. import register_exporter
 from .emit import Emitted, emit
 from .plan import Plan, plan_model
+from .unroll import UNROLLS, parse_unroll
 
 __all__ = ["Emitted", "Plan", "export_c", "plan_model"]
 
 OPTIONS = {"layout": "weight position layouts allowed: auto (smallest), dense (every weight, as TFLite Micro "
-                     "stores int8), sparse", "source": "a name for the header comments (the file exported)"}
+                     "stores int8), sparse", "source": "a name for the header comments (the file exported)",
+           "unroll": f"elements per iteration of the dense dot products, {'|'.join(map(str, UNROLLS))} (default 1: "
+                     "plain loops; N: N independent accumulators and a remainder loop, as CMSIS-NN unrolls)"}
 
 
 @register_exporter("c")
@@ -36,8 +39,9 @@ def export_c(model: nn.Module, example_inputs: Any, out: str | os.PathLike[str],
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ConfigError(f"unknown C export option(s) {unknown} (known: {', '.join(f'{k}: {v}' for k, v in OPTIONS.items())})")
+    unroll = parse_unroll(options.get("unroll", 1))
     plan = plan_model(model, example_inputs, str(options.get("layout", "auto")))
-    emitted = emit(plan, str(options.get("source", "")))
+    emitted = emit(plan, str(options.get("source", "")), unroll)
     folder = Path(out)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder} is a file; the C exporter writes a folder (model.h, model.c)")
@@ -53,6 +57,7 @@ def export_c(model: nn.Module, example_inputs: Any, out: str | os.PathLike[str],
         "output_size": o.numel,
         "weight_bytes": emitted.weight_bytes,
         "arena_bytes": plan.arena_bytes,
+        "unroll": unroll,
         "layers": emitted.layers,
         "folded_batchnorms": [list(p) for p in plan.folded],
     }

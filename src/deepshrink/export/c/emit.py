@@ -19,6 +19,7 @@ import numpy as np
 
 from ... import __version__
 from .plan import Op, Plan, Value
+from .unroll import fields as unrolled
 from .weights import CArray, EncodedWeight, code_expr
 
 TEMPLATES = "deepshrink.export.c"
@@ -156,7 +157,8 @@ def _filler(enc: EncodedWeight, indent: str = "        ") -> str:
             f"{indent}    next += {enc.filler}u;\n{indent}    continue;\n{indent}}}\n")
 
 
-def _layer(op: Op) -> Rendered:
+def _layer(op: Op, unroll: int = 1) -> Rendered:
+    """A Linear or Conv layer; ``unroll`` > 1: its dense dot product that many elements per iteration."""
     assert op.layer is not None
     layer, a = op.layer, op.attrs
     enc, cname, acct = layer.encoded, layer.cname, a["acc_ctype"]
@@ -179,6 +181,12 @@ def _layer(op: Op) -> Rendered:
                       entries=enc.entries, gaps=f"{enc.name}_gaps", gap_bits=enc.gap_bits, filler=_filler(enc),
                       gap=code_expr(f"{enc.name}_gaps", "e", enc.gap_bits))
         name = "kernel_linear_sparse.c" if sparse else "kernel_linear_dense.c"
+        if not sparse and 1 < unroll <= a["in"]:
+            width, xcast = _u(a["in"]), fields["xcast"]
+            fields.update(unrolled(unroll, a["in"], "i", acct, fields["bias"],
+                                   lambda i: f"{wcast}{enc.value(f'o * {width} + {i}')} * {xcast}x[{i}]", " " * 8))
+            info.append(f"inner loop unrolled by {unroll} ({unroll} accumulators)")
+            name = "kernel_linear_unrolled.c"
         return Rendered(_render(name, op, info, fields), (*helpers, *more), arrays + extra, ["x", "y"])
     cin, h, w = a["in_shape"]
     cout, oh, ow = a["out_shape"]
@@ -191,8 +199,15 @@ def _layer(op: Op) -> Rendered:
         widx = f"(({_term('o', cg)} + c) * {_u(kh)} + ky) * {_u(kw)} + kx"
         fields.update(w=f"{wcast}{enc.value(widx)}", epilogue=epi, **_window("iy", "oy", sh, dh, ph, h, False),
                       **_window("ix", "ox", sw, dw, pw, w, False, indent=" " * 28))
-        return Rendered(_render("kernel_conv2d_dense.c", op, info, fields), (*helpers, *more), arrays + extra,
-                        ["x", "y"])
+        name = "kernel_conv2d_dense.c"
+        if 1 < unroll <= cg:
+            fields.update(**_window("iy", "oy", sh, dh, ph, h, False, indent=" " * 20),
+                          **_window("ix", "ox", sw, dw, pw, w, False))  # the channel loop moved in: one level less
+            fields.update(unrolled(unroll, cg, "c", acct, fields["bias"], _conv_term(fields, wcast, cg, kh, kw, enc),
+                                   " " * 24))
+            info.append(f"input-channel loop unrolled by {unroll} ({unroll} accumulators)")
+            name = "kernel_conv2d_unrolled.c"
+        return Rendered(_render(name, op, info, fields), (*helpers, *more), arrays + extra, ["x", "y"])
     epi, extra, more = _epilogue(op, "acc[i]", "o", cname)
     tables = ""
     if ph:
@@ -215,6 +230,19 @@ def _layer(op: Op) -> Rendered:
                   epilogue=epi, bias=_bias(layer.bias, acct, "o"))
     return Rendered(_render("kernel_conv2d_sparse.c", op, info, fields), (*helpers, *more), arrays + extra,
                     ["x", "y", "scratch"])
+
+
+def _conv_term(fields: dict[str, Any], wcast: str, cg: int, kh: int, kw: int,
+               enc: EncodedWeight) -> Callable[[str], str]:
+    """A dense conv's product at input channel ``c`` (a C expression) of the tap ``(ky, kx)``."""
+
+    def term(c: str) -> str:
+        widx = f"(({_term('o', cg)} + {c}) * {_u(kh)} + ky) * {_u(kw)} + kx"
+        ch = c if c.isidentifier() else f"({c})"
+        xidx = f"({ch} * {fields['h']}u + {fields['iy_in']}) * {fields['wd']}u + {fields['ix_in']}"
+        return f"{wcast}{enc.value(widx)} * {fields['xcast']}xg[{xidx}]"
+
+    return term
 
 
 def _tap_range(tap: int, pad: int, stride: int, size: int, out: int) -> tuple[int, int]:
@@ -372,15 +400,17 @@ class Emitted:
     layers: list[dict[str, Any]]
 
 
-def emit(plan: Plan, source: str = "") -> Emitted:
-    """Render ``plan`` as ``model.h`` and ``model.c``."""
+def emit(plan: Plan, source: str = "", unroll: int = 1) -> Emitted:
+    """Render ``plan`` as ``model.h`` and ``model.c``; ``unroll``: elements per iteration of the dense dot
+    products (:mod:`.unroll`; 1, the default, is the plain loop)."""
     names: set[str] = set()
     for op in plan.ops:
         if op.layer is None and op.kind != "alias":
             op.attrs["cname"] = _unique(op.name, names)
         elif op.layer is not None:
             names.add(op.layer.cname)
-    rendered = [(op, RENDERERS[op.kind](op)) for op in plan.ops if op.kind != "alias"]
+    rendered = [(op, _layer(op, unroll) if op.layer is not None else RENDERERS[op.kind](op)) for op in plan.ops
+                if op.kind != "alias"]
     helpers: list[str] = []
     arrays: list[CArray] = []
     for _, r in rendered:
