@@ -230,11 +230,12 @@ def test_codebook_linear_within_1e5(tmp_path_factory: pytest.TempPathFactory, se
     _assert_close(model, torch.randn(32, 40, generator=gen), tmp_path_factory.mktemp("c"))
 
 
-def _unroll_net(seed: int) -> nn.Sequential:
+def _unroll_net(seed: int, dilation: int = 1) -> nn.Sequential:
     """Inner lengths that no unroll factor divides: conv input channels 7 and 5 per group (padded, strided,
-    grouped), Linear columns 54 and 13."""
+    grouped; dilated for float: the integer engine has no dilated int conv), Linear columns 54 and 13."""
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(7, 10, 3, padding=1), nn.ReLU(), nn.Conv2d(10, 6, 3, stride=2, padding=1, groups=2),
+    return nn.Sequential(nn.Conv2d(7, 10, 3, padding=dilation, dilation=dilation), nn.ReLU(),
+                         nn.Conv2d(10, 6, 3, stride=2, padding=1, groups=2),
                          nn.ReLU(), nn.Flatten(), nn.Linear(6 * 3 * 3, 13), nn.ReLU(), nn.Linear(13, 3)).eval()
 
 
@@ -251,7 +252,7 @@ def test_unrolled_kernels_exact_and_close(tmp_path: Path, unroll: int) -> None:
     source = (tmp_path / "dfp" / "model.c").read_text()
     assert source.count(f"unrolled by {unroll} ({unroll} accumulators)") == 4
     assert f"acc{unroll - 1} = 0," in source and "/* the last " in source
-    _assert_close(_unroll_net(5), x, tmp_path / "float", unroll=str(unroll))
+    _assert_close(_unroll_net(5, dilation=2), x, tmp_path / "float", unroll=str(unroll))
     assert (tmp_path / "float" / "model.c").read_text().count("unrolled by") == 4
 
 
