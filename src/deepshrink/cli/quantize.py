@@ -59,6 +59,9 @@ def quantize(
     max_bits_avg: Annotated[float | None, typer.Option("--max-bits-avg", help="Mixed precision: widen the costliest "
                                                        "layers to --wide-bits within this average weight width.")] = None,
     wide_bits: Annotated[int, typer.Option("--wide-bits", help="Width of widened layers.")] = 16,
+    mixed_objective: Annotated[str, typer.Option("--mixed-objective", help="What mixed precision widens by: layer "
+                                                 "(each layer's own error) | network (the network output's error, "
+                                                 "one calibration pass per layer).")] = "layer",
     bias_correction: Annotated[bool, typer.Option("--bias-correction", help="Fold each layer's mean output shift "
                                                   "into its bias.")] = False,
     equalize: Annotated[bool, typer.Option("--equalize", help="Cross-layer equalisation of channel ranges "
@@ -107,7 +110,8 @@ def quantize(
                                                      skip_bad_images=skip_bad_images, seed=seed))
     config = DynamicFixedPoint(bits=parse_bits(bits), act_bits=act_bits, static=static, weight_objective=objective,
                                granularity=granularity, activations=activations, max_bits_avg=max_bits_avg,
-                               wide_bits=wide_bits, bias_correction=bias_correction, equalize=equalize,
+                               wide_bits=wide_bits, mixed_objective=mixed_objective,
+                               bias_correction=bias_correction, equalize=equalize,
                                quantize_outputs=activations == "static")
     batches = calibration_batches(source.split("val"), calib)
     test_set = source.split("test") if evaluate_after else None

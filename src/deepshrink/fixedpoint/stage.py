@@ -12,7 +12,8 @@ from .quantize import DynamicFixedPoint, quantize_
 __all__ = ["QUANTIZE_KEYS", "build_quantize"]
 
 _CONFIG_KEYS = ("bits", "act_bits", "static", "quantize_outputs", "quantize_last_output", "span", "weight_objective",
-                "granularity", "activations", "max_bits_avg", "wide_bits", "bias_correction", "equalize")
+                "granularity", "activations", "max_bits_avg", "wide_bits", "mixed_objective", "bias_correction",
+                "equalize")
 QUANTIZE_KEYS = frozenset({*_CONFIG_KEYS, "calib", "select", "exclude"})
 
 
