@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ..core import fixed_point as _fixed_point
 from ..core.edits import set_submodule
 from ..core.errors import FormatError, UnsupportedLayerError
 from ..core.fixed_point import (
@@ -46,7 +47,18 @@ from ..core.kinds.fixedpoint import formats
 from ..core.layer_call import channel_axis, layer_call, plain_type
 from ..core.select import layer_type_name
 from ..core.state import get_mask, get_value_transform, latent_weight
+from .integer_kernels import Int8Plan
 from .registry import ANY_LOOKUP, LAYER_BUILDERS, register_layer_builder
+
+FAST_PATH = True
+"""Run covered layers through the fused int8 kernels (:mod:`.integer_kernels`, bit-identical); False: torch ops."""
+
+
+def _rounding_is_ours() -> bool:
+    """The fused kernels hard-code :mod:`deepshrink.core.fixed_point`'s rounding; when a caller swapped this
+    module's rounding functions (e.g. to emulate another rounding mode) the torch path runs them instead."""
+    return to_int is _fixed_point.to_int and rounding_shift is _fixed_point.rounding_shift and (
+        requantize is _fixed_point.requantize)
 
 
 @dataclass
@@ -136,6 +148,13 @@ class IntegerLayer(nn.Module):
         return cls.from_stored(module, weight, cast("Tensor | None", getattr(module, "bias", None)), float_io)
 
     def forward(self, x: Tensor | QTensor) -> Tensor | QTensor:
+        plan = self.__dict__.get("_plan", False)
+        if plan is False:  # built on the first call (exporters construct layers they never run)
+            plan = self.__dict__["_plan"] = Int8Plan.build(self, self._template) if FAST_PATH else None
+        if plan is not None and _rounding_is_ours():
+            out = plan(x, QTensor)
+            if out is not None:
+                return out
         fmt = self.act_in
         if self.dynamic_input:
             value = x.dequantize() if isinstance(x, QTensor) else x
