@@ -112,7 +112,10 @@ class IntegerLayer(nn.Module):
             # int8 x int8 -> int32 GEMM (torch._int_mm) for 8-bit Linear layers: the fast CPU integer path
             self.int8_gemm = (plain_type(module) is nn.Linear and act_in.bits <= 8 and self.bits <= 8
                               and self.acc_dtype == torch.int32 and hasattr(torch, "_int_mm"))
-            self.register_buffer("weight_t8", w_int.t().contiguous().to(torch.int8) if self.int8_gemm else None)
+            # a fresh (in, out) buffer: ``.t().contiguous()`` keeps the strides (1, 1) of a one-input weight,
+            # which torch._int_mm reads as garbage (torch 2.x, oneDNN)
+            w_t8 = torch.empty(w_int.shape[::-1], dtype=torch.int8).copy_(w_int.t()) if self.int8_gemm else None
+            self.register_buffer("weight_t8", w_t8)
         self.kind = layer_type_name(module)
         self.__dict__["_template"] = _template_of(module)  # not a submodule: it holds no state of ours
 
