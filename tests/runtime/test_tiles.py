@@ -118,7 +118,7 @@ def test_direct_conv_matches_dense(mode: str, monkeypatch: pytest.MonkeyPatch, c
     monkeypatch.setattr(policy, "channel_blocked", lambda indptr, indices: cfg["blocked"])
     fast = SparseConv2d(layout, (kh, kw), cin, stride=stride, padding=cfg["padding"], dilation=cfg["dilation"],
                         groups=groups, padding_mode=cfg["padding_mode"], bias=ref.bias.detach(), dense_fallback=False)
-    assert fast.dense_weight is None and (fast.blocks is not None) == (cfg["blocked"] and groups == 1 and layout.nnz > 0)
+    assert (fast.blocks is not None) == (cfg["blocked"] and groups == 1 and layout.nnz > 0)
     x = torch.randn(cfg["batch"], cin, *cfg["size"], generator=torch.Generator().manual_seed(seed))
     try:
         with torch.no_grad():
@@ -128,17 +128,35 @@ def test_direct_conv_matches_dense(mode: str, monkeypatch: pytest.MonkeyPatch, c
             fast(x)
         return
     torch.testing.assert_close(fast(x), want, rtol=1e-5, atol=1e-4)
+    assert fast.last_kernel == ("blocked" if fast.blocks is not None else "direct")
     torch.testing.assert_close(fast(x[:1]), want[:1], rtol=1e-5, atol=1e-4)  # a second size: cached geometry
 
 
 @pytest.mark.parametrize(("density", "batch", "dense"), [(0.05, 64, False), (0.5, 1, False), (0.5, 64, True),
                                                          (0.95, 1, True)])
-def test_dense_fallback_follows_the_policy(density: float, batch: int, dense: bool) -> None:
+def test_conv_dense_fallback_follows_the_policy(density: float, batch: int, dense: bool) -> None:
     rng = np.random.default_rng(1)
     layout = _layout(rng, 6, 4 * 9, density, 32)
     conv = SparseConv2d(layout, (3, 3), 4, padding=1)
-    assert (conv.dense_weight is not None) == policy.keeps_dense_conv(layout.density)
-    assert policy.dense_conv(layout.density, batch, 1.0) == dense
-    ref = F.conv2d(x := torch.randn(batch, 4, 9, 9), torch.from_numpy(layout.to_dense()).reshape(6, 4, 3, 3),
-                   padding=1)
+    x = torch.randn(batch, 4, 9, 9)
+    ref = F.conv2d(x, torch.from_numpy(layout.to_dense()).reshape(6, 4, 3, 3), padding=1)
+    before = conv.nbytes
     torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-4)
+    assert (conv.last_kernel == "dense") == dense
+    assert (conv.nbytes > before) == dense  # the dense filter exists only once a call needed it
+
+
+@pytest.mark.parametrize(("density", "batch"), [(0.1, 1), (0.1, 8), (0.1, 64), (0.5, 1), (0.5, 8), (0.5, 64),
+                                                (0.8, 1), (0.8, 64), (1.0, 3)])
+def test_linear_dense_fallback_follows_the_policy(density: float, batch: int) -> None:
+    rng = np.random.default_rng(2)
+    layout = _layout(rng, 40, 70, density, 32)
+    layer = SparseLinear(layout, torch.ones(40))
+    x = torch.randn(batch, 70)
+    want = x.double() @ torch.from_numpy(layout.to_dense()).double().T + 1
+    torch.testing.assert_close(layer(x).double(), want, rtol=1e-5, atol=1e-4)
+    assert (layer.last_kernel == "dense") == policy.runs_dense("linear", layout.density, batch)
+    assert policy.runs_dense("linear", 1.0, batch) and not policy.runs_dense("linear", 0.1, batch)
+    off = SparseLinear(layout, torch.ones(40), dense_fallback=False)
+    torch.testing.assert_close(off(x).double(), want, rtol=1e-5, atol=1e-4)
+    assert off.last_kernel != "dense"

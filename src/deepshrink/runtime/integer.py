@@ -83,6 +83,8 @@ class IntegerLayer(nn.Module):
     bias_int: Tensor | None
     bias_float: Tensor | None
     weight_t8: Tensor | None
+    last_kernel: str = ""
+    """What the last call ran: ``int8-vnni`` / ``int8-portable`` (the fused plan) or the torch path."""
     _template: nn.Module  # the layer's computation (kept out of the module tree: it holds no state of ours)
 
     is_runtime_layer = True  # listed by deepshrink.runtime.runtime_layers
@@ -157,7 +159,9 @@ class IntegerLayer(nn.Module):
         if plan is not None and _rounding_is_ours():
             out = plan(x, QTensor)
             if out is not None:
+                self.last_kernel = "int8-vnni" if plan.weight.packed is not None else "int8-portable"
                 return out
+        self.last_kernel = "torch-int8-gemm" if self.int8_gemm else "torch-integer"
         fmt = self.act_in
         if self.dynamic_input:
             value = x.dequantize() if isinstance(x, QTensor) else x

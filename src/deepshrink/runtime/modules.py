@@ -59,15 +59,32 @@ class _SparseLayer(nn.Module):
         self.bias_array = _bias_array(bias, weight.shape[0], name)
         # the register-tile kernels read every weight as codes into a table: per-non-zero values get codes 0..nnz-1
         self._codes = weight.codes if not weight.direct else np.arange(weight.nnz, dtype=np.int32)
+        self.dense_fallback = True
+        """Whether calls that :func:`~.policy.runs_dense` picks run the dense torch op (False: always sparse)."""
+        self.last_kernel = ""
+        """The kernel the last call ran (``dense``, ``simd``, ``rows``, ``columns``, ``batched``, ``direct``,
+        ``blocked``): what :mod:`.policy` chose for that call's batch."""
+        self._dense_weight: Tensor | None = None
 
     @property
     def nbytes(self) -> int:
-        """Resident bytes: layout + bias (no dense weight exists)."""
+        """Resident bytes: layout + bias (+ the decoded dense weight once a dense-fallback call has built it)."""
         extra = self._codes.nbytes if self.weight_layout.direct else 0
-        return self.weight_layout.nbytes + int(self.bias_array.nbytes) + int(extra)
+        dense = self._dense_weight.numel() * 4 if self._dense_weight is not None else 0
+        return self.weight_layout.nbytes + int(self.bias_array.nbytes) + int(extra) + dense
+
+    def _dense(self, shape: tuple[int, ...]) -> Tensor:
+        """The decoded dense weight (built on the first call that runs dense; not a parameter or buffer)."""
+        if self._dense_weight is None:
+            self._dense_weight = torch.from_numpy(self.weight_layout.to_dense()).reshape(shape)
+        return self._dense_weight
+
+    def _runs_dense(self, kind: str, density: float, batch: int) -> bool:
+        return self.dense_fallback and policy.runs_dense(kind, density, batch)
 
     def _run_linear(self, x2: np.ndarray) -> np.ndarray:
         w = self.weight_layout
+        self.last_kernel = "batched" if x2.shape[0] > 1 else "rows"
         if x2.shape[0] > 1:  # register-blocked, column-chunked sparse x dense (runtime/batched.py)
             if self._chunks is None:
                 self._chunks = batched.row_chunks(w.indptr, w.indices, w.shape[1])
@@ -99,8 +116,10 @@ class SparseLinear(_SparseLayer):
     """
 
     def __init__(self, weight: SparseRows, bias: Tensor | np.ndarray | None = None, name: str = "weight", *,
-                 skip_zero_inputs: bool = True, simd: bool = True) -> None:
+                 skip_zero_inputs: bool = True, simd: bool = True, dense_fallback: bool = True) -> None:
         super().__init__(group_rows(weight, name), bias, name)
+        self.dense_fallback = dense_fallback
+        self.density = weight.density
         self.out_features, self.in_features = weight.shape
         self.simd_layout: SlicedWindows | None = policy.simd_form(weight, simd)
         self.column_layout: ColumnBlocks | None = policy.column_form(weight, self.weight_layout, skip_zero_inputs,
@@ -125,12 +144,19 @@ class SparseLinear(_SparseLayer):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
+        batch = x.numel() // max(self.in_features, 1)
+        if self._runs_dense("linear", self.density, batch):
+            self.last_kernel = "dense"
+            xf = x.detach().to(torch.float32)
+            return F.linear(xf, self._dense((self.out_features, self.in_features)), torch.from_numpy(self.bias_array))
         array = _as_input(x, transposed_ok=x.dim() == 2).reshape(-1, self.in_features)
         if policy.runs_simd(array.shape[0], self.simd_layout is not None) and self.simd_layout is not None:
+            self.last_kernel = "simd"
             parallel = self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1
             rows = [self.simd_layout.forward(sample, self.bias_array, parallel) for sample in array]
             out = rows[0] if len(rows) == 1 else np.concatenate(rows)
         elif array.shape[0] == 1 and self._batch1 is not None:
+            self.last_kernel = "columns"
             out = np.empty((1, self.out_features), dtype=np.float32)
             rows_work = columns_work = 1 << 62  # serial; numba's thread count is asked only for big layers
             if self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
@@ -167,8 +193,8 @@ class SparseConv2d(_SparseLayer):
 
     The direct sparse convolution of :mod:`.conv` (no im2col buffer: each non-zero tap reads the phase-split,
     padded input at a fixed offset; output channels blocked, sums in registers). A layer whose measured density
-    makes a dense convolution faster (:func:`~.policy.dense_conv`) also holds its decoded dense filter and runs
-    ``F.conv2d``, so a pruned layer is never slower than its dense self.
+    makes a dense convolution faster for a call's batch (:data:`~.policy.DENSE_FROM`) runs ``F.conv2d`` on its
+    decoded filter (built on the first such call), so a pruned layer is never slower than its dense self.
     """
 
     def __init__(
@@ -195,17 +221,12 @@ class SparseConv2d(_SparseLayer):
         if self.groups == 1 and weight.nnz and policy.channel_blocked(weight.indptr, weight.indices):
             values = weight.table if weight.direct else weight.table[weight.codes]
             self.blocks = channel_blocks(weight.indptr, weight.indices, values, self.bias_array)
-        self.dense_weight: Tensor | None = None
-        if dense_fallback and policy.keeps_dense_conv(weight.density):
-            shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-            self.dense_weight = torch.from_numpy(weight.to_dense()).reshape(shape)
+        self.dense_fallback = dense_fallback
 
     @property
     def nbytes(self) -> int:
-        """Resident bytes: the sparse layout (+ the channel-blocked form, + the dense filter of a dense-fallback
-        layer) + bias."""
-        extra = self.dense_weight.numel() * 4 if self.dense_weight is not None else 0
-        return super().nbytes + extra + (self.blocks.nbytes if self.blocks is not None else 0)
+        """Resident bytes: the sparse layout (+ the channel-blocked form, + the dense filter once built) + bias."""
+        return super().nbytes + (self.blocks.nbytes if self.blocks is not None else 0)
 
     def _pads(self) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) as ``F.pad`` takes them."""
@@ -227,8 +248,9 @@ class SparseConv2d(_SparseLayer):
             x = x.to(torch.float32)
         x = x.detach()
         pads = self._pads()
-        if self.dense_weight is not None and self.weight_layout.density >= policy.DENSE_CONV_ALWAYS:
-            out = self._dense(x, pads)
+        density = self.weight_layout.density
+        if self._runs_dense("conv", density, x.shape[0]):  # dense at any waste: skip the geometry
+            out = self._run_dense(x, pads)
             return out.squeeze(0) if unbatched else out
         if any(pads) and self.padding_mode != "zeros":
             x, pads = F.pad(x, pads, mode=_PAD_MODES[self.padding_mode]), (0, 0, 0, 0)
@@ -237,11 +259,13 @@ class SparseConv2d(_SparseLayer):
         if geo is None:
             geo = self._geometry_for(hw, pads)
         waste = geo.plane_hw[1] / max(geo.out_hw[1], 1)
-        if self.dense_weight is not None and policy.dense_conv(self.weight_layout.density, x.shape[0], waste):
-            out = self._dense(x, pads)
+        if self._runs_dense("conv", density * waste, x.shape[0]):
+            out = self._run_dense(x, pads)
         elif self.blocks is not None:
+            self.last_kernel = "blocked"
             out = torch.from_numpy(blocked_conv(self.blocks, _as_input(x), geo, self.stride, self.out_channels))
         else:
+            self.last_kernel = "direct"
             w = self.weight_layout
             out = torch.from_numpy(direct_conv(w.indptr, self._codes, w.table, _as_input(x), self.bias_array, geo,
                                                self.stride, self.out_channels))
@@ -259,12 +283,12 @@ class SparseConv2d(_SparseLayer):
         self._geometry[hw] = geo
         return geo
 
-    def _dense(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
-        assert self.dense_weight is not None
-        bias = torch.from_numpy(self.bias_array)
+    def _run_dense(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
+        self.last_kernel = "dense"
+        weight = self._dense((self.out_channels, self.in_channels // self.groups, *self.kernel_size))
         if any(pads):  # zeros mode after a non-zeros pad: nothing left to pad then
             x = F.pad(x, pads, mode=_PAD_MODES[self.padding_mode])
-        return F.conv2d(x, self.dense_weight, bias, self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, weight, torch.from_numpy(self.bias_array), self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -3,7 +3,9 @@
 A sparse Linear always holds the row layout (batches: the register-blocked kernel of :mod:`.batched`; batch 1:
 the row kernel). On top of it, chosen at load time from the layer and the host: the AVX-512 sliced-window form
 (:mod:`.simd`) or, without AVX-512, the column form (:mod:`.columns`) that skips zero inputs. Chosen at call time
-from the input: batch size and the share of zero inputs. Kernel tuning churns this file, not the modules.
+from the input: batch size and the share of zero inputs. Sparse Linear and Conv2d layers that are dense enough
+run the dense torch op instead (:data:`DENSE_FROM`), so a pruned layer is never run slower than its dense self.
+Kernel tuning churns this file, not the modules.
 """
 
 from __future__ import annotations
@@ -33,32 +35,38 @@ SKIP_ZERO_INPUTS_BELOW = 0.6
 zero inputs: measured break-even against the row kernel on AlexNet FC6-8 shapes is 0.64-0.73 (BENCHMARKS.md)."""
 
 
-DENSE_CONV_ALWAYS = 0.9
-"""Density from which a pruned Conv2d always runs as a dense convolution (``F.conv2d`` on its decoded filter)."""
+DENSE_FROM: dict[str, tuple[tuple[int, float], ...]] = {
+    "linear": ((1, 0.7), (2, 0.4), (32, 0.6)),
+    "conv": ((1, 0.9), (4, 0.25)),
+}
+"""Per layer kind, ``(from batch, density)`` steps: a call of ``batch`` samples runs the dense torch op on the
+layer's decoded weight (``F.linear`` / ``F.conv2d``, built on the first such call) when the layer's *effective
+density* reaches the density of the last step whose batch is ``<= batch``. Effective density: the non-zero share,
+times ``Wq / OW`` for a convolution (the positions the direct kernel computes and drops). Below it the sparse
+kernels run. Rough measurements on a shared, loaded 2-core Zen 5 VM (1 thread, 5-bit codebooks, random masks; to
+be re-measured on a quiet machine with ``benchmarks/bench_runtime_policy.py``):
 
-DENSE_CONV_BATCHED = 0.25
-"""Density (times the direct kernel's extra positions, ``Wq / OW``) from which a Conv2d runs dense for batches of
-:data:`DENSE_CONV_MIN_BATCH` or more. Rough measurement on the shared 2-core Zen 5 VM (1 thread, ResNet-20 / VGG /
-LeNet-5 conv shapes, random masks): at batch 1 the direct sparse kernel beat oneDNN at every density up to 0.9
-(1.0-9x: oneDNN's batch-1 convolutions are far from peak); from batch 8 oneDNN wins from about 0.3 (0.4-0.9x
-there, 0.15-0.5x at 0.6-0.9), and the strided layers lose earlier (their phase split costs as much as the
-products). To be re-measured on a quiet machine (``benchmarks/bench_runtime_conv.py``)."""
-
-DENSE_CONV_MIN_BATCH = 4
-"""Batch size from which :data:`DENSE_CONV_BATCHED` applies."""
+* Linear 1024x2048 / 300x784, dense / sparse time: batch 1 at density 0.7: 1.6 / 0.84, at 1.0: 1.15 / 0.98;
+  batch 8 at 0.3: 1.17 / 1.19, at 0.5: 0.72 / 0.82; batch 64 at 0.5: 3.9 / 1.1, at 0.7: 1.8 / 0.88, at 1.0:
+  0.44 / 0.71.
+* Conv (ResNet-20 / VGG / LeNet-5 shapes): at batch 1 the direct kernel beat oneDNN at every density up to 0.9
+  (oneDNN's batch-1 convolutions are far from peak); from batch 8 oneDNN wins from about 0.3, and strided layers
+  lose earlier (their phase split costs as much as the products).
+"""
 
 
-def keeps_dense_conv(density: float) -> bool:
-    """Whether a sparse Conv2d also holds its decoded dense filter (for the calls :func:`dense_conv` sends there)."""
-    return density >= DENSE_CONV_BATCHED
+def dense_from(kind: str, batch: int) -> float:
+    """The effective density from which a ``kind`` layer runs dense for ``batch`` samples (:data:`DENSE_FROM`)."""
+    threshold = float("inf")
+    for first, density in DENSE_FROM[kind]:
+        if batch >= first:
+            threshold = density
+    return threshold
 
 
-def dense_conv(density: float, batch: int, waste: float) -> bool:
-    """Whether a call of ``batch`` samples runs the dense convolution; ``waste`` = ``Wq / OW`` of the direct kernel
-    (>= 1: the positions it computes and drops)."""
-    if density >= DENSE_CONV_ALWAYS:
-        return True
-    return batch >= DENSE_CONV_MIN_BATCH and density * waste >= DENSE_CONV_BATCHED
+def runs_dense(kind: str, density: float, batch: int) -> bool:
+    """Whether a ``kind`` layer of effective ``density`` runs its dense op for a call of ``batch`` samples."""
+    return density >= dense_from(kind, batch)
 
 
 CHANNEL_BLOCK_FILL = 0.5

@@ -130,6 +130,12 @@ class _Engine(nn.Module):
     def _build(self) -> nn.Module:
         raise NotImplementedError
 
+    @property
+    def last_kernel(self) -> str:
+        """The kernel the engine's last call ran ('' before the first call)."""
+        built = self.__dict__.get("_built")
+        return str(getattr(built[1], "last_kernel", "")) if built is not None else ""
+
 
 class TernaryLinear(_Engine):
     """Inference-only Linear layer computing from ternary codes (the sparse codebook kernels)."""
