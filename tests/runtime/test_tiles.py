@@ -160,3 +160,14 @@ def test_linear_dense_fallback_follows_the_policy(density: float, batch: int) ->
     off = SparseLinear(layout, torch.ones(40), dense_fallback=False)
     torch.testing.assert_close(off(x).double(), want, rtol=1e-5, atol=1e-4)
     assert off.last_kernel != "dense"
+
+
+def test_tiny_linear_layers_run_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(policy, "DENSE_MAX_WEIGHTS", {"linear": 16_384, "conv": 0})
+    rng = np.random.default_rng(3)
+    small, large = _layout(rng, 10, 500, 0.1, 32), _layout(rng, 200, 300, 0.1, 32)
+    for layout, dense in ((small, True), (large, False)):
+        layer = SparseLinear(layout)
+        x = torch.randn(1, layout.shape[1])
+        torch.testing.assert_close(layer(x), x @ torch.from_numpy(layout.to_dense()).T, rtol=1e-5, atol=1e-4)
+        assert (layer.last_kernel == "dense") == dense

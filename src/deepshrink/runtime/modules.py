@@ -80,7 +80,8 @@ class _SparseLayer(nn.Module):
         return self._dense_weight
 
     def _runs_dense(self, kind: str, density: float, batch: int) -> bool:
-        return self.dense_fallback and policy.runs_dense(kind, density, batch)
+        shape = self.weight_layout.shape
+        return self.dense_fallback and policy.runs_dense(kind, density, batch, shape[0] * shape[1])
 
     def _run_linear(self, x2: np.ndarray) -> np.ndarray:
         w = self.weight_layout

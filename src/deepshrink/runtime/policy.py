@@ -55,6 +55,14 @@ be re-measured on a quiet machine with ``benchmarks/bench_runtime_policy.py``):
 """
 
 
+DENSE_MAX_WEIGHTS: dict[str, int] = {"linear": 16_384, "conv": 0}
+"""Per layer kind, the dense weight count up to which a layer always runs its dense op: the sparse path's fixed
+cost per call (~8-10 us: input checks, the numba dispatch, the output wrap) exceeds a tiny dense GEMV's whole
+time. Measured (thread CPU time, 1 thread, batch 1, densities 0.1 / 0.3): 10x500 12-13 us sparse vs 4-5 us
+dense, 84x120 14-16 vs 5.5, 120x400 10-13 vs 5-6, 300x784 12-15 (AVX-512 kernel) vs 14.6. Conv layers are
+left out: LeNet-5's conv1 (500 weights) ran 28 us direct vs 59 us with ``F.conv2d``."""
+
+
 def dense_from(kind: str, batch: int) -> float:
     """The effective density from which a ``kind`` layer runs dense for ``batch`` samples (:data:`DENSE_FROM`)."""
     threshold = float("inf")
@@ -64,9 +72,11 @@ def dense_from(kind: str, batch: int) -> float:
     return threshold
 
 
-def runs_dense(kind: str, density: float, batch: int) -> bool:
-    """Whether a ``kind`` layer of effective ``density`` runs its dense op for a call of ``batch`` samples."""
-    return density >= dense_from(kind, batch)
+def runs_dense(kind: str, density: float, batch: int, weights: int | None = None) -> bool:
+    """Whether a ``kind`` layer of effective ``density`` (and ``weights`` dense weights, when given) runs its
+    dense op for a call of ``batch`` samples (:data:`DENSE_FROM`, :data:`DENSE_MAX_WEIGHTS`)."""
+    tiny = weights is not None and weights <= DENSE_MAX_WEIGHTS[kind]
+    return tiny or density >= dense_from(kind, batch)
 
 
 CHANNEL_BLOCK_FILL = 0.5
