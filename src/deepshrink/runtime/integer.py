@@ -160,9 +160,9 @@ class IntegerLayer(nn.Module):
         if plan is not None and _rounding_is_ours():
             out = plan(x, QTensor)
             if out is not None:
-                self.last_kernel = "int8-vnni" if plan.weight.packed is not None else "int8-portable"
+                self.__dict__["last_kernel"] = "int8-vnni" if plan.weight.packed is not None else "int8-portable"
                 return out
-        self.last_kernel = "torch-int8-gemm" if self.int8_gemm else "torch-integer"
+        self.__dict__["last_kernel"] = "torch-int8-gemm" if self.int8_gemm else "torch-integer"
         fmt = self.act_in
         if self.dynamic_input:
             value = x.dequantize() if isinstance(x, QTensor) else x

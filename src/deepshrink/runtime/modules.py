@@ -61,7 +61,7 @@ class _SparseLayer(nn.Module):
         self._codes = weight.codes if not weight.direct else np.arange(weight.nnz, dtype=np.int32)
         self.dense_fallback = True
         """Whether calls that :func:`~.policy.runs_dense` picks run the dense torch op (False: always sparse)."""
-        self.last_kernel = ""
+        self.last_kernel = ""  # calls write it through __dict__: nn.Module.__setattr__ costs ~1 us a call
         """The kernel the last call ran (``dense``, ``simd``, ``rows``, ``columns``, ``batched``, ``direct``,
         ``blocked``): what :mod:`.policy` chose for that call's batch."""
         self._dense_weight: Tensor | None = None
@@ -85,7 +85,7 @@ class _SparseLayer(nn.Module):
 
     def _run_linear(self, x2: np.ndarray) -> np.ndarray:
         w = self.weight_layout
-        self.last_kernel = "batched" if x2.shape[0] > 1 else "rows"
+        self.__dict__["last_kernel"] = "batched" if x2.shape[0] > 1 else "rows"
         if x2.shape[0] > 1:  # register-blocked, column-chunked sparse x dense (runtime/batched.py)
             if self._chunks is None:
                 self._chunks = batched.row_chunks(w.indptr, w.indices, w.shape[1])
@@ -147,17 +147,17 @@ class SparseLinear(_SparseLayer):
             raise ValueError(f"SparseLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
         batch = x.numel() // max(self.in_features, 1)
         if self._runs_dense("linear", self.density, batch):
-            self.last_kernel = "dense"
+            self.__dict__["last_kernel"] = "dense"
             xf = x.detach().to(torch.float32)
             return F.linear(xf, self._dense((self.out_features, self.in_features)), torch.from_numpy(self.bias_array))
         array = _as_input(x, transposed_ok=x.dim() == 2).reshape(-1, self.in_features)
         if policy.runs_simd(array.shape[0], self.simd_layout is not None) and self.simd_layout is not None:
-            self.last_kernel = "simd"
+            self.__dict__["last_kernel"] = "simd"
             parallel = self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1
             rows = [self.simd_layout.forward(sample, self.bias_array, parallel) for sample in array]
             out = rows[0] if len(rows) == 1 else np.concatenate(rows)
         elif array.shape[0] == 1 and self._batch1 is not None:
-            self.last_kernel = "columns"
+            self.__dict__["last_kernel"] = "columns"
             out = np.empty((1, self.out_features), dtype=np.float32)
             rows_work = columns_work = 1 << 62  # serial; numba's thread count is asked only for big layers
             if self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
@@ -263,10 +263,10 @@ class SparseConv2d(_SparseLayer):
         if self._runs_dense("conv", density * waste, x.shape[0]):
             out = self._run_dense(x, pads)
         elif self.blocks is not None:
-            self.last_kernel = "blocked"
+            self.__dict__["last_kernel"] = "blocked"
             out = torch.from_numpy(blocked_conv(self.blocks, _as_input(x), geo, self.stride, self.out_channels))
         else:
-            self.last_kernel = "direct"
+            self.__dict__["last_kernel"] = "direct"
             w = self.weight_layout
             out = torch.from_numpy(direct_conv(w.indptr, self._codes, w.table, _as_input(x), self.bias_array, geo,
                                                self.stride, self.out_channels))
@@ -285,7 +285,7 @@ class SparseConv2d(_SparseLayer):
         return geo
 
     def _run_dense(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
-        self.last_kernel = "dense"
+        self.__dict__["last_kernel"] = "dense"
         weight = self._dense((self.out_channels, self.in_channels // self.groups, *self.kernel_size))
         if any(pads):  # zeros mode after a non-zeros pad: nothing left to pad then
             x = F.pad(x, pads, mode=_PAD_MODES[self.padding_mode])
