@@ -178,6 +178,29 @@ def test_bench_cli_reports_speedup(lenets: dict[str, nn.Module], tmp_path: Path)
     assert report["resident_bytes"]["runtime"] < report["resident_bytes"]["dense_fp32"]
 
 
+def test_bench_cli_takes_several_batches_and_thread_counts(lenets: dict[str, nn.Module], tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from deepshrink.cli import app
+    from deepshrink.cli.bench import spread_lists
+
+    assert spread_lists(["f.dsz", "--batch", "1", "64", "--threads", "1", "2", "--json"]) == [
+        "f.dsz", "--batch", "1", "--batch", "64", "--threads", "1", "--threads", "2", "--json"]
+    path = tmp_path / "lenet5.dsz"
+    codec.save_compressed(lenets["lenet5"], path, meta={"dataset": "fashion-mnist"})
+    result = CliRunner().invoke(app, ["bench", str(path), "--batch", "1", "64", "--threads", "1", "2", "--repeats",
+                                      "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert [(r["batch"], r["threads"]) for r in report["runs"]] == [(1, 1), (64, 1), (1, 2), (64, 2)]
+    for run in report["runs"]:
+        assert run["max_abs_diff_vs_dense"] < 1e-4 and set(run["kernels"]) == set(LENET5)
+    # LeNet-5's conv1 is 66% dense: sparse at batch 1, the dense op at batch 64 (policy.DENSE_FROM)
+    assert report["runs"][0]["kernels"]["conv1"] != "dense" and report["runs"][1]["kernels"]["conv1"] == "dense"
+
+
 def test_bench_cli_on_test_images_and_without_a_dataset(lenets: dict[str, nn.Module], tmp_path: Path) -> None:
     import json
 

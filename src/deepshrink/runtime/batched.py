@@ -1,15 +1,21 @@
-"""Register-blocked sparse x dense product for batch > 1 and im2col convolutions.
+"""Sparse x dense product for batches: ``y = x @ W.T + b`` with ``W`` in CSR (codebook) form.
 
-``yt = W @ xt + bias`` with ``W`` in CSR (codebook) form and ``xt`` (inputs, columns) dense. A task owns one
-output row and a block of 64 columns; its 64 sums live in four 16-wide vector registers for the whole row, so a
-non-zero costs one broadcast of its centroid and four loads + four fused multiply-adds of the matching input row,
-with no load or store of the output per non-zero (the plain numba kernel in :mod:`.kernels` re-reads and re-writes
-its output tile for every non-zero and ran at ~1/8 of this speed). Narrower remainders use one register per 16
-columns.
+The input is transposed once (``xt``: one row of ``width`` samples per input feature, zero-padded to whole
+16-lane vectors); a task then walks its output rows, and for each row and each block of 64 samples runs
+:func:`~deepshrink.runtime.tiles.row_tile`: the 64 sums stay in four vector registers while the row's non-zeros
+pass, each costing one centroid broadcast, four loads and four FMAs (the codebook gather once per non-zero per
+tile). That is the register blocking over input columns; it leaves the kernel bound by the vector loads of
+``xt`` rows, so the rest is about where those rows come from:
 
-The vector code is generic LLVM IR (``<16 x float>`` and ``llvm.fma``) emitted through a numba ``@intrinsic``: on
-AVX-512 it becomes zmm instructions, elsewhere LLVM splits it into the host's vector width. Columns are padded
-to a multiple of 16 by the caller.
+* **Column chunks** (cache blocking). A row's non-zeros are split at every :data:`CHUNK_COLUMNS` input features
+  (:func:`row_chunks`, per-row pointers computed at load time); all rows of a task run chunk by chunk, so the
+  chunk's ``xt`` rows (64 KiB per 16 samples) stay in L2 while every row of the task reads them, instead of
+  streaming the whole ``xt`` from L3 once per row. The partial sums go back to ``y`` between chunks (a row's
+  tile is loaded and stored once per chunk, against ~90 non-zeros per chunk at 9% density).
+* **Threads** own contiguous row ranges of equal non-zero counts (:func:`task_rows`): no two threads write
+  the same output, and each streams its own part of the weight once.
+* **Transposes**: an input that is already the transpose of a C-contiguous array (the output of a previous
+  batched layer) is read in place; otherwise a blocked numba transpose builds ``xt``.
 """
 
 from __future__ import annotations
@@ -18,159 +24,172 @@ from typing import Any
 
 import numba
 import numpy as np
-from llvmlite import ir
-from numba import prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import prange
 
-from .kernels import parallel_build, pick
+from .intrinsics import prefetch
+from .kernels import PARALLEL_MIN_WORK, parallel_build
+from .tiles import LANES, MAX_VECTORS, row_tile, transpose16
 
-LANES = 16
-BLOCK = 4
-"""Vector registers (of 16 columns) a task accumulates: 64 columns."""
+BLOCK = MAX_VECTORS
+"""Sixteen-lane vectors a tile accumulates: 64 samples."""
 
-_F32 = ir.FloatType()
-_I64 = ir.IntType(64)
-_V16F = ir.VectorType(_F32, LANES)
+CHUNK_COLUMNS = 1024
+"""Input features per column chunk: 1024 rows of ``xt`` are 256 KiB at 64 samples, a quarter of Zen 4's L2
+(measured on AlexNet FC6, 9216 inputs, batch 64, 1 thread: 1024 6.6 ms, 512 8.5 ms, 2048 7.0 ms, unchunked
+8.2 ms)."""
 
-
-def _as_i64(builder: Any, value: Any, signed: bool) -> Any:
-    if value.type == _I64:
-        return value
-    return builder.sext(value, _I64) if signed else builder.zext(value, _I64)
-
-
-@intrinsic(prefer_literal=True)
-def _row_block(typingctx: Any, yt: Any, row: Any, col0: Any, n_vectors: Any, indptr: Any, indices: Any, codes: Any,
-               table: Any, xt: Any, bias: Any) -> Any:
-    """``yt[row, col0 : col0 + 16 * n_vectors] = bias[row] + sum_j table[codes[j]] * xt[indices[j], ...]``.
-
-    ``n_vectors`` must be a compile-time literal (1..4): that many accumulators stay in registers."""
-    def c_array(t: Any, ndim: int) -> bool:
-        return isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C"
-
-    if not (isinstance(n_vectors, types.IntegerLiteral) and 1 <= n_vectors.literal_value <= BLOCK):
-        return None
-    if not (c_array(yt, 2) and c_array(xt, 2) and yt.dtype == xt.dtype == types.float32 and c_array(table, 1)
-            and table.dtype == types.float32 and c_array(bias, 1) and bias.dtype == types.float32
-            and all(c_array(t, 1) and isinstance(t.dtype, types.Integer) for t in (indptr, indices, codes))):
-        return None
-    width = int(n_vectors.literal_value)
-    signature = types.void(yt, row, col0, n_vectors, indptr, indices, codes, table, xt, bias)
-
-    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-        yt_v, row_v, col_v, _, indptr_v, indices_v, codes_v, table_v, xt_v, bias_v = args
-        yt_t, _, _, _, indptr_t, indices_t, codes_t, table_t, xt_t, bias_t = sig.args
-        yt_a = context.make_array(yt_t)(context, builder, yt_v)
-        xt_a = context.make_array(xt_t)(context, builder, xt_v)
-        indptr_p = context.make_array(indptr_t)(context, builder, indptr_v).data
-        indices_p = context.make_array(indices_t)(context, builder, indices_v).data
-        codes_p = context.make_array(codes_t)(context, builder, codes_v).data
-        table_p = context.make_array(table_t)(context, builder, table_v).data
-        bias_p = context.make_array(bias_t)(context, builder, bias_v).data
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V16F, [_V16F, _V16F, _V16F]),
-                                             "llvm.fma.v16f32")
-        yt_ld = cgutils.unpack_tuple(builder, yt_a.shape, 2)[1]
-        xt_ld = cgutils.unpack_tuple(builder, xt_a.shape, 2)[1]
-        r = _as_i64(builder, row_v, True)
-        c0 = _as_i64(builder, col_v, True)
-
-        def splat(value: Any) -> Any:
-            vec = builder.insert_element(ir.Constant(_V16F, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-            zeros = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
-            return builder.shuffle_vector(vec, ir.Constant(_V16F, ir.Undefined), zeros)
-
-        def vector_at(data: Any, offset: Any) -> Any:
-            return builder.bitcast(builder.gep(data, [offset]), _V16F.as_pointer())
-
-        start_bias = splat(builder.load(builder.gep(bias_p, [r])))
-        zero = ir.Constant(_V16F, None)
-        # two accumulator sets taken by non-zero parity: twice the loads in flight and half the FMA chain length
-        sets = [[cgutils.alloca_once_value(builder, start_bias if s == 0 else zero) for _ in range(width)]
-                for s in range(2)]
-        first = _as_i64(builder, builder.load(builder.gep(indptr_p, [r])), indptr_t.dtype.signed)
-        last = _as_i64(builder, builder.load(builder.gep(indptr_p, [builder.add(r, ir.Constant(_I64, 1))])),
-                       indptr_t.dtype.signed)
-
-        def accumulate(j: Any, accs: list[Any]) -> None:
-            col = _as_i64(builder, builder.load(builder.gep(indices_p, [j])), indices_t.dtype.signed)
-            code = _as_i64(builder, builder.load(builder.gep(codes_p, [j])), codes_t.dtype.signed)
-            weight = splat(builder.load(builder.gep(table_p, [code])))
-            base = builder.add(builder.mul(col, xt_ld), c0)
-            for k, acc in enumerate(accs):
-                inputs = builder.load(vector_at(xt_a.data, builder.add(base, ir.Constant(_I64, LANES * k))), align=4)
-                builder.store(builder.call(fma, [weight, inputs, builder.load(acc)]), acc)
-
-        count = builder.sub(last, first)
-        with cgutils.for_range(builder, builder.udiv(count, ir.Constant(_I64, 2))) as pair:
-            j = builder.add(first, builder.mul(pair.index, ir.Constant(_I64, 2)))
-            accumulate(j, sets[0])
-            accumulate(builder.add(j, ir.Constant(_I64, 1)), sets[1])
-        odd = builder.icmp_unsigned("!=", builder.urem(count, ir.Constant(_I64, 2)), ir.Constant(_I64, 0))
-        with builder.if_then(odd):
-            accumulate(builder.sub(last, ir.Constant(_I64, 1)), sets[0])
-        accs = [cgutils.alloca_once_value(builder, builder.fadd(builder.load(a), builder.load(b)))
-                for a, b in zip(sets[0], sets[1], strict=True)]
-        out = builder.add(builder.mul(r, yt_ld), c0)
-        for k, acc in enumerate(accs):
-            builder.store(builder.load(acc), vector_at(yt_a.data, builder.add(out, ir.Constant(_I64, LANES * k))),
-                          align=4)
-        return context.get_dummy_value()
-
-    return signature, codegen
-
-
-def _spmm_blocked(indptr, indices, codes, table, xt, bias, yt):
-    """All (64-column block, row) tasks, block-major so one block of ``xt`` serves every row in turn; the last
-    block may be 16, 32 or 48 columns wide."""
-    n_rows = indptr.shape[0] - 1
-    n_cols = xt.shape[1]
-    n_blocks = (n_cols + LANES * BLOCK - 1) // (LANES * BLOCK)
-    for task in prange(n_blocks * n_rows):
-        r = task % n_rows
-        c0 = (task // n_rows) * LANES * BLOCK
-        left = (n_cols - c0) // LANES
-        if left >= 4:
-            _row_block(yt, r, c0, 4, indptr, indices, codes, table, xt, bias)  # type: ignore[call-arg]
-        elif left == 3:
-            _row_block(yt, r, c0, 3, indptr, indices, codes, table, xt, bias)  # type: ignore[call-arg]
-        elif left == 2:
-            _row_block(yt, r, c0, 2, indptr, indices, codes, table, xt, bias)  # type: ignore[call-arg]
-        else:
-            _row_block(yt, r, c0, 1, indptr, indices, codes, table, xt, bias)  # type: ignore[call-arg]
-
+AHEAD = 2
+"""Rows ahead whose chunk segment of the weight a task prefetches."""
 
 _OPTS: dict[str, Any] = {"cache": True, "nogil": True, "boundscheck": False}
-spmm_blocked_serial = numba.njit(**_OPTS)(_spmm_blocked)
-spmm_blocked_parallel = parallel_build(_spmm_blocked, _OPTS)
+
+
+def _spmm(pointers, indices, codes, table, xt, width, bias, y, task_rows):
+    """``y[r * width + c] = bias[r] + sum_j table[codes[j]] * xt[indices[j] * width + c]`` over the entries
+    ``pointers[r, 0] .. pointers[r, -1]`` of row ``r``, chunk by chunk (``pointers[r, k]`` starts chunk ``k``);
+    task ``t`` owns rows ``task_rows[t] .. task_rows[t + 1]``. ``width`` is a multiple of 16."""
+    n_chunks = pointers.shape[1] - 1
+    for t in prange(task_rows.shape[0] - 1):
+        r0 = task_rows[t]
+        r1 = task_rows[t + 1]
+        for c0 in range(0, width, LANES * BLOCK):
+            left = (width - c0) // LANES
+            for ch in range(n_chunks):
+                for r in range(r0, r1):
+                    a = pointers[r, ch]
+                    b = pointers[r, ch + 1]
+                    out = r * width + c0
+                    if r + AHEAD < r1:  # the weight segments of rows ahead: scattered, not followed by the hardware
+                        ahead = pointers[r + AHEAD, ch]
+                        end = pointers[r + AHEAD, ch + 1]
+                        for q in range(ahead, end, 32):
+                            prefetch(indices, q)  # type: ignore[call-arg]
+                            prefetch(codes, q)
+                    if ch == 0:
+                        if left >= 4:
+                            row_tile(y, out, 4, a, b, 1, 0, indices, codes, table, xt, c0, width, bias[r])
+                        elif left == 3:
+                            row_tile(y, out, 3, a, b, 1, 0, indices, codes, table, xt, c0, width, bias[r])
+                        elif left == 2:
+                            row_tile(y, out, 2, a, b, 1, 0, indices, codes, table, xt, c0, width, bias[r])
+                        else:
+                            row_tile(y, out, 1, a, b, 1, 0, indices, codes, table, xt, c0, width, bias[r])
+                    elif b > a:
+                        if left >= 4:
+                            row_tile(y, out, 4, a, b, 0, 0, indices, codes, table, xt, c0, width, bias[r])
+                        elif left == 3:
+                            row_tile(y, out, 3, a, b, 0, 0, indices, codes, table, xt, c0, width, bias[r])
+                        elif left == 2:
+                            row_tile(y, out, 2, a, b, 0, 0, indices, codes, table, xt, c0, width, bias[r])
+                        else:
+                            row_tile(y, out, 1, a, b, 0, 0, indices, codes, table, xt, c0, width, bias[r])
+
+
+spmm_serial = numba.njit(**_OPTS)(_spmm)
+spmm_parallel = parallel_build(_spmm, _OPTS)
+
+
+def _transpose(x, batch, n_in, xt, width):
+    """``xt[k * width + b] = x[b * n_in + k]`` (0 for ``b >= batch``): 16 x 16 blocks transposed in registers
+    (:func:`~deepshrink.runtime.tiles.transpose16`), scalar copies at the edges; tasks are 64-feature strips."""
+    full_b = batch - batch % LANES
+    for kb in prange((n_in + 63) // 64):
+        k0 = kb * 64
+        k1 = min(k0 + 64, n_in)
+        full_k = k0 + (k1 - k0) // LANES * LANES
+        for b0 in range(0, full_b, LANES):
+            for k in range(k0, full_k, LANES):
+                transpose16(x, b0 * n_in + k, n_in, xt, k * width + b0, width)
+            for k in range(full_k, k1):
+                for b in range(b0, b0 + LANES):
+                    xt[k * width + b] = x[b * n_in + k]
+        for k in range(k0, k1):
+            row = k * width
+            for b in range(full_b, batch):
+                xt[row + b] = x[b * n_in + k]
+            for b in range(batch, width):
+                xt[row + b] = 0.0
+
+
+transpose_serial = numba.njit(**_OPTS)(_transpose)
+transpose_parallel = parallel_build(_transpose, _OPTS)
+
+
+@numba.njit(**_OPTS)
+def _chunk_pointers(indptr, indices, chunk, n_chunks, out):
+    for r in range(indptr.shape[0] - 1):
+        j = indptr[r]
+        end = indptr[r + 1]
+        out[r, 0] = j
+        for ch in range(1, n_chunks):
+            limit = ch * chunk
+            while j < end and np.int64(indices[j]) < limit:
+                j += 1
+            out[r, ch] = j
+        out[r, n_chunks] = end
+
+
+def row_chunks(indptr: np.ndarray, indices: np.ndarray, n_cols: int, chunk: int = CHUNK_COLUMNS) -> np.ndarray:
+    """``(rows, n_chunks + 1)`` int64: where each row's entries reach column ``k * chunk`` (columns sorted within
+    a row). Layers of at most two chunks' columns get one chunk."""
+    n_chunks = 1 if n_cols <= 2 * chunk else -(-n_cols // chunk)
+    out = np.empty((indptr.shape[0] - 1, n_chunks + 1), dtype=np.int64)
+    _chunk_pointers(indptr, indices, chunk, n_chunks, out)
+    return out
+
+
+def task_rows(indptr: np.ndarray, tasks: int) -> np.ndarray:
+    """Row boundaries of ``tasks`` contiguous row ranges holding about equal numbers of entries."""
+    rows = indptr.shape[0] - 1
+    if tasks <= 1 or rows <= 1:
+        return np.array([0, rows], dtype=np.int64)
+    targets = np.linspace(0, indptr[-1], tasks + 1)[1:-1]
+    cuts = np.searchsorted(indptr, targets).clip(0, rows)
+    return np.concatenate([[0], cuts, [rows]]).astype(np.int64)
 
 
 def padded_width(columns: int) -> int:
     return -(-columns // LANES) * LANES
 
 
-def blocked_forward(indptr: np.ndarray, indices: np.ndarray, codes: np.ndarray, table: np.ndarray, xt: np.ndarray,
-                    bias: np.ndarray) -> np.ndarray:
-    """``W @ xt + bias[:, None]`` for a codebook CSR ``W``; ``xt`` (in, columns) float32, C-contiguous, its width
-    a multiple of 16 (:func:`padded_width`; pad with zeros). Returns (out, width) float32."""
-    yt = np.empty((indptr.shape[0] - 1, xt.shape[1]), dtype=np.float32)
-    work = indices.shape[0] * xt.shape[1]
-    kernel = pick(spmm_blocked_parallel, spmm_blocked_serial, work)
-    kernel(indptr, indices, codes, table, xt, bias, yt)
-    return yt
+def transposed(x: np.ndarray, threads: int) -> tuple[np.ndarray, int]:
+    """``(xt flat, width)``: the (in, width) transpose of a (batch, in) float32 input, zero-padded to whole
+    vectors; read in place when ``x`` is already the transpose of a C-contiguous array of whole vectors."""
+    batch, n_in = x.shape
+    width = padded_width(batch)
+    if width == batch and x.flags.f_contiguous and x.dtype == np.float32:
+        return x.T.reshape(-1), width
+    xt = np.empty(n_in * width, dtype=np.float32)
+    kernel = transpose_parallel if threads > 1 and xt.size >= 1 << 16 else transpose_serial
+    kernel(np.ascontiguousarray(x, dtype=np.float32).reshape(-1), batch, n_in, xt, width)
+    return xt, width
+
+
+def product(pointers: np.ndarray, indices: np.ndarray, codes: np.ndarray, table: np.ndarray, x: np.ndarray,
+            bias: np.ndarray) -> np.ndarray:
+    """``x @ W.T + bias`` for a (batch, in) float32 ``x``; returns (batch, out) float32, a transposed view of a
+    C-contiguous (out, width) array (which the next batched layer reads in place)."""
+    threads = numba.get_num_threads()
+    n_out = pointers.shape[0]
+    work = int(indices.shape[0]) * x.shape[0]
+    parallel = threads > 1 and work >= PARALLEL_MIN_WORK
+    xt, width = transposed(x, threads if parallel else 1)
+    y = np.empty(n_out * width, dtype=np.float32)
+    if parallel:
+        indptr = np.append(pointers[:, 0], pointers[-1, -1] if n_out else 0)
+        spmm_parallel(pointers, indices, codes, table, xt, width, bias, y, task_rows(indptr, threads))
+    else:
+        spmm_serial(pointers, indices, codes, table, xt, width, bias, y, np.array([0, n_out], dtype=np.int64))
+    return y.reshape(n_out, width)[:, : x.shape[0]].T
 
 
 def columns_product(indptr: np.ndarray, indices: np.ndarray, codes: np.ndarray, table: np.ndarray, xt: np.ndarray,
                     bias: np.ndarray) -> np.ndarray:
-    """:func:`blocked_forward` for any width: zero-pads ``xt`` to whole 16-column vectors when needed and returns
-    the C-contiguous (out, columns) result."""
-    columns = xt.shape[1]
-    width = padded_width(columns)
-    if width == columns:
-        return blocked_forward(indptr, indices, codes, table, xt, bias)
-    padded = np.zeros((xt.shape[0], width), dtype=np.float32)
-    padded[:, :columns] = xt
-    return np.ascontiguousarray(blocked_forward(indptr, indices, codes, table, padded, bias)[:, :columns])
+    """``W @ xt + bias[:, None]`` for a (in, columns) float32 ``xt``; returns the C-contiguous (out, columns)
+    result (one chunk; for callers that hold the transposed input already)."""
+    pointers = np.stack([indptr[:-1], indptr[1:]], axis=1)
+    return np.ascontiguousarray(product(pointers, indices, codes, table, np.ascontiguousarray(xt.T), bias).T)
 
 
-__all__ = ["BLOCK", "LANES", "blocked_forward", "columns_product", "padded_width"]
+__all__ = ["BLOCK", "CHUNK_COLUMNS", "LANES", "columns_product", "padded_width", "product", "row_chunks",
+           "task_rows", "transposed"]

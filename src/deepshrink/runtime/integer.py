@@ -19,6 +19,7 @@ Every path is bit-exact with the simulated model of :mod:`deepshrink.fixedpoint.
 from __future__ import annotations
 
 import operator
+import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from ..core import fixed_point as _fixed_point
 from ..core.edits import set_submodule
 from ..core.errors import FormatError, UnsupportedLayerError
 from ..core.fixed_point import (
@@ -46,7 +48,18 @@ from ..core.kinds.fixedpoint import formats
 from ..core.layer_call import channel_axis, layer_call, plain_type
 from ..core.select import layer_type_name
 from ..core.state import get_mask, get_value_transform, latent_weight
+from .integer_kernels import Int8Plan
 from .registry import ANY_LOOKUP, LAYER_BUILDERS, register_layer_builder
+
+FAST_PATH = True
+"""Run covered layers through the fused int8 kernels (:mod:`.integer_kernels`, bit-identical); False: torch ops."""
+
+
+def _rounding_is_ours() -> bool:
+    """The fused kernels hard-code :mod:`deepshrink.core.fixed_point`'s rounding; when a caller swapped this
+    module's rounding functions (e.g. to emulate another rounding mode) the torch path runs them instead."""
+    return to_int is _fixed_point.to_int and rounding_shift is _fixed_point.rounding_shift and (
+        requantize is _fixed_point.requantize)
 
 
 @dataclass
@@ -71,6 +84,8 @@ class IntegerLayer(nn.Module):
     bias_int: Tensor | None
     bias_float: Tensor | None
     weight_t8: Tensor | None
+    last_kernel: str = ""
+    """What the last call ran: ``int8-vnni`` / ``int8-portable`` (the fused plan) or the torch path."""
     _template: nn.Module  # the layer's computation (kept out of the module tree: it holds no state of ours)
 
     is_runtime_layer = True  # listed by deepshrink.runtime.runtime_layers
@@ -100,7 +115,10 @@ class IntegerLayer(nn.Module):
             # int8 x int8 -> int32 GEMM (torch._int_mm) for 8-bit Linear layers: the fast CPU integer path
             self.int8_gemm = (plain_type(module) is nn.Linear and act_in.bits <= 8 and self.bits <= 8
                               and self.acc_dtype == torch.int32 and hasattr(torch, "_int_mm"))
-            self.register_buffer("weight_t8", w_int.t().contiguous().to(torch.int8) if self.int8_gemm else None)
+            # a fresh (in, out) buffer: ``.t().contiguous()`` keeps the strides (1, 1) of a one-input weight,
+            # which torch._int_mm reads as garbage (torch 2.x, oneDNN)
+            w_t8 = torch.empty(w_int.shape[::-1], dtype=torch.int8).copy_(w_int.t()) if self.int8_gemm else None
+            self.register_buffer("weight_t8", w_t8)
         self.kind = layer_type_name(module)
         self.__dict__["_template"] = _template_of(module)  # not a submodule: it holds no state of ours
 
@@ -136,6 +154,15 @@ class IntegerLayer(nn.Module):
         return cls.from_stored(module, weight, cast("Tensor | None", getattr(module, "bias", None)), float_io)
 
     def forward(self, x: Tensor | QTensor) -> Tensor | QTensor:
+        plan = self.__dict__.get("_plan", False)
+        if plan is False:  # built on the first call (exporters construct layers they never run)
+            plan = self.__dict__["_plan"] = Int8Plan.build(self, self._template) if FAST_PATH else None
+        if plan is not None and _rounding_is_ours():
+            out = plan(x, QTensor)
+            if out is not None:
+                self.__dict__["last_kernel"] = "int8-vnni" if plan.weight.packed is not None else "int8-portable"
+                return out
+        self.__dict__["last_kernel"] = "torch-int8-gemm" if self.int8_gemm else "torch-integer"
         fmt = self.act_in
         if self.dynamic_input:
             value = x.dequantize() if isinstance(x, QTensor) else x
@@ -247,6 +274,12 @@ class _Interpreter(fx.Interpreter):
         super().__init__(owner.graph_module)
         self.owner = owner
 
+    def run_node(self, n: fx.Node) -> Any:
+        """Without the base class's per-node context manager (it only annotates tracebacks): at batch 1 the
+        interpreter's own cost is comparable to the integer layers'."""
+        args, kwargs = self.fetch_args_kwargs_from_env(n)
+        return getattr(self, n.op)(n.target, args, kwargs)
+
     def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
         key = str(target)
         if key in self.owner.layer_names:
@@ -347,7 +380,14 @@ class IntegerModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, *args: Any) -> Any:
-        return _to_float(_Interpreter(self).run(*args))
+        # one interpreter per thread, built once: building one walks every submodule (~0.1 ms on a LeNet, about
+        # what its integer layers cost at batch 1); ``run`` keeps its values per call, not across calls
+        interpreters = self.__dict__.setdefault("_interpreters", {})
+        key = threading.get_ident()
+        interpreter = interpreters.get(key)
+        if interpreter is None:
+            interpreter = interpreters[key] = _Interpreter(self)
+        return _to_float(interpreter.run(*args))
 
 
 def swap_integer_layers_(model: nn.Module) -> nn.Module:

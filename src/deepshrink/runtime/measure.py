@@ -92,6 +92,13 @@ def resident_bytes(model: nn.Module) -> int:
     return total
 
 
+def layer_kernels(model: nn.Module) -> dict[str, str]:
+    """``{module fqn: kernel}``: the kernel each runtime layer ran on its last call (its ``last_kernel``; layers
+    not yet called are left out), i.e. what :mod:`.policy` chose for that call's batch."""
+    return {fqn: str(module.last_kernel) for fqn, module in model.named_modules()
+            if getattr(module, "last_kernel", "")}
+
+
 def dynamic_int8(model: nn.Module) -> nn.Module:
     """torch's dynamic int8 quantization of every ``nn.Linear`` (the common CPU baseline)."""
     from torch.ao.quantization import quantize_dynamic

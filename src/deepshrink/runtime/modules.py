@@ -16,17 +16,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.errors import FormatError, UnsupportedLayerError
-from . import columns, kernels, policy
-from .batched import columns_product
+from . import batched, columns, kernels, policy
 from .columns import ColumnBlocks
+from .conv import ChannelBlocks, Geometry, blocked_conv, channel_blocks, direct_conv, geometry
 from .layout import SparseRows, group_rows
 from .simd import SlicedWindows
 
 _PAD_MODES = {"zeros": "constant", "reflect": "reflect", "replicate": "replicate", "circular": "circular"}
 
 
-def _as_input(x: Tensor) -> np.ndarray:
-    """A float32, C-contiguous numpy view (copy only when needed) of an inference input."""
+def _as_input(x: Tensor, transposed_ok: bool = False) -> np.ndarray:
+    """A float32, C-contiguous numpy view (copy only when needed) of an inference input; with ``transposed_ok``
+    also the transpose of a C-contiguous 2-D array (what a batched layer returns and reads in place)."""
     if x.device.type != "cpu":
         raise UnsupportedLayerError(f"the runtime kernels run on CPU; got an input on {x.device}")
     if x.dtype != torch.float32:
@@ -34,7 +35,9 @@ def _as_input(x: Tensor) -> np.ndarray:
     if x.requires_grad:
         x = x.detach()
     array = x.numpy()
-    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+    if array.flags.c_contiguous or (transposed_ok and array.ndim == 2 and array.flags.f_contiguous):
+        return array
+    return np.ascontiguousarray(array)
 
 
 def _bias_array(bias: Tensor | np.ndarray | None, n_out: int, name: str) -> np.ndarray:
@@ -54,17 +57,43 @@ class _SparseLayer(nn.Module):
         self.weight_layout = weight
         self.has_bias = bias is not None
         self.bias_array = _bias_array(bias, weight.shape[0], name)
+        # the register-tile kernels read every weight as codes into a table: per-non-zero values get codes 0..nnz-1
+        self._codes = weight.codes if not weight.direct else np.arange(weight.nnz, dtype=np.int32)
+        self.dense_fallback = True
+        """Whether calls that :func:`~.policy.runs_dense` picks run the dense torch op (False: always sparse)."""
+        self.last_kernel = ""  # calls write it through __dict__: nn.Module.__setattr__ costs ~1 us a call
+        """The kernel the last call ran (``dense``, ``simd``, ``rows``, ``columns``, ``batched``, ``direct``,
+        ``blocked``): what :mod:`.policy` chose for that call's batch."""
+        self._dense_weight: Tensor | None = None
 
     @property
     def nbytes(self) -> int:
-        """Resident bytes: layout + bias (no dense weight exists)."""
-        return self.weight_layout.nbytes + int(self.bias_array.nbytes)
+        """Resident bytes: layout + bias (+ the decoded dense weight once a dense-fallback call has built it)."""
+        extra = self._codes.nbytes if self.weight_layout.direct else 0
+        dense = self._dense_weight.numel() * 4 if self._dense_weight is not None else 0
+        return self.weight_layout.nbytes + int(self.bias_array.nbytes) + int(extra) + dense
+
+    def _dense(self, shape: tuple[int, ...]) -> Tensor:
+        """The decoded dense weight (built on the first call that runs dense; not a parameter or buffer)."""
+        if self._dense_weight is None:
+            self._dense_weight = torch.from_numpy(self.weight_layout.to_dense()).reshape(shape)
+        return self._dense_weight
+
+    def _runs_dense(self, kind: str, density: float, batch: int) -> bool:
+        shape = self.weight_layout.shape
+        return self.dense_fallback and policy.runs_dense(kind, density, batch, shape[0] * shape[1])
 
     def _run_linear(self, x2: np.ndarray) -> np.ndarray:
         w = self.weight_layout
-        if x2.shape[0] > 1 and not w.direct:  # register-blocked sparse x dense (runtime/batched.py)
-            return columns_product(w.indptr, w.indices, w.codes, w.table, np.ascontiguousarray(x2.T), self.bias_array).T
+        self.__dict__["last_kernel"] = "batched" if x2.shape[0] > 1 else "rows"
+        if x2.shape[0] > 1:  # register-blocked, column-chunked sparse x dense (runtime/batched.py)
+            if self._chunks is None:
+                self._chunks = batched.row_chunks(w.indptr, w.indices, w.shape[1])
+            return batched.product(self._chunks, w.indices, self._codes, w.table, x2, self.bias_array)
         return kernels.linear_forward(w.indptr, w.indices, w.codes, w.table, w.direct, x2, self.bias_array, w.group)
+
+    _chunks: np.ndarray | None = None
+    """Per-row entry pointers at every :data:`~.batched.CHUNK_COLUMNS` columns (built on the first batch)."""
 
     def _describe(self) -> str:
         w = self.weight_layout
@@ -88,8 +117,10 @@ class SparseLinear(_SparseLayer):
     """
 
     def __init__(self, weight: SparseRows, bias: Tensor | np.ndarray | None = None, name: str = "weight", *,
-                 skip_zero_inputs: bool = True, simd: bool = True) -> None:
+                 skip_zero_inputs: bool = True, simd: bool = True, dense_fallback: bool = True) -> None:
         super().__init__(group_rows(weight, name), bias, name)
+        self.dense_fallback = dense_fallback
+        self.density = weight.density
         self.out_features, self.in_features = weight.shape
         self.simd_layout: SlicedWindows | None = policy.simd_form(weight, simd)
         self.column_layout: ColumnBlocks | None = policy.column_form(weight, self.weight_layout, skip_zero_inputs,
@@ -114,12 +145,19 @@ class SparseLinear(_SparseLayer):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"SparseLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
-        array = _as_input(x).reshape(-1, self.in_features)
+        batch = x.numel() // max(self.in_features, 1)
+        if self._runs_dense("linear", self.density, batch):
+            self.__dict__["last_kernel"] = "dense"
+            xf = x.detach().to(torch.float32)
+            return F.linear(xf, self._dense((self.out_features, self.in_features)), torch.from_numpy(self.bias_array))
+        array = _as_input(x, transposed_ok=x.dim() == 2).reshape(-1, self.in_features)
         if policy.runs_simd(array.shape[0], self.simd_layout is not None) and self.simd_layout is not None:
+            self.__dict__["last_kernel"] = "simd"
             parallel = self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1
             rows = [self.simd_layout.forward(sample, self.bias_array, parallel) for sample in array]
             out = rows[0] if len(rows) == 1 else np.concatenate(rows)
         elif array.shape[0] == 1 and self._batch1 is not None:
+            self.__dict__["last_kernel"] = "columns"
             out = np.empty((1, self.out_features), dtype=np.float32)
             rows_work = columns_work = 1 << 62  # serial; numba's thread count is asked only for big layers
             if self.weight_layout.nnz >= kernels.PARALLEL_MIN_WORK and numba.get_num_threads() > 1:
@@ -154,15 +192,16 @@ def _pair(value: Any) -> tuple[int, int]:
 class SparseConv2d(_SparseLayer):
     """``nn.Conv2d`` (stride, padding incl. 'same'/modes, dilation, groups) computed from the sparse filter.
 
-    groups=1: im2col (a numba kernel writing the product's layout) and one sparse x dense product whose inner loop runs over all output
-    positions of the batch (long, contiguous, vectorized). Grouped/depthwise: a direct kernel in which each
-    non-zero adds a scaled, shifted input plane to its output plane (no patch buffer, no per-group loop).
+    The direct sparse convolution of :mod:`.conv` (no im2col buffer: each non-zero tap reads the phase-split,
+    padded input at a fixed offset; output channels blocked, sums in registers). A layer whose measured density
+    makes a dense convolution faster for a call's batch (:data:`~.policy.DENSE_FROM`) runs ``F.conv2d`` on its
+    decoded filter (built on the first such call), so a pruned layer is never slower than its dense self.
     """
 
     def __init__(
         self, weight: SparseRows, kernel_size: tuple[int, int], in_channels: int, *, stride: Any = 1,
         padding: Any = 0, dilation: Any = 1, groups: int = 1, padding_mode: str = "zeros",
-        bias: Tensor | np.ndarray | None = None, name: str = "weight",
+        bias: Tensor | np.ndarray | None = None, name: str = "weight", dense_fallback: bool = True,
     ) -> None:
         super().__init__(weight, bias, name)
         self.out_channels = weight.shape[0]
@@ -178,6 +217,17 @@ class SparseConv2d(_SparseLayer):
         expected = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         if weight.shape[1] != expected or self.in_channels % self.groups or self.out_channels % self.groups:
             raise FormatError(f"{name}: weight of {weight.shape[1]} columns does not fit this Conv2d's shape")
+        self._geometry: dict[tuple[int, int], Geometry] = {}
+        self.blocks: ChannelBlocks | None = None
+        if self.groups == 1 and weight.nnz and policy.channel_blocked(weight.indptr, weight.indices):
+            values = weight.table if weight.direct else weight.table[weight.codes]
+            self.blocks = channel_blocks(weight.indptr, weight.indices, values, self.bias_array)
+        self.dense_fallback = dense_fallback
+
+    @property
+    def nbytes(self) -> int:
+        """Resident bytes: the sparse layout (+ the channel-blocked form, + the dense filter once built) + bias."""
+        return super().nbytes + (self.blocks.nbytes if self.blocks is not None else 0)
 
     def _pads(self) -> tuple[int, int, int, int]:
         """(left, right, top, bottom) as ``F.pad`` takes them."""
@@ -195,35 +245,51 @@ class SparseConv2d(_SparseLayer):
             x = x.unsqueeze(0)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"SparseConv2d expects (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
-        pads = self._pads()
         if x.dtype != torch.float32:
             x = x.to(torch.float32)
-        if any(pads):
-            x = F.pad(x.detach(), pads, mode=_PAD_MODES[self.padding_mode])
-        (kh, kw), (dh, dw), (sh, sw) = self.kernel_size, self.dilation, self.stride
-        oh = (x.shape[2] - dh * (kh - 1) - 1) // sh + 1
-        ow = (x.shape[3] - dw * (kw - 1) - 1) // sw + 1
-        if oh <= 0 or ow <= 0:
-            raise ValueError(f"input {tuple(x.shape)} is smaller than the {kh}x{kw} kernel")
-        w = self.weight_layout
-        if self.groups == 1:
-            out = self._im2col(x.detach(), oh, ow)
+        x = x.detach()
+        pads = self._pads()
+        density = self.weight_layout.density
+        if self._runs_dense("conv", density, x.shape[0]):  # dense at any waste: skip the geometry
+            out = self._run_dense(x, pads)
+            return out.squeeze(0) if unbatched else out
+        if any(pads) and self.padding_mode != "zeros":
+            x, pads = F.pad(x, pads, mode=_PAD_MODES[self.padding_mode]), (0, 0, 0, 0)
+        hw = (int(x.shape[2]), int(x.shape[3]))
+        geo = self._geometry.get(hw)
+        if geo is None:
+            geo = self._geometry_for(hw, pads)
+        waste = geo.plane_hw[1] / max(geo.out_hw[1], 1)
+        if self._runs_dense("conv", density * waste, x.shape[0]):
+            out = self._run_dense(x, pads)
+        elif self.blocks is not None:
+            self.__dict__["last_kernel"] = "blocked"
+            out = torch.from_numpy(blocked_conv(self.blocks, _as_input(x), geo, self.stride, self.out_channels))
         else:
-            out = torch.from_numpy(kernels.conv2d_forward(
-                w.indptr, w.indices, w.codes, w.table, w.direct, _as_input(x), self.bias_array,
-                self.kernel_size, self.stride, self.dilation, self.groups, (oh, ow)))
+            self.__dict__["last_kernel"] = "direct"
+            w = self.weight_layout
+            out = torch.from_numpy(direct_conv(w.indptr, self._codes, w.table, _as_input(x), self.bias_array, geo,
+                                               self.stride, self.out_channels))
         return out.squeeze(0) if unbatched else out
 
-    def _im2col(self, xpad: Tensor, oh: int, ow: int) -> Tensor:
-        """groups=1: patches (C*kh*kw, N*OH*OW), then one sparse matrix-matrix product."""
-        n = xpad.shape[0]
-        patches = kernels.im2col(_as_input(xpad), self.kernel_size, self.stride, self.dilation, (oh, ow))
+    def _geometry_for(self, hw: tuple[int, int], pads: tuple[int, int, int, int]) -> Geometry:
+        (kh, kw), (dh, dw) = self.kernel_size, self.dilation
+        if hw[0] + pads[2] + pads[3] < dh * (kh - 1) + 1 or hw[1] + pads[0] + pads[1] < dw * (kw - 1) + 1:
+            raise ValueError(f"input of {hw[0]}x{hw[1]} is smaller than the {kh}x{kw} kernel")
         w = self.weight_layout
-        if w.direct:
-            yt = kernels.columns_forward(w.indptr, w.indices, w.codes, w.table, w.direct, patches, self.bias_array)
-        else:
-            yt = columns_product(w.indptr, w.indices, w.codes, w.table, patches, self.bias_array)
-        return torch.from_numpy(yt).view(self.out_channels, n, oh, ow).permute(1, 0, 2, 3)
+        geo = geometry(w.indptr, w.indices, self.in_channels, self.groups, self.kernel_size, self.stride,
+                       self.dilation, pads, hw, None if self.blocks is None else self.blocks.columns)
+        if len(self._geometry) >= 8:  # a few input sizes at most stay cached
+            self._geometry.pop(next(iter(self._geometry)))
+        self._geometry[hw] = geo
+        return geo
+
+    def _run_dense(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
+        self.__dict__["last_kernel"] = "dense"
+        weight = self._dense((self.out_channels, self.in_channels // self.groups, *self.kernel_size))
+        if any(pads):  # zeros mode after a non-zeros pad: nothing left to pad then
+            x = F.pad(x, pads, mode=_PAD_MODES[self.padding_mode])
+        return F.conv2d(x, weight, torch.from_numpy(self.bias_array), self.stride, 0, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -3,10 +3,14 @@
 A sparse Linear always holds the row layout (batches: the register-blocked kernel of :mod:`.batched`; batch 1:
 the row kernel). On top of it, chosen at load time from the layer and the host: the AVX-512 sliced-window form
 (:mod:`.simd`) or, without AVX-512, the column form (:mod:`.columns`) that skips zero inputs. Chosen at call time
-from the input: batch size and the share of zero inputs. Kernel tuning churns this file, not the modules.
+from the input: batch size and the share of zero inputs. Sparse Linear and Conv2d layers that are dense enough
+run the dense torch op instead (:data:`DENSE_FROM`), so a pruned layer is never run slower than its dense self.
+Kernel tuning churns this file, not the modules.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from .columns import ColumnBlocks, column_blocks
 from .layout import SparseRows
@@ -29,6 +33,62 @@ batch kernel, which pads every batch to 16 columns; from batch 8 the blocked ker
 SKIP_ZERO_INPUTS_BELOW = 0.6
 """Input density (non-zero fraction) under which a batch-1 SparseLinear runs the column-blocked kernel that skips
 zero inputs: measured break-even against the row kernel on AlexNet FC6-8 shapes is 0.64-0.73 (BENCHMARKS.md)."""
+
+
+DENSE_FROM: dict[str, tuple[tuple[int, float], ...]] = {
+    "linear": ((1, 0.7), (2, 0.4), (32, 0.6)),
+    "conv": ((1, 0.9), (4, 0.25)),
+}
+"""Per layer kind, ``(from batch, density)`` steps: a call of ``batch`` samples runs the dense torch op on the
+layer's decoded weight (``F.linear`` / ``F.conv2d``, built on the first such call) when the layer's *effective
+density* reaches the density of the last step whose batch is ``<= batch``. Effective density: the non-zero share,
+times ``Wq / OW`` for a convolution (the positions the direct kernel computes and drops). Below it the sparse
+kernels run. Rough measurements on a shared, loaded 2-core Zen 5 VM (1 thread, 5-bit codebooks, random masks; to
+be re-measured on a quiet machine with ``benchmarks/bench_runtime_policy.py``):
+
+* Linear 1024x2048 / 300x784, dense / sparse time: batch 1 at density 0.7: 1.6 / 0.84, at 1.0: 1.15 / 0.98;
+  batch 8 at 0.3: 1.17 / 1.19, at 0.5: 0.72 / 0.82; batch 64 at 0.5: 3.9 / 1.1, at 0.7: 1.8 / 0.88, at 1.0:
+  0.44 / 0.71.
+* Conv (ResNet-20 / VGG / LeNet-5 shapes): at batch 1 the direct kernel beat oneDNN at every density up to 0.9
+  (oneDNN's batch-1 convolutions are far from peak); from batch 8 oneDNN wins from about 0.3, and strided layers
+  lose earlier (their phase split costs as much as the products).
+"""
+
+
+DENSE_MAX_WEIGHTS: dict[str, int] = {"linear": 16_384, "conv": 0}
+"""Per layer kind, the dense weight count up to which a layer always runs its dense op: the sparse path's fixed
+cost per call (~8-10 us: input checks, the numba dispatch, the output wrap) exceeds a tiny dense GEMV's whole
+time. Measured (thread CPU time, 1 thread, batch 1, densities 0.1 / 0.3): 10x500 12-13 us sparse vs 4-5 us
+dense, 84x120 14-16 vs 5.5, 120x400 10-13 vs 5-6, 300x784 12-15 (AVX-512 kernel) vs 14.6. Conv layers are
+left out: LeNet-5's conv1 (500 weights) ran 28 us direct vs 59 us with ``F.conv2d``."""
+
+
+def dense_from(kind: str, batch: int) -> float:
+    """The effective density from which a ``kind`` layer runs dense for ``batch`` samples (:data:`DENSE_FROM`)."""
+    threshold = float("inf")
+    for first, density in DENSE_FROM[kind]:
+        if batch >= first:
+            threshold = density
+    return threshold
+
+
+def runs_dense(kind: str, density: float, batch: int, weights: int | None = None) -> bool:
+    """Whether a ``kind`` layer of effective ``density`` (and ``weights`` dense weights, when given) runs its
+    dense op for a call of ``batch`` samples (:data:`DENSE_FROM`, :data:`DENSE_MAX_WEIGHTS`)."""
+    tiny = weights is not None and weights <= DENSE_MAX_WEIGHTS[kind]
+    return tiny or density >= dense_from(kind, batch)
+
+
+CHANNEL_BLOCK_FILL = 0.5
+"""Share of non-zeros in a conv's four-channel blocks (over the union of their taps) from which it runs the
+channel-blocked direct kernel: one tap's input loads then serve four channels, at the cost of the zeros filled in."""
+
+
+def channel_blocked(indptr: np.ndarray, indices: np.ndarray) -> bool:
+    """Whether a (groups=1) conv weight runs the four-channel blocked direct kernel (:data:`CHANNEL_BLOCK_FILL`)."""
+    rows = np.repeat(np.arange(indptr.shape[0] - 1), np.diff(indptr))
+    union = np.unique((rows // 4) * (int(indices.max()) + 1) + indices.astype(np.int64)).size
+    return indices.size >= CHANNEL_BLOCK_FILL * 4 * union
 
 
 def simd_form(weight: SparseRows, allowed: bool = True) -> SlicedWindows | None:

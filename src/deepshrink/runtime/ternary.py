@@ -1,14 +1,13 @@
-"""Add/subtract runtime for ``ternary`` weights: ``y = Wp * sum_{+} x - Wn * sum_{-} x + b``.
+"""Runtime for ``ternary`` weights: ``y = Wp * sum_{+} x - Wn * sum_{-} x + b``.
 
-A layer keeps its int8 codes (out, in) -- a quarter of the fp32 bytes -- and per-row scales. Inside a
-layer the only arithmetic on inputs is addition: each code selects whether an input joins the positive
-sum, the negative sum or neither (a SIMD blend, no multiply), and the two scale multiplications happen once
-per output. Four output rows are accumulated per pass over the input so each loaded input serves eight
-sums. Small Conv2d outputs run the same kernel over im2col rows (one "batch" row per output position, built by a
-fused numba loop: ``F.unfold`` plus a transpose cost as much as the kernel itself); large ones
-(>= 256 positions) a kernel vectorised over positions (on :func:`~deepshrink.runtime.kernels.im2col`'s patches),
-where each non-zero code adds a whole input row. Scales may be per output row, which lets a following BatchNorm
-fold in without leaving the ternary codes (``fold_scale``). Layers the kernel does not cover (grouped or
+A ternary weight is a codebook of two values per scale group, ``{-Wn, +Wp}``, plus zeros: the layers run on
+the sparse codebook kernels (:class:`~deepshrink.runtime.modules.SparseLinear` /
+:class:`~deepshrink.runtime.modules.SparseConv2d`: the zero codes are skipped, each non-zero gathers its
+``+Wp`` or ``-Wn`` once per register tile; convolutions run the direct sparse kernel, no im2col). The scales may
+be per output row, which lets a following BatchNorm fold in without leaving the ternary codes (``fold_scale``).
+:class:`TernaryRows` keeps the dense int8 codes (a quarter of the fp32 bytes) and its add/subtract reference
+kernel (:meth:`TernaryRows.matvec`: each code selects whether an input joins the positive sum, the negative sum
+or neither, the two scales multiply once per output). Layers the kernels do not cover (grouped or
 non-zero-padded convolutions, Conv1d, layer classes with their own ``forward``) go to the generic builder.
 """
 
@@ -18,14 +17,14 @@ from typing import Any
 
 import numba
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from ..core.errors import UnsupportedLayerError
 from ..core.kinds import StoredWeight
 from ..core.kinds.ternary import scales
 from ..core.layer_call import plain_type
-from . import kernels
+from .layout import SparseRows, from_coo
+from .modules import SparseConv2d, SparseLinear
 from .registry import ANY_LOOKUP, LAYER_BUILDERS, register_layer_builder
 
 __all__ = ["TernaryConv2d", "TernaryLinear", "TernaryRows", "build_ternary", "ternary_matmul"]
@@ -68,58 +67,6 @@ def _ternary_rows(x, code, wp, wn, bias, out):
             o += 1
 
 
-@numba.njit(cache=True, nogil=True)
-def _im2row(xpad, kh, kw, sh, sw, dh, dw, out_h, out_w, out):
-    """out[b * out_h * out_w + p, (c, i, j)] = xpad[b, c, ...] under the kernel at position p (input pre-padded)."""
-    batch, channels = xpad.shape[0], xpad.shape[1]
-    for b in range(batch):
-        for oy in range(out_h):
-            for ox in range(out_w):
-                row = out[(b * out_h + oy) * out_w + ox]
-                k = 0
-                for c in range(channels):
-                    plane = xpad[b, c]
-                    for i in range(kh):
-                        line = plane[oy * sh + i * dh]
-                        left = ox * sw
-                        for j in range(kw):
-                            row[k + j] = line[left + j * dw]
-                        k += kw
-
-
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _ternary_columns(cols, code, wp, wn, bias, out):
-    """out[o, p] = wp[o] * sum_{code[o,k] = 1} cols[k, p] - wn[o] * sum_{code[o,k] = -1} cols[k, p] + bias[o].
-
-    Vectorised over positions p: each non-zero code adds (or subtracts) a whole input row at once.
-    """
-    rows, width = code.shape
-    positions = cols.shape[1]
-    acc_p = np.empty(positions, np.float32)
-    acc_n = np.empty(positions, np.float32)
-    for o in range(rows):
-        acc_p[:] = 0.0
-        acc_n[:] = 0.0
-        r = code[o]
-        for k in range(width):
-            c = r[k]
-            if c > 0:
-                src = cols[k]
-                for p in range(positions):
-                    acc_p[p] += src[p]
-            elif c < 0:
-                src = cols[k]
-                for p in range(positions):
-                    acc_n[p] += src[p]
-        a, b, z, dst = wp[o], wn[o], bias[o], out[o]
-        for p in range(positions):
-            dst[p] = a * acc_p[p] - b * acc_n[p] + z
-
-
-COLUMN_KERNEL_MIN_POSITIONS = 256
-"""Output positions from which the position-vectorised kernel beats the row kernel (measured on 2-core x86)."""
-
-
 class TernaryRows:
     """A 2-D ternary matrix ``(out, in)``: int8 codes in {-1, 0, 1}, per-row scales ``wp``, ``wn`` and bias."""
 
@@ -131,6 +78,8 @@ class TernaryRows:
         self.wp = np.broadcast_to(np.asarray(wp, dtype=np.float32), (rows,)).copy()
         self.wn = np.broadcast_to(np.asarray(wn, dtype=np.float32), (rows,)).copy()
         self.bias = np.zeros(rows, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(rows).copy()
+        self.version = 0
+        """Bumped by every change of the scales or bias (the runtime modules rebuild their layout on it)."""
 
     @property
     def nonzeros(self) -> int:
@@ -141,6 +90,18 @@ class TernaryRows:
         scale = np.asarray(scale, np.float32)
         self.wp, self.wn = self.wp * scale, self.wn * scale
         self.bias = self.bias * scale + np.asarray(shift, np.float32)
+        self.version += 1
+
+    def layout(self) -> SparseRows:
+        """The weight as CSR rows of codes into ``{-wn, +wp}`` (one pair per row, or one for all rows when the
+        scales are uniform: then the AVX-512 batch-1 kernel can hold the table in registers)."""
+        r, c = np.nonzero(self.code)
+        positive = (self.code[r, c] > 0).astype(np.int64)
+        if np.all(self.wp == self.wp[0]) and np.all(self.wn == self.wn[0]):
+            table, codes = np.array([-self.wn[0], self.wp[0]], np.float32), positive
+        else:
+            table, codes = np.stack([-self.wn, self.wp], axis=1).reshape(-1).astype(np.float32), 2 * r + positive
+        return from_coo(self.shape, r, c, codes, table, "ternary")
 
     def matvec(self, x: np.ndarray) -> np.ndarray:
         """``x (batch, in) -> (batch, out)``."""
@@ -155,28 +116,50 @@ def ternary_matmul(code: np.ndarray, wp: float, wn: float, x: np.ndarray) -> np.
     return TernaryRows(code, wp, wn).matvec(x)
 
 
-class TernaryLinear(nn.Module):
-    """Inference-only Linear layer computing from ternary codes with adds/subtracts."""
+class _Engine(nn.Module):
+    """Holds the sparse module computing from :attr:`rows`, rebuilt when the rows' scales or bias change."""
+
+    rows: TernaryRows
+
+    def _engine(self) -> nn.Module:
+        built = self.__dict__.get("_built")
+        if built is None or built[0] != self.rows.version:
+            built = self.__dict__["_built"] = (self.rows.version, self._build())
+        return built[1]
+
+    def _build(self) -> nn.Module:
+        raise NotImplementedError
+
+    @property
+    def last_kernel(self) -> str:
+        """The kernel the engine's last call ran ('' before the first call)."""
+        built = self.__dict__.get("_built")
+        return str(getattr(built[1], "last_kernel", "")) if built is not None else ""
+
+
+class TernaryLinear(_Engine):
+    """Inference-only Linear layer computing from ternary codes (the sparse codebook kernels)."""
 
     def __init__(self, rows: TernaryRows) -> None:
         super().__init__()
         self.rows = rows
+
+    def _build(self) -> nn.Module:
+        return SparseLinear(self.rows.layout(), self.rows.bias, "ternary")
 
     @classmethod
     def from_stored(cls, weight: StoredWeight, bias: Tensor | None = None) -> TernaryLinear:
         return cls(_rows(weight, bias))
 
     def forward(self, x: Tensor) -> Tensor:
-        lead = x.shape[:-1]
-        flat = x.detach().reshape(-1, x.shape[-1]).cpu().numpy()
-        return torch.from_numpy(self.rows.matvec(flat)).reshape(*lead, self.rows.shape[0])
+        return self._engine()(x)
 
     def extra_repr(self) -> str:
         return f"in={self.rows.shape[1]}, out={self.rows.shape[0]}, nonzeros={self.rows.nonzeros}"
 
 
-class TernaryConv2d(nn.Module):
-    """Inference-only Conv2d (groups=1) computing from ternary codes on im2col columns."""
+class TernaryConv2d(_Engine):
+    """Inference-only Conv2d (groups=1) computing from ternary codes (the direct sparse convolution)."""
 
     def __init__(self, rows: TernaryRows, kernel_size: tuple[int, int], stride: Any, padding: Any, dilation: Any) -> None:
         super().__init__()
@@ -196,25 +179,13 @@ class TernaryConv2d(nn.Module):
         return cls(_rows(weight, bias), (int(conv.kernel_size[0]), int(conv.kernel_size[1])), conv.stride,
                    conv.padding, conv.dilation)
 
+    def _build(self) -> nn.Module:
+        (kh, kw), rows = self.kernel_size, self.rows
+        return SparseConv2d(rows.layout(), self.kernel_size, rows.shape[1] // (kh * kw), stride=self.stride,
+                            padding=self.padding, dilation=self.dilation, bias=rows.bias, name="ternary")
+
     def forward(self, x: Tensor) -> Tensor:
-        batch, channels, height, width = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        image = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        if ph or pw:
-            image = np.pad(image, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-        if out_h * out_w >= COLUMN_KERNEL_MIN_POSITIONS:
-            rows = self.rows
-            result = np.empty((batch, rows.shape[0], out_h * out_w), dtype=np.float32)
-            for b in range(batch):
-                cols = kernels.im2col(image[b:b + 1], (kh, kw), (sh, sw), (dh, dw), (out_h, out_w))
-                _ternary_columns(cols, rows.code, rows.wp, rows.wn, rows.bias, result[b])
-            return torch.from_numpy(result).reshape(batch, rows.shape[0], out_h, out_w)
-        positions = np.empty((batch * out_h * out_w, channels * kh * kw), dtype=np.float32)
-        _im2row(image, kh, kw, sh, sw, dh, dw, out_h, out_w, positions)
-        out = torch.from_numpy(self.rows.matvec(positions)).reshape(batch, out_h * out_w, self.rows.shape[0])
-        return out.transpose(1, 2).reshape(batch, self.rows.shape[0], out_h, out_w)
+        return self._engine()(x)
 
     def extra_repr(self) -> str:
         return f"out={self.rows.shape[0]}, kernel={self.kernel_size}, stride={self.stride}, padding={self.padding}"

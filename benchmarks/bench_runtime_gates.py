@@ -1,0 +1,115 @@
+"""Issue 20's ternary and fixed-point gates, side by side in one run, without training (latency does not need it).
+
+* ``ternary``: the committed LeNet-5 / ResNet-20 Fashion-MNIST baselines ternarized one-shot with TTQ (the
+  method's initial Wp/Wn and threshold; BatchNorms folded into per-channel scales by ``from_model``) run through
+  the runtime against the dense fp32 baseline. Gate: >= 1.5x dense fp32 at batch 1.
+* ``dfp``: LeNet-300-100 and LeNet-5 in 8-bit dynamic fixed point (post-training, calibrated on 256 test images)
+  run through the integer engine (``IntegerModel``: the fused int8 plan, VNNI where the host has it) against
+  torch's dynamic int8 of the float model; the engine's outputs must equal the simulation's bit for bit on 512
+  test images. Gate: >= 1.0x torch dynamic int8 at batch 1, bit-exact.
+
+Every row: medians of interleaved rounds, the threads stated, the kernel each runtime layer ran. About one
+minute per thread count and part:
+
+    nice -n 10 .venv/bin/python benchmarks/bench_runtime_gates.py --threads 1 2  # -> results/runtime-gates.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numba
+import torch
+from torch import nn
+
+from deepshrink.core import atomic_write_text
+from deepshrink.data import load_dataset
+from deepshrink.fixedpoint import DynamicFixedPoint, quantize_
+from deepshrink.runtime import IntegerModel, from_model
+from deepshrink.runtime.measure import compare, dynamic_int8, layer_kernels, set_threads
+from deepshrink.ternary import TTQ, ternarize_
+from deepshrink.train import load_checkpoint
+
+ROOT = Path(__file__).resolve().parent
+TERNARY = ["lenet5", "resnet20"]
+DFP = ["lenet300", "lenet5"]
+
+
+def _time(contenders: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> dict[str, Any]:
+    with torch.inference_mode():
+        for model in contenders.values():
+            model(x)  # compile / build plans
+        timings = compare({k: (lambda m=m: m(x)) for k, m in contenders.items()}, repeats=repeats, budget_s=15.0)
+    return {k: round(v["median_ms"], 4) for k, v in timings.items()}
+
+
+def ternary_part(name: str, batches: list[int], repeats: int, images: torch.Tensor) -> dict[str, Any]:
+    dense, _ = load_checkpoint(ROOT / "baselines" / f"{name}-fmnist.pt")
+    dense.eval()
+    model = copy.deepcopy(dense)
+    ternarize_(model, TTQ())
+    model.eval()
+    runtime = from_model(model, example=images[:1])
+    with torch.inference_mode():
+        agreement = float((runtime(images).argmax(1) == model(images).argmax(1)).float().mean())
+    rows: dict[str, Any] = {"argmax_agreement_runtime_vs_ternary_model": agreement}
+    for batch in batches:
+        t = _time({"runtime": runtime, "dense_fp32": dense}, images[:batch].contiguous(), repeats)
+        rows[f"batch{batch}"] = {"timings_ms": t, "speedup_vs_dense": t["dense_fp32"] / t["runtime"],
+                                 "kernels": layer_kernels(runtime)}
+    return rows
+
+
+def dfp_part(name: str, batches: list[int], repeats: int, images: torch.Tensor) -> dict[str, Any]:
+    dense, _ = load_checkpoint(ROOT / "baselines" / f"{name}-fmnist.pt")
+    dense.eval()
+    model = copy.deepcopy(dense)
+    quantize_(model, DynamicFixedPoint(bits=8), calib=images[:256])
+    model.eval()
+    engine, int8 = IntegerModel(model), dynamic_int8(copy.deepcopy(dense))
+    check = images[256:768]
+    with torch.inference_mode():
+        exact = bool(torch.equal(engine(check), model(check)))
+    rows: dict[str, Any] = {"bit_exact_vs_simulation": exact, "checked_images": int(check.shape[0])}
+    for batch in batches:
+        t = _time({"integer_engine": engine, "dynamic_int8": int8, "dense_fp32": dense}, images[:batch].contiguous(),
+                  repeats)
+        rows[f"batch{batch}"] = {"timings_ms": t, "speedup_vs_int8": t["dynamic_int8"] / t["integer_engine"],
+                                 "kernels": layer_kernels(engine)}
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--parts", nargs="+", default=["ternary", "dfp"], choices=["ternary", "dfp"])
+    parser.add_argument("--repeats", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "runtime-gates.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    images = load_dataset("fashion-mnist", "test").tensors[0][:1024].contiguous()
+    parts = {"ternary": (TERNARY, ternary_part), "dfp": (DFP, dfp_part)}
+    result: dict[str, Any] = {"benchmark": "runtime-gates", "loadavg_start": os.getloadavg(),
+                              "torch": torch.__version__, "numba": numba.__version__, "runs": {}}
+    for threads in args.threads:
+        set_threads(threads)
+        for part in args.parts:
+            names, run = parts[part]
+            for name in names:
+                row = run(name, args.batches, args.repeats, images)
+                result["runs"][f"{part}/{name}/threads{threads}"] = row
+                print(f"{part} {name} threads {threads}: {json.dumps(row)}", flush=True)
+    result["loadavg_end"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
