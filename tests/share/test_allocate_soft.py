@@ -61,6 +61,11 @@ def test_bits_sweep_restores_the_model_and_costs_grow_with_bits(trained, tmp_pat
         costs = result.bytes[name]
         assert costs[1] <= costs[2] <= costs[4]
     assert result.curves["fc1"][4] > result.curves["fc1"][1] - 0.05
+    from deepshrink.codec.encode import index_bytes
+
+    mask_cost = index_bytes(get_mask(model.fc1).numpy())  # the pruned layer's estimate counts its mask as coded
+    assert mask_cost > 0 and result.bytes["fc1"][1] > mask_cost
+    assert result.bytes["fc2"][1] <= result.params["fc2"] / 8 + 3 * 2  # unpruned: no mask cost, 1 bit a code
     loaded = BitSensitivity.load(tmp_path)
     assert loaded.curves == result.curves and (tmp_path / "sensitivity.png").is_file()
 

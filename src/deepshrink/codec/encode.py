@@ -38,7 +38,8 @@ from .maskctx import encode_mask_ctx
 from .sparse import MAX_INDEX_BITS, encode_positions
 from .stream import CODINGS, EncodedStream, encode_stream
 
-__all__ = ["DEFAULT_INDEX_BITS", "DTYPES", "NARROW", "CompressionReport", "narrow_float32", "save_compressed"]
+__all__ = ["DEFAULT_INDEX_BITS", "DTYPES", "NARROW", "CompressionReport", "index_bytes", "narrow_float32",
+           "save_compressed"]
 
 DEFAULT_INDEX_BITS: dict[str, int | str] = {"conv": 8, "fc": 5}
 AUTO_INDEX_BITS = tuple(range(2, 13))
@@ -173,6 +174,15 @@ def _stored_value(module: nn.Module, tname: str, fqn: str, mask: np.ndarray | No
         raise DeepShrinkError(f"{fqn}: {type(transform).__name__}.export() does not reproduce the weight the model "
                               "computes; the file would not load bit-exactly (fix the transform's export)")
     return stored
+
+
+def index_bytes(mask: np.ndarray, entropy: str = "ans", index_bits: int | str = "auto",
+                index_coding: str = "auto") -> int:
+    """The bytes a file (the current version) spends on the kept positions of ``mask`` (sections only, no header),
+    coded as ``save_compressed`` would with these options."""
+    writer = SectionWriter()
+    _index_entry(writer, np.asarray(mask, dtype=bool), index_bits, entropy, index_coding)
+    return sum(len(section) for section in writer.sections)
 
 
 def _encode_weight(writer: SectionWriter, module: nn.Module, tname: str, fqn: str, entropy: str,

@@ -3,8 +3,8 @@ that spends a byte budget where the sweep says bits matter.
 
 :func:`bits_sweep` shares each selected layer alone at each bit width (its surviving weights clustered, the values
 written into the latent weight for the evaluation, then restored) and records validation accuracy and the bytes
-the layer's codes and codebook would take (kept weights x the entropy of the cluster labels, plus a float16
-codebook and a code table): the result has the pruning sweep's shape, ``{layer: {bits: accuracy}}``, with
+the layer's codes, codebook and mask would take (kept weights x the entropy of the cluster labels, a float16
+codebook and a code table, plus the mask as the file codes it): the result has the pruning sweep's shape, ``{layer: {bits: accuracy}}``, with
 ``{layer: {bits: bytes}}`` beside it. :func:`choose_bits` starts every layer at its widest swept width and narrows,
 step by step, the layer whose next narrower width loses the least accuracy per byte saved, until the estimated
 bytes fit the budget (or, with ``max_drop``, while each layer's own drop stays within it).
@@ -33,10 +33,20 @@ from ..train import evaluate
 from .kmeans import INITS, kmeans_1d
 from .soft import _weight
 
-__all__ = ["DEFAULT_SWEEP_BITS", "BitChoice", "BitSensitivity", "bits_sweep", "choose_bits", "code_bytes",
+__all__ = ["DEFAULT_SWEEP_BITS", "BitChoice", "BitSensitivity", "bits_sweep", "choose_bits", "code_bytes", "mask_bytes",
            "write_bits_sensitivity"]
 
 DEFAULT_SWEEP_BITS = (1, 2, 3, 4, 5, 6)
+
+
+def mask_bytes(mask: torch.Tensor | np.ndarray) -> float:
+    """The bytes the kept positions of ``mask`` take in a file (ANS, per layer the smallest relative-index width
+    or the context-coded mask, as ``encode: {entropy: ans, index_bits: auto, index_coding: auto}`` writes it):
+    the same at every width, so it shifts the budget to whole-weight bytes without changing the choice."""
+    from ..codec.encode import index_bytes
+
+    array = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+    return float(index_bytes(array.astype(bool)))
 
 
 def code_bytes(labels: np.ndarray, clusters: int) -> float:
@@ -138,6 +148,7 @@ def bits_sweep(
             live = (mask if mask is not None else torch.ones_like(latent, dtype=torch.bool)).cpu()
             values = _weight(module).detach().cpu().double()[live].numpy()
             result.params[name] = int(values.size)
+            index = mask_bytes(mask) if mask is not None else 0.0
             result.curves[name], result.bytes[name] = {}, {}
             try:
                 for b in widths:
@@ -148,7 +159,7 @@ def bits_sweep(
                     with torch.no_grad():
                         latent.copy_(shared.to(latent.dtype).to(latent.device))
                     result.curves[name][b] = score()
-                    result.bytes[name][b] = code_bytes(clustered.labels, k)
+                    result.bytes[name][b] = code_bytes(clustered.labels, k) + index
                     if progress is not None:
                         progress.update()
             finally:

@@ -54,7 +54,7 @@ def build_share(options: Mapping[str, Any]) -> StageFn:
 
     ``bits: auto`` chooses each layer's width from a bits sensitivity sweep on the validation split
     (:mod:`deepshrink.share.allocate`; widths ``sweep_bits``, clustering ``sweep_init``) under ``budget_bytes``
-    (estimated bytes of the codes and codebooks of the selected layers) and/or ``max_drop`` (per layer).
+    (estimated bytes of the codes, codebooks and masks of the selected layers) and/or ``max_drop`` (per layer).
     ``centroid_dtype`` / ``bias_dtype``: round the codebooks / plain biases to float16 or bfloat16 afterwards."""
     auto = options.get("bits") == "auto"
     config_options = {k: options[k] for k in _CONFIG_KEYS if k in options and not (auto and k == "bits")}
