@@ -44,7 +44,7 @@ def test_parse_builds_ordered_stages() -> None:
     ("data", "match"),
     [
         ({"stages": [{"shrink": {}}]}, r"unknown stage 'shrink'.*allowed: .*share"),
-        ({"stages": [{"share": {"bitz": 3}}]}, r"unknown key 'bitz' in stage 1 \(share\).*allowed: bias_bits, bits"),
+        ({"stages": [{"share": {"bitz": 3}}]}, r"unknown key 'bitz' in stage 1 \(share\).*allowed: bias_bits, bias_dtype, bits"),
         ({"stages": [{"share": {"bits": 0}}]}, r"stage 1 \(share\).*bits"),
         ({"stages": [{"finetune": {"epochs": -1}}]}, r"epochs"),
         ({"stages": [{"prune": {"sparsity": 0.5, "retrain": {"epoch": 1}}}]}, r"retrain key.*epoch"),

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from deepshrink.codec import read_compressed, read_compressed_bytes, save_compressed
+from deepshrink.codec.container import compact_header, expand_header
 from deepshrink.core import FormatError, set_mask
 from deepshrink.models import build_model
 
@@ -28,7 +29,7 @@ from .codec_helpers import prune_, quantize_
 PREFIX = struct.Struct("<8sIIIII")
 
 
-def _sample(tmp_path: Path, entropy: str, transforms: dict, index_coding: str = "relative") -> bytes:
+def _sample(tmp_path: Path, entropy: str, transforms: dict, index_coding: str = "relative", version: int = 2) -> bytes:
     model = build_model("lenet300", in_features=16, hidden=(12, 6), num_classes=4)
     prune_(model.fc1, 0.2)
     quantize_(model.fc1, "codebook")
@@ -44,7 +45,7 @@ def _sample(tmp_path: Path, entropy: str, transforms: dict, index_coding: str = 
     mask[torch.rand(24, generator=gen) < 0.5] = False
     mask[:, torch.rand(64, generator=gen) < 0.5] = False
     set_mask(model.wide, mask)
-    save_compressed(model, path, entropy=entropy, index_bits={"fc": 3}, index_coding=index_coding)
+    save_compressed(model, path, entropy=entropy, index_bits={"fc": 3}, index_coding=index_coding, version=version)
     return path.read_bytes()
 
 
@@ -53,6 +54,8 @@ def _split(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
     blob = data[PREFIX.size : PREFIX.size + stored]
     header = json.loads(zlib.decompress(blob) if flags & 1 else blob)
     base = PREFIX.size + stored
+    if PREFIX.unpack_from(data)[1] == 2:  # the compact header, as version 1 (what _join writes)
+        header = {**expand_header(header), "version": 1}
     return header, [data[base + o : base + o + n] for o, n, _ in header["sections"]]
 
 
@@ -87,7 +90,16 @@ def test_truncated_file(tmp_path: Path, sample: bytes) -> None:
             read_compressed(path)
 
 
-def test_bit_flip_in_a_section_names_the_checksum(sample: bytes) -> None:
+def test_bit_flip_in_a_section_names_the_checksum(sample: bytes, tmp_path: Path, transforms: dict) -> None:
+    damaged = bytearray(sample)  # version 2: one CRC-32 over everything after the prefix
+    damaged[-3] ^= 0x10
+    with pytest.raises(FormatError, match="checksum mismatch"):
+        read_compressed_bytes(bytes(damaged))
+    damaged = bytearray(sample)
+    damaged[PREFIX.size + 2] ^= 0x01
+    with pytest.raises(FormatError, match="checksum mismatch"):
+        read_compressed_bytes(bytes(damaged))
+    sample = _sample(tmp_path, "huffman", transforms, version=1)  # version 1: per section, and the header's
     _, sections = _split(sample)
     base = len(sample) - sum(len(s) for s in sections)
     damaged = bytearray(sample)
@@ -230,3 +242,80 @@ def test_fuzz_only_format_errors(tmp_path: Path, transforms: dict) -> None:
     finally:
         tracemalloc.stop()
     assert outcomes["format_error"] > 2000  # most mutants are damaged; the rest decoded cleanly
+
+
+# ---------------------------------------------------------------- version 2: the compact header itself
+
+
+def _split2(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
+    """The compact header as stored and the sections of a valid version 2 file."""
+    _, version, flags, stored, _, _ = PREFIX.unpack_from(data)
+    assert version == 2
+    blob = data[PREFIX.size : PREFIX.size + stored]
+    header = json.loads(zlib.decompress(blob) if flags & 1 else blob)
+    base, sections = PREFIX.size + stored, []
+    for length in header["s"]:
+        sections.append(data[base : base + length])
+        base += length
+    return header, sections
+
+
+def _join2(header: Any, sections: list[bytes], fix_lengths: bool = True) -> bytes:
+    """A version 2 file with a valid whole-file CRC around a (possibly lying) compact header."""
+    if fix_lengths and isinstance(header, dict):
+        header = {**header, "s": [len(s) for s in sections]}
+    text = json.dumps(header).encode()
+    blob = zlib.compress(text)
+    body = b"".join(sections)
+    crc = zlib.crc32(body, zlib.crc32(blob))
+    return PREFIX.pack(b"\x89DSZ\r\n\x1a\n", 2, 1, len(blob), len(text), crc) + blob + body
+
+
+def test_compact_header_round_trips_and_is_smaller(tmp_path: Path, transforms: dict) -> None:
+    torch.manual_seed(0)
+    v2 = _sample(tmp_path, "ans", transforms, "auto")
+    torch.manual_seed(0)
+    v1 = _sample(tmp_path, "ans", transforms, "auto", version=1)
+    header, sections = _split2(v2)
+    assert read_compressed_bytes(_join2(header, sections)).weights.keys() == read_compressed_bytes(v1).weights.keys()
+    full, _ = _split(v1)
+    expanded = expand_header(compact_header({k: v for k, v in full.items() if k != "sections"}))
+    for key in ("arch", "kwargs", "tensors"):  # the version 1 layout back (weights differ: v2 codes mask levels)
+        assert json.dumps(expanded[key], sort_keys=True) == json.dumps(full[key], sort_keys=True)
+    assert len(v2) < len(v1)
+    a, b = read_compressed_bytes(v1), read_compressed_bytes(v2)
+    for name, weight in a.weights.items():
+        other = b.weights[name]
+        assert weight.kind == other.kind and np.array_equal(weight.data, other.data)
+        assert np.array_equal(weight.flat_positions(), other.flat_positions())
+        for key, value in weight.params.items():
+            assert np.array_equal(np.asarray(value), np.asarray(other.params[key]))
+    for name, tensor in a.tensors.items():
+        assert np.array_equal(tensor, b.tensors[name])
+
+
+@pytest.mark.timeout(120)
+def test_fuzz_compact_header_only_format_errors(tmp_path: Path, transforms: dict) -> None:
+    seeds = [_sample(tmp_path, "huffman", transforms), _sample(tmp_path, "ans", transforms, "auto")]
+    rng = np.random.default_rng(4321)
+    outcomes = {"format_error": 0, "read": 0}
+    for trial in range(1500):
+        header, sections = _split2(seeds[trial % 2])
+        choice = rng.integers(3)
+        if choice < 2:
+            data = _join2(_mutate_json(header, rng), sections, fix_lengths=choice == 0)
+        else:
+            i = int(rng.integers(len(sections)))
+            section = bytearray(sections[i])
+            if section:
+                section[rng.integers(len(section))] ^= 1 << int(rng.integers(8))
+            sections[i] = bytes(section)
+            data = _join2(header, sections)
+        try:
+            read_compressed_bytes(data, f"mutant{trial}")
+            outcomes["read"] += 1
+        except FormatError:
+            outcomes["format_error"] += 1
+        except Exception as exc:  # pragma: no cover - the failure being tested for
+            raise AssertionError(f"mutant {trial}: {type(exc).__name__}: {exc}") from exc
+    assert outcomes["format_error"] > 500

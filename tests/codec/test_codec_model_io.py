@@ -219,6 +219,15 @@ def test_header_is_json_with_arch_and_encodings(tmp_path: Path, make_model: Call
     blob = data[28 : 28 + stored]
     header = json.loads(zlib.decompress(blob) if flags & 1 else blob)
     assert len(zlib.decompress(blob) if flags & 1 else blob) == raw
+    assert int.from_bytes(data[8:12], "little") == 2  # version 2: the compact header (short keys)
+    assert header["arch"] == "lenet300" and "format" not in header
+    assert header["w"]["fc1.weight"]["k"] == "sparse"
+    assert 28 + stored + sum(header["s"]) == len(data)
+    save_compressed(model, tmp_path / "v1.dsz", version=1)  # version 1 is still written on request
+    data = (tmp_path / "v1.dsz").read_bytes()
+    flags, stored = (int.from_bytes(data[o : o + 4], "little") for o in (12, 16))
+    blob = data[28 : 28 + stored]
+    header = json.loads(zlib.decompress(blob) if flags & 1 else blob)
     assert header["arch"] == "lenet300" and header["format"] == "deepshrink-dsz" and header["version"] == 1
     assert header["weights"]["fc1.weight"]["kind"] == "sparse"
     assert 28 + stored + sum(length for _, length, _ in header["sections"]) == len(data)

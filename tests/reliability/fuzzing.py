@@ -127,11 +127,15 @@ def mutate_json(node: Any, rng: Random) -> Any:
 
 
 def split_dsz(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
-    """The header and the section bytes of a valid ``.dsz`` file."""
+    """The header (version 1 layout, also of a version 2 file) and the section bytes of a valid ``.dsz`` file."""
     _, _, flags, stored, _, _ = PREFIX.unpack_from(data)
     blob = data[PREFIX.size:PREFIX.size + stored]
     header = json.loads(zlib.decompress(blob) if flags & 1 else blob)
     base = PREFIX.size + stored
+    if PREFIX.unpack_from(data)[1] == 2:  # the compact header, as version 1 (what join_dsz writes)
+        from deepshrink.codec.container import expand_header
+
+        header = {**expand_header(header), "version": 1}
     return header, [data[base + o:base + o + n] for o, n, _ in header["sections"]]
 
 

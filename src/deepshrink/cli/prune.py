@@ -205,7 +205,12 @@ def sensitivity_cmd(
     sparsities: Annotated[str, typer.Option("--sparsities", help="Comma-separated sweep.")] =
         "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.85,0.9,0.95",
     workers: Annotated[int, typer.Option("--workers", help="Parallel processes (one layer each).")] = 1,
-    max_drop: Annotated[float | None, typer.Option("--max-drop", help="Also choose per-layer sparsities within this drop.")] = None,
+    technique: Annotated[str, typer.Option("--technique", help="prune (sparsity sweep) | share (bits per layer: "
+                                           "k-means weight sharing of each layer alone).")] = "prune",
+    bits: Annotated[str, typer.Option("--bits", help="share: comma-separated widths to sweep.")] = "1,2,3,4,5,6",
+    budget_bytes: Annotated[float | None, typer.Option("--budget-bytes", help="share: also choose bits per layer "
+                                                       "within this estimate of code + codebook bytes.")] = None,
+    max_drop: Annotated[float | None, typer.Option("--max-drop", help="Also choose per-layer sparsities (share: bits) within this drop.")] = None,
     target: Annotated[float | None, typer.Option("--target", help="Overall sparsity to reach when choosing.")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Use only the first N validation samples.")] = None,
     select: SelectOpt = None,
@@ -239,6 +244,14 @@ def sensitivity_cmd(
                                                      resize=resize, norm=norm, mean=mean, std=std,
                                                      skip_bad_images=skip_bad_images))
     val = source.split("val", limit)
+    if technique == "share":
+        _share_sensitivity(model, val, bits, budget_bytes, max_drop, select or None, out, path or model_spec,
+                           source.name, quiet, json_out)
+        return
+    if technique != "prune":
+        raise ConfigError(f"--technique must be prune or share, got {technique!r}")
+    if budget_bytes is not None:
+        raise ConfigError("--budget-bytes goes with --technique share")
     result = sensitivity_sweep(model, val, sweep, select or None, out_dir=out, workers=workers, quiet=quiet or json_out)
     report: dict[str, Any] = {"file": str(path or model_spec), "dataset": source.name, "out": str(out),
                               **result.to_dict()}
@@ -255,4 +268,35 @@ def sensitivity_cmd(
     if "thresholds" in report:
         t = report["thresholds"]
         typer.echo(f"chosen (budget {t['budget']:.4f}, overall {t['overall']:.3f}, met {t['met']}): {t['sparsity']}")
+    typer.echo(f"wrote {out}/sensitivity.csv, sensitivity.json, sensitivity.png")
+
+
+def _share_sensitivity(model: Any, val: Any, bits: str, budget_bytes: float | None, max_drop: float | None,
+                       select: Any, out: Path, source_file: Any, dataset: str, quiet: bool, json_out: bool) -> None:
+    """``sensitivity --technique share``: accuracy vs bits per layer, and (with a budget) the bits chosen."""
+    import json
+
+    from ..core.atomic import atomic_write_text
+    from ..core.errors import ConfigError
+    from ..share import bits_sweep, choose_bits
+
+    try:
+        widths = [int(b) for b in bits.split(",") if b.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--bits takes comma-separated integers, got {bits!r}") from exc
+    result = bits_sweep(model, val, widths, select, out_dir=out, quiet=quiet or json_out)
+    report: dict[str, Any] = {"file": str(source_file), "dataset": dataset, "out": str(out), **result.to_dict()}
+    if budget_bytes is not None or max_drop is not None:
+        choice = choose_bits(result, budget_bytes=budget_bytes, max_drop=max_drop)
+        report["choice"] = choice.to_dict()
+        atomic_write_text(out / "bits.json", json.dumps(choice.to_dict(), indent=1))
+    if json_out:
+        emit_json(report)
+        return
+    typer.echo(f"baseline val top-1 {result.baseline:.4f}")
+    for layer, curve in result.curves.items():
+        typer.echo(f"{layer:<24} " + " ".join(f"{b}b:{100 * a:.1f}" for b, a in curve.items()))
+    if "choice" in report:
+        c = report["choice"]
+        typer.echo(f"chosen (about {c['bytes']:.0f} bytes, met {c['met']}): {c['bits']}")
     typer.echo(f"wrote {out}/sensitivity.csv, sensitivity.json, sensitivity.png")

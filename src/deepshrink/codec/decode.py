@@ -17,7 +17,7 @@ import numpy as np
 from ..core.errors import FormatError
 from ..core.kinds import StoredWeight, kind_of
 from .container import Container, expect
-from .encode import DTYPES, MAX_ALPHABET
+from .encode import DTYPES, MAX_ALPHABET, NARROW
 from .maskctx import decode_mask_ctx_positions
 from .sparse import MAX_INDEX_BITS, decode_positions
 from .stream import decode_stream
@@ -73,20 +73,30 @@ class SectionReader:
         if dtype_name not in DTYPES:
             raise FormatError(f"{self.name}: {where} has unsupported dtype {dtype_name!r}")
         dtype = DTYPES[dtype_name]
+        stored = entry.get("as")
+        if stored is not None and (stored not in NARROW or dtype_name != "float32"):
+            raise FormatError(f"{self.name}: {where} is stored as {stored!r}; only float32 arrays are stored narrower "
+                              f"({', '.join(NARROW)})")
         shape = self.shape(entry, where)
-        need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        need = int(np.prod(shape, dtype=np.int64)) * (2 if stored is not None else dtype.itemsize)
         section = entry.get("section")
         have = self.c.section_length(section, where)
         if have != need:
-            raise FormatError(f"{self.name}: {where} needs {need} bytes for {shape} {dtype_name}, section has {have}")
+            raise FormatError(f"{self.name}: {where} needs {need} bytes for {shape} {stored or dtype_name}, "
+                              f"section has {have}")
         data = self.c.read(section, where)
         self._count(tensor, part, have)
+        if stored == "bfloat16":  # the upper halves of float32 values
+            return (np.frombuffer(data, dtype="<u2").astype(np.uint32) << 16).view(np.float32).reshape(shape)
+        if stored == "float16":
+            return np.frombuffer(data, dtype="<f2").astype(np.float32).reshape(shape)
         array = np.frombuffer(data, dtype=dtype).reshape(shape).copy()
         if dtype == np.bool_ and array.view(np.uint8).max(initial=0) > 1:
             raise FormatError(f"{self.name}: {where} holds bool bytes other than 0/1")
         return array
 
-    def stream(self, entry: Any, where: str, tensor: str, part: str, limit: int) -> np.ndarray:
+    def stream(self, entry: Any, where: str, tensor: str, part: str, limit: int,
+               table_part: str | None = None) -> np.ndarray:
         w = f"{self.name}: {where}"
         if not isinstance(entry, dict):
             raise FormatError(f"{w} is not a stream description")
@@ -101,7 +111,7 @@ class SectionReader:
         table_id = entry.get("table")
         table = b"" if table_id is None else self.c.read(table_id, f"{where} table")
         data = self.c.read(entry.get("data"), f"{where} data")
-        self._count(tensor, f"{part}_table", len(table))
+        self._count(tensor, table_part or f"{part}_table", len(table))
         self._count(tensor, part, len(data))
         try:
             return decode_stream(coding, count, alphabet, raw_bits, table, data)
@@ -113,9 +123,14 @@ class SectionReader:
         if expect(entry, "coding", str, w) != "ctx":
             raise FormatError(f"{w} has unknown coding {entry['coding']!r} (known: ctx)")
         rows, pbar = expect(entry, "rows", int, w), expect(entry, "pbar", int, w)
-        model = self.c.read(entry.get("model"), f"{where} mask model")
+        model: bytes | np.ndarray
+        if "levels" in entry:  # version 2: the row and column levels as an entropy-coded stream
+            lines = shape[0] + int(np.prod(shape[1:], dtype=np.int64)) if shape else 2
+            model = self.stream(entry["levels"], f"{where} mask levels", fqn, "index_table", lines, "index_table")
+        else:
+            model = self.c.read(entry.get("model"), f"{where} mask model")
+            self._count(fqn, "index_table", len(model))
         data = self.c.read(entry.get("data"), f"{where} mask data")
-        self._count(fqn, "index_table", len(model))
         self._count(fqn, "index", len(data))
         try:
             return decode_mask_ctx_positions(model, data, shape, rows, pbar)

@@ -67,17 +67,25 @@ def encode_mask_ctx(mask: np.ndarray) -> tuple[bytes, bytes, int, int] | None:
     return pack_nibbles(np.concatenate([qr, qc])), data, rows, pbar
 
 
-def decode_mask_ctx_positions(model: bytes, data: bytes, shape: tuple[int, ...], rows: int, pbar: int) -> np.ndarray:
+def decode_mask_ctx_positions(model: bytes | np.ndarray, data: bytes, shape: tuple[int, ...], rows: int,
+                              pbar: int) -> np.ndarray:
     """The kept flat positions (int64, increasing) of the mask of ``shape``; FormatError on anything inconsistent
     (checked before allocating). Memory is bounded by the coded positions (at most 256 per data byte), never by
-    the stated shape: rows and columns of level 0 cost nothing, not even a zero byte each."""
+    the stated shape: rows and columns of level 0 cost nothing, not even a zero byte each. ``model``: the
+    packed nibbles, or (version 2's entropy-coded levels, decoded) the ``rows + columns`` levels themselves."""
     numel = int(np.prod(shape, dtype=np.int64))
     if rows < 1 or numel % rows or (shape and rows != shape[0]) or not 1 <= pbar <= 65536:
         raise FormatError(f"context mask model has rows={rows}, pbar={pbar} for shape {list(shape)}")
     cols = numel // rows
-    if len(model) != (rows + cols + 1) // 2:
+    if isinstance(model, np.ndarray):
+        if model.size != rows + cols or (model.size and (model.min() < 0 or model.max() >= LEVELS.size)):
+            raise FormatError(f"context mask levels: {model.size} levels in 0..{LEVELS.size - 1} needed for {rows} "
+                              f"rows and {cols} columns")
+        levels = model.astype(np.int64)
+    elif len(model) != (rows + cols + 1) // 2:
         raise FormatError(f"context mask model holds {len(model)} bytes for {rows} rows and {cols} columns")
-    levels = unpack_nibbles(model, rows + cols)
+    else:
+        levels = unpack_nibbles(model, rows + cols)
     qr, qc = levels[:rows], levels[rows:]
     live = int(np.count_nonzero(qr)) * int(np.count_nonzero(qc))
     if len(data) % 4 or live > MAX_POSITIONS_PER_BYTE * len(data) or (live and not data):
