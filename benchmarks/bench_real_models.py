@@ -53,7 +53,7 @@ from deepshrink.lowrank import SVDLinear, lowrank_
 from deepshrink.prune import MagnitudePrune, OBSPrune, prune_
 from deepshrink.share import WeightSharing, share_weights_
 from deepshrink.ternary import TTQ, ternarize_
-from deepshrink.train import recalibrate_batchnorm_
+from deepshrink.train import DistillationLoss, TrainConfig, fit, recalibrate_batchnorm_
 
 RESULTS = Path(__file__).resolve().parent / "results" / "real_models.json"
 VAL_SEED = 2  # CNN validation crops (calibration: rm.CALIB_SEED = 0, test: rm.EVAL_SEED = 1)
@@ -103,7 +103,10 @@ def minilm_bench(split: str, n_calib: int, n_eval: int) -> Bench:
     calib = rm.human_sentences("calib", n_calib)
     pool = rm.human_sentences("eval", 2 * n_eval)
     evaluation = pool[:n_eval] if split == "val" else pool[n_eval:]
-    return Bench("minilm", base, [rm.tokenize(calib[i:i + 32]) for i in range(0, len(calib), 32)],
+    # calibration batches padded to one length (masked positions), so they stack: one-pass greedy calibration
+    padded = rm.tokenize(calib)
+    calib_batches = [{k: v[i:i + 32] for k, v in padded.items()} for i in range(0, len(calib), 32)]
+    return Bench("minilm", base, calib_batches,
                  [rm.tokenize(evaluation[i:i + 64]) for i in range(0, len(evaluation), 64)], rm.minilm,
                  rm.embedding_agreement)
 
@@ -346,6 +349,18 @@ def row_dfp8_channel_mixed(bench: Bench) -> Outcome:
 
 
 @row("effnet", "minilm")
+def row_dfp8_channel_mixed_net(bench: Bench) -> Outcome:
+    """Mixed precision chosen by what the network output loses (one calibration pass per layer)."""
+    return _dfp(bench, bits=8, granularity="channel", max_bits_avg=8.5, mixed_objective="network")
+
+
+@row("minilm")
+def row_dfp8_channel_per_token_mixed_net(bench: Bench) -> Outcome:
+    return _dfp(bench, bits=8, granularity="channel", activations="per_token", max_bits_avg=8.5,
+                mixed_objective="network")
+
+
+@row("effnet", "minilm")
 def row_dfp8_channel_mixed_bc(bench: Bench) -> Outcome:
     return _dfp(bench, bits=8, granularity="channel", max_bits_avg=8.5, bias_correction=True)
 
@@ -388,6 +403,26 @@ def row_share8_channel(bench: Bench) -> Outcome:
     return _share(bench, bits=8, init="optimal", groups="channel")
 
 
+def _depthwise(module: nn.Module, name: str) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+@row("effnet")
+def row_share8_depthwise_channel(bench: Bench) -> Outcome:
+    """One codebook per layer, one per channel on the depthwise convs (4.5% of the weights, 9-25 per channel)."""
+    model = bench.fresh()
+    start = time.perf_counter()
+    share_weights_(model, WeightSharing(bits=8, init="optimal"), select=_selector(bench), exclude=_depthwise)
+    share_weights_(model, WeightSharing(bits=8, init="optimal", groups="channel"), select=_depthwise)
+    return Outcome(model, info={"share_s": round(time.perf_counter() - start, 1)})
+
+
+@row("effnet", "minilm")
+def row_share8_groups8(bench: Bench) -> Outcome:
+    """Eight codebooks per layer (contiguous groups of output channels): 8x the codebook bytes of one per layer."""
+    return _share(bench, bits=8, init="optimal", groups=8)
+
+
 @row("effnet")
 def row_share_conv8_fc5_linear(bench: Bench) -> Outcome:
     return _share(bench, bits={"conv": 8, "fc": 5}, init="linear")
@@ -425,6 +460,29 @@ def row_obs50_bn(bench: Bench) -> Outcome:
 def row_obs50_global(bench: Bench) -> Outcome:
     """50% of all selected weights, spread over the layers by their OBS reconstruction-error curves."""
     return _prune(bench, OBSPrune(sparsity=0.5, scope="global"), bn=False)
+
+
+def _frozen_batchnorm(model: nn.Module) -> None:
+    """BatchNorms stay in eval mode while the rest trains (a few hundred crops cannot re-estimate them per batch)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.train = (lambda mod: lambda mode=True: mod)(m)  # type: ignore[method-assign]
+
+
+@row("effnet")
+def row_obs50_global_distill(bench: Bench) -> Outcome:
+    """OBS 50% (global), then a short label-free distillation fine-tune from the fp32 model on 256 calibration
+    crops (disjoint from the evaluation crops): masks kept, BatchNorm statistics frozen."""
+    outcome = _prune(bench, OBSPrune(sparsity=0.5, scope="global"), bn=False)
+    model = outcome.model
+    crops = rm.photo_batch(256, rm.CALIB_SEED)
+    _frozen_batchnorm(model)
+    start = time.perf_counter()
+    config = TrainConfig(epochs=4, lr=1e-4, optimizer="adam", weight_decay=0.0, batch_size=16, schedule="cosine")
+    fit(model, TensorDataset(crops), config, loss_fn=DistillationLoss(bench.base, alpha=1.0, temperature=2.0),
+        quiet=True)
+    outcome.info.update(distill_s=round(time.perf_counter() - start, 1), distill_crops=256, distill_epochs=4)
+    return Outcome(model.eval(), info=outcome.info)
 
 
 @row("effnet", "minilm")
@@ -501,6 +559,31 @@ def run_row(bench: Bench, name: str) -> dict[str, Any]:
     return result
 
 
+def markdown(results: dict[str, Any], key: str) -> str:
+    """One results entry as a Markdown table (the metric columns of its model, file bytes, notes)."""
+    rows = results[key]["rows"]
+    metrics = ["top1", "top5", "logit_cosine"] if key.startswith("effnet") else [
+        "cos_mean", "cos_p05", "neighbours_top10"]
+    lines = ["| row | group | " + " | ".join(metrics) + " | integer engine | .dsz bytes | notes |",
+             "|---|---|" + "---:|" * len(metrics) + "---:|---:|---|"]
+    for name, r in rows.items():
+        if "error" in r:
+            lines.append(f"| {name} | | " + " | ".join("" for _ in metrics) + f" | | | {r['error'][:80]} |")
+            continue
+        integer = r.get("integer", {}).get(metrics[0])
+        notes = []
+        if "average_weight_bits" in r:
+            notes.append(f"{r['average_weight_bits']} avg weight bits")
+        if "sparsity" in r:
+            notes.append(f"sparsity {r['sparsity']}")
+        if r.get("note"):
+            notes.append(str(r["note"]))
+        lines.append(f"| {name} | {r.get('group', '')} | " + " | ".join(f"{r[m]:.4f}" if m in r else "" for m in metrics)
+                     + f" | {'' if integer is None else f'{integer:.4f}'} | "
+                     + (f"{r['dsz_bytes']:,}" if "dsz_bytes" in r else "") + f" | {'; '.join(notes)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(BENCHES), required=True)
@@ -512,7 +595,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
+    parser.add_argument("--markdown", action="store_true", help="print the results file's table and exit")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(json.loads(args.json.read_text()), f"{args.model}/{args.split}"))
+        return
     if args.list:
         for model, rows in ROWS.items():
             print(model, " ".join(rows))
@@ -540,7 +627,12 @@ def main() -> None:
         except Exception as exc:
             table["rows"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         print(name, json.dumps(table["rows"][name]), flush=True)
-        atomic_write_text(args.json, json.dumps(results, indent=1, sort_keys=True) + "\n")
+        # merge into the file as it is now: other runs (other models, other rows) may have written it meanwhile
+        current = json.loads(args.json.read_text()) if args.json.exists() else {}
+        entry = current.setdefault(key, {"rows": {}})
+        entry["setup"] = table["setup"]
+        entry.setdefault("rows", {})[name] = table["rows"][name]
+        atomic_write_text(args.json, json.dumps(current, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":
