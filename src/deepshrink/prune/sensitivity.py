@@ -9,8 +9,6 @@ only, a model on a GPU is swept in-process).
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import multiprocessing
 import os
@@ -24,10 +22,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..core.atomic import atomic_write_bytes, atomic_write_text
 from ..core.errors import ConfigError, FormatError
 from ..core.select import Selector, select_layers
 from ..core.state import latent_weight, plain_copy
+from ..core.sweeps import plot_curves, write_sweep
 from ..train import agreement, evaluate
 from .base import current_mask, keep_top
 
@@ -162,43 +160,16 @@ def sensitivity_sweep(
 
 def write_sensitivity(result: Sensitivity, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write CSV, JSON and the accuracy-vs-sparsity plot (one curve per layer) into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["layer", "params", "sparsity", "accuracy", "drop"])
-    for name, curve in result.curves.items():
-        for s, acc in curve.items():
-            writer.writerow([name, result.params[name], f"{s:g}", f"{acc:.6f}", f"{result.baseline - acc:.6f}"])
-    paths = {"csv": out / "sensitivity.csv", "json": out / "sensitivity.json", "png": out / "sensitivity.png"}
-    atomic_write_text(paths["csv"], text.getvalue())
-    atomic_write_text(paths["json"], json.dumps(result.to_dict(), indent=1))
-    atomic_write_bytes(paths["png"], plot_sensitivity(result))
-    return paths
+    rows = ([name, result.params[name], f"{s:g}", f"{acc:.6f}", f"{result.baseline - acc:.6f}"]
+            for name, curve in result.curves.items() for s, acc in curve.items())
+    return write_sweep(out_dir, ["layer", "params", "sparsity", "accuracy", "drop"], rows, result.to_dict(),
+                       plot_sensitivity(result))
 
 
 def plot_sensitivity(result: Sensitivity) -> bytes:
     """PNG bytes of accuracy vs. sparsity, one curve per layer (Han et al.'s Fig. 5 style)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, curve in result.curves.items():
-        xs = sorted(curve)
-        ax.plot([100 * x for x in xs], [100 * curve[x] for x in xs], marker="o", markersize=3, label=name)
-    ax.axhline(100 * result.baseline, color="grey", linestyle=":", linewidth=1, label="unpruned")
-    ax.set_xlabel("parameters pruned away (%)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Sensitivity: each layer pruned alone")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return plot_curves(result.curves, result.baseline, xlabel="parameters pruned away (%)",
+                       title="Sensitivity: each layer pruned alone", baseline_label="unpruned", x_scale=100)
 
 
 @dataclass

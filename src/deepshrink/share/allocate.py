@@ -12,8 +12,6 @@ bytes fit the budget (or, with ``max_drop``, while each layer's own drop stays w
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -25,10 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.atomic import atomic_write_bytes, atomic_write_text
 from ..core.errors import ConfigError, FormatError
 from ..core.select import Selector, select_layers
 from ..core.state import get_mask, get_value_transform, latent_weight
+from ..core.sweeps import plot_curves, write_sweep
 from ..train import evaluate
 from .kmeans import INITS, kmeans_1d
 from .soft import _weight
@@ -175,43 +173,11 @@ def bits_sweep(
 
 def write_bits_sensitivity(result: BitSensitivity, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
     """Write CSV, JSON and the accuracy-vs-bits plot (one curve per layer) into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["layer", "params", "bits", "accuracy", "drop", "bytes"])
-    for name, curve in result.curves.items():
-        for b, acc in curve.items():
-            writer.writerow([name, result.params[name], b, f"{acc:.6f}", f"{result.baseline - acc:.6f}",
-                             f"{result.bytes[name][b]:.1f}"])
-    paths = {"csv": out / "sensitivity.csv", "json": out / "sensitivity.json", "png": out / "sensitivity.png"}
-    atomic_write_text(paths["csv"], text.getvalue())
-    atomic_write_text(paths["json"], json.dumps(result.to_dict(), indent=1))
-    atomic_write_bytes(paths["png"], _plot(result))
-    return paths
-
-
-def _plot(result: BitSensitivity) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
-    for name, curve in result.curves.items():
-        xs = sorted(curve)
-        ax.plot(xs, [100 * curve[x] for x in xs], marker="o", markersize=3, label=name)
-    ax.axhline(100 * result.baseline, color="grey", linestyle=":", linewidth=1, label="not shared")
-    ax.set_xlabel("bits per shared weight (codebook of 2^bits values)")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Sensitivity: each layer shared alone")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    rows = ([name, result.params[name], b, f"{acc:.6f}", f"{result.baseline - acc:.6f}", f"{result.bytes[name][b]:.1f}"]
+            for name, curve in result.curves.items() for b, acc in curve.items())
+    png = plot_curves(result.curves, result.baseline, xlabel="bits per shared weight (codebook of 2^bits values)",
+                      title="Sensitivity: each layer shared alone", baseline_label="not shared")
+    return write_sweep(out_dir, ["layer", "params", "bits", "accuracy", "drop", "bytes"], rows, result.to_dict(), png)
 
 
 @dataclass
