@@ -202,3 +202,23 @@ def test_idx_shape_with_a_zero_and_huge_dimensions_is_a_format_error() -> None:
     with pytest.raises(FormatError, match="claims"):
         parse_idx(data)
     assert parse_idx(b"\x00\x00\x08\x03" + struct.pack(">3I", 0, 28, 28)).shape == (0, 28, 28)
+
+
+def test_runtime_layers_refuse_inputs_of_another_shape_with_a_deepshrink_error(tmp_path: Path,
+                                                                              targets: dict[str, Target]) -> None:
+    """Fuzzing (seed 2204552864) found a file whose model runs its first conv on 1 channel while the recorded
+    architecture feeds 3: the runtime's shape check raised a bare ValueError from inside the forward pass."""
+    from deepshrink.core import DeepShrinkError
+
+    checked = set()
+    for seed in targets["runtime.load"].seeds:
+        path = tmp_path / "m.dsz"
+        path.write_bytes(seed)
+        model = runtime.load(path)
+        for module in model.modules():
+            if type(module).__name__ in ("SparseConv2d", "SparseLinear"):
+                wrong = torch.zeros(2, 7, 8, 8) if type(module).__name__ == "SparseConv2d" else torch.zeros(2, 7)
+                with pytest.raises(DeepShrinkError, match="expects"):
+                    module(wrong)
+                checked.add(type(module).__name__)
+    assert checked == {"SparseConv2d", "SparseLinear"}

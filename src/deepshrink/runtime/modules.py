@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core.errors import FormatError, UnsupportedLayerError
+from ..core.errors import ConfigError, FormatError, UnsupportedLayerError
 from . import batched, columns, kernels, policy
 from .columns import ColumnBlocks
 from .conv import ChannelBlocks, Geometry, blocked_conv, channel_blocks, direct_conv, geometry
@@ -144,7 +144,7 @@ class SparseLinear(_SparseLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"SparseLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
+            raise ConfigError(f"SparseLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
         batch = x.numel() // max(self.in_features, 1)
         if self._runs_dense("linear", self.density, batch):
             self.__dict__["last_kernel"] = "dense"
@@ -244,7 +244,7 @@ class SparseConv2d(_SparseLayer):
         if unbatched:
             x = x.unsqueeze(0)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"SparseConv2d expects (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
+            raise ConfigError(f"SparseConv2d expects (N, {self.in_channels}, H, W), got shape {tuple(x.shape)}")
         if x.dtype != torch.float32:
             x = x.to(torch.float32)
         x = x.detach()
@@ -275,7 +275,7 @@ class SparseConv2d(_SparseLayer):
     def _geometry_for(self, hw: tuple[int, int], pads: tuple[int, int, int, int]) -> Geometry:
         (kh, kw), (dh, dw) = self.kernel_size, self.dilation
         if hw[0] + pads[2] + pads[3] < dh * (kh - 1) + 1 or hw[1] + pads[0] + pads[1] < dw * (kw - 1) + 1:
-            raise ValueError(f"input of {hw[0]}x{hw[1]} is smaller than the {kh}x{kw} kernel")
+            raise ConfigError(f"input of {hw[0]}x{hw[1]} is smaller than the {kh}x{kw} kernel")
         w = self.weight_layout
         geo = geometry(w.indptr, w.indices, self.in_channels, self.groups, self.kernel_size, self.stride,
                        self.dilation, pads, hw, None if self.blocks is None else self.blocks.columns)
