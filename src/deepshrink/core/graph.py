@@ -1,7 +1,7 @@
 """Discover a model's structure by running it once, not by symbolic tracing.
 
 Real ``forward`` methods have Python control flow, ``*args``/``**kwargs`` and dict inputs, which
-``torch.fx.symbolic_trace`` cannot follow. :func:`trace_calls` instead runs the model on an example batch and
+torch.fx's symbolic tracer cannot follow. :func:`trace_calls` instead runs the model on an example batch and
 records, by tensor identity, every call of a *leaf* module (a module without children of its own: Linear,
 Conv, BatchNorm, ReLU, a conv subclass with its own ``forward``, ...) and every torch operation made outside leaf
 modules (residual adds, ``F.relu``, ``flatten``, pooling). The recorded :class:`ExecutionGraph` answers what

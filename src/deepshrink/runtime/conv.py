@@ -140,6 +140,18 @@ phase_split_serial = numba.njit(**_OPTS)(_phase_split)
 phase_split_parallel = parallel_build(_phase_split, _OPTS)
 
 
+@numba.njit(inline="always", **_OPTS)
+def _store_band(y, s, n, o0, o1, i0, i1, band, wq, ow):
+    """Copy output rows ``i0:i1`` of channels ``o0:o1`` from the band scratch (rows ``wq`` long, ``ow`` kept)."""
+    for o in range(o0, o1):
+        plane = y[n, o]
+        for i in range(i0, i1):
+            src = (o - o0) * band + (i - i0) * wq
+            dst = plane[i]
+            for j in range(ow):
+                dst[j] = s[src + j]
+
+
 def _conv(indptr, offsets, codes, table, xq, image, bias, y, wq, band_rows, block, scratch):
     """Every (sample, channel block) task: bands of output rows, each channel's tiles into this thread's
     scratch, then the band's used columns into ``y`` (N, O, OH, OW)."""
@@ -170,13 +182,7 @@ def _conv(indptr, offsets, codes, table, xq, image, bias, y, wq, band_rows, bloc
                     row_tile(s, out + p, 2, a, b, 1, 0, offsets, codes, table, xq, x_at + p, 1, bias[o])
                 elif left == 1:
                     row_tile(s, out + p, 1, a, b, 1, 0, offsets, codes, table, xq, x_at + p, 1, bias[o])
-            for o in range(o0, o1):
-                plane = y[n, o]
-                for i in range(i0, i1):
-                    src = (o - o0) * band + (i - i0) * wq
-                    dst = plane[i]
-                    for j in range(ow):
-                        dst[j] = s[src + j]
+            _store_band(y, s, n, o0, o1, i0, i1, band, wq, ow)
 
 
 conv_serial = numba.njit(**_OPTS)(_conv)
@@ -243,13 +249,7 @@ def _conv_blocked(ptr, offsets, weights, xq, image, bias, y, wq, band_rows, scra
                 channel_tile(s, p, band, 2, a, b, offsets, weights, xq, x_at + p, bias, o0)
             elif left == 1:
                 channel_tile(s, p, band, 1, a, b, offsets, weights, xq, x_at + p, bias, o0)
-            for o in range(o0, min(o0 + 4, n_out)):
-                plane = y[n, o]
-                for i in range(i0, i1):
-                    src = (o - o0) * band + (i - i0) * wq
-                    dst = plane[i]
-                    for j in range(ow):
-                        dst[j] = s[src + j]
+            _store_band(y, s, n, o0, min(o0 + 4, n_out), i0, i1, band, wq, ow)
 
 
 conv_blocked_serial = numba.njit(**_OPTS)(_conv_blocked)
