@@ -79,12 +79,14 @@ def effnet(work: Path, log: dict[str, Any]) -> None:
          "--retrain-epochs", "0", "--final-epochs", "0", "--out", str(work / "p.dsz")], log, "prune_obs")
     recipe = work / "share.yaml"
     recipe.write_text("name: share8\nstages:\n  - share: {bits: 8, init: optimal}\n  - encode: {entropy: huffman}\n")
-    run(["compress", str(recipe), *model, *data, "--out", str(work / "s.dsz")], log, "compress_share")
+    run(["compress", "--recipe", str(recipe), *model, *data, "--out", str(work / "s.dsz")], log, "compress_share")
     run(["lowrank", *model, *data, "--linear-ratio", "0.5", "--linear-response", "--images", "16",
          "--out", str(work / "l.pt")], log, "lowrank")
     run(["ternary", *model, *data, "--epochs", "1", "--batch-size", "8", "--out", str(work / "t.dsz")], log,
         "ternary")
-    run(["inspect", str(work / "s.dsz"), *model], log, "inspect")
+    for written in ("p.dsz", "s.dsz", "l.pt", "t.dsz"):  # every written file reloads and runs
+        run(["eval", str(work / written), *model, *data], log, f"eval_{written.split('.')[0]}")
+    run(["inspect", str(work / "s.dsz")], log, "inspect")
 
 
 def minilm(work: Path, log: dict[str, Any]) -> None:
@@ -101,12 +103,14 @@ def minilm(work: Path, log: dict[str, Any]) -> None:
     recipe = work / "share.yaml"
     recipe.write_text("name: share8\nstages:\n  - share: {bits: {fc: 8}, init: optimal}\n"
                       "  - encode: {entropy: huffman}\n")
-    run(["compress", str(recipe), *model, *data, "--out", str(work / "s.dsz")], log, "compress_share")
+    run(["compress", "--recipe", str(recipe), *model, *data, "--out", str(work / "s.dsz")], log, "compress_share")
     run(["lowrank", *model, *data, "--linear-ratio", "0.5", "--linear-response", "--images", "128",
          "--out", str(work / "l.pt")], log, "lowrank")
     run(["ternary", *model, *data, "--epochs", "1", "--batch-size", "32", "--out", str(work / "t.dsz")], log,
         "ternary")
-    run(["inspect", str(work / "s.dsz"), *model], log, "inspect")
+    for written in ("p.dsz", "s.dsz", "l.pt", "t.dsz"):  # every written file reloads and runs
+        run(["eval", str(work / written), *model, *data], log, f"eval_{written.split('.')[0]}")
+    run(["inspect", str(work / "s.dsz")], log, "inspect")
 
 
 def main() -> None:

@@ -6,7 +6,9 @@ as ``int32`` at the accumulator's scale, and ``QuantizeLinear``/``DequantizeLine
 formats on the layer's input and output, so ONNX Runtime's QDQ fusion runs int8 ``QLinearConv`` /
 ``QLinearMatMul`` / ``QGemm`` kernels. ONNX rounds half to even where deepshrink rounds half up: an output whose
 accumulator lies exactly half-way between two steps of its format comes out one step lower (measured in
-docs/onnx.md). Widths other than 8 and 16 bits saturate with a ``Clip`` after the ``DequantizeLinear``.
+docs/onnx.md). Widths other than 8 and 16 bits saturate with a ``Clip`` after the ``DequantizeLinear``. A bias
+beyond int32 at the accumulator's scale (a channel of tiny weights) is added after the op in float: left in
+the op, ORT's WeightBiasQuantization would re-quantize it to int32 at that scale and overflow.
 
 ``activations="exact"``: the same formats computed with float ops (``Mul`` by ``2**frac_len``, ``Add 0.5``,
 ``Floor``, ``Clip``, ``Mul`` back): deepshrink's rounding bit for bit while every partial sum of the float
@@ -231,6 +233,8 @@ class _Layer:
         assert fmt.act_in is not None
         exact = self.mode == "exact"
         holder, index, bias = self._bias(use)
+        last = holder if holder is not None and holder is not use.node else use.node
+        result = last.output[0]  # the layer's output, as the rest of the graph reads it
         if fmt.dynamic_input:
             use.node.input[0], row_scale = self.per_token(use.node.input[0])
             if bias is not None and holder is not None:
@@ -239,12 +243,11 @@ class _Layer:
             use.node.input[0] = self.quantize(use.node.input[0], fmt.act_in, exact)
             if bias is not None and holder is not None:
                 self._static_bias(use, holder, index, bias, exact)
-        last = holder if holder is not None and holder is not use.node else use.node
-        if fmt.act_out is not None:
-            out = last.output[0]
+        if fmt.act_out is not None:  # round what now produces the output (the op, or a bias Add after it)
+            producer = next((n for n in b.added.nodes if result in n.output), last)
             raw = b.name("acc")
-            last.output[0] = raw
-            self.quantize(raw, fmt.act_out, exact, out)
+            producer.output[list(producer.output).index(result)] = raw
+            self.quantize(raw, fmt.act_out, exact, result)
 
     def _static_bias(self, use: Use, holder: onnx.NodeProto, index: int, bias: np.ndarray, exact: bool) -> None:
         assert self.fmt.act_in is not None
@@ -260,7 +263,17 @@ class _Layer:
                                        **attrs)
         else:  # the rounded bias as exact float32 values (an Add after a MatMul, or beyond int32)
             values = (ints * (steps if steps.size > 1 else steps[0])).astype(np.float32)
-            holder.input[index] = b.const(values, "bias")
+            if exact or holder is not use.node:
+                holder.input[index] = b.const(values, "bias")
+                return
+            # Beyond int32 at the accumulator's scale (channels of tiny weights): not the op's bias, where ORT's
+            # WeightBiasQuantization would re-quantize it to int32 at that scale and overflow, but an Add after it.
+            del holder.input[index]
+            channels = (-1, *[1] * (len(self.weight.shape) - 2)) if use.node.op_type == "Conv" else (-1,)
+            out = holder.output[0]
+            raw = b.name("acc")
+            holder.output[0] = raw
+            b.op("Add", [raw, b.const(values.reshape(channels), "bias")], out)
 
     def _per_row_bias(self, use: Use, holder: onnx.NodeProto, index: int, bias: np.ndarray, row_scale: str) -> None:
         """Per-token layers round the bias per row, at each row's accumulator format (after the op, as an Add)."""
