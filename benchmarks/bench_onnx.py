@@ -8,7 +8,8 @@ EfficientNet-Lite2 (per-channel DFP 8 with 8.5 average bits, pruned + shared). T
   Compression recipe's sparsities, 4 prune/retrain rounds); other models one-shot pruned + ``--epochs`` retrain.
 * ``deep-compression``: a ``.dsz`` made by the shipped recipe's share -> fine-tune -> encode stages on that pruned
   checkpoint (as benchmarks/bench_mcu.py does), loaded back from the file; cached under out/bench/onnx.
-* ``dfp8`` / ``dfp-conv8-fc4``: post-training dynamic fixed point (256 training images of calibration).
+* ``dfp8`` / ``dfp-conv8-fc4``: post-training dynamic fixed point (256 training images of calibration); each also
+  with ``rounding="half_even"`` (``-half-even``), ONNX's rounding rule.
 * ``ttq``: every layer ternary (first and last included), ``--ttq-epochs`` of training; cached.
 * ``lowrank``: SVD of the Linear layers at half their parameters, Zhang et al. on the convs at 2x; no fine-tuning.
 
@@ -16,8 +17,8 @@ Each is exported with ``deepshrink.export.to_onnx`` (fixed point twice: ``qdq``,
 ``exact``, float ops rounding like deepshrink; Deep Compression also with each encoding forced) and measured:
 ``.onnx`` bytes against the fp32 export, ``onnx.checker`` full check, ORT (CPU) session-creation time, ORT's
 outputs against the compressed model's own on the whole Fashion-MNIST test set (max |difference| relative to the
-logit range, equal arg-max, bit-exact elements), and for fixed point the rounding question: the ``qdq`` file
-against deepshrink's integer engine switched to ONNX's round-half-to-even (:func:`half_even_rounding`).
+logit range, equal arg-max, bit-exact elements): for fixed point, ``qdq`` files of half-up models differ from
+deepshrink at rounding ties only, those of half-even models should be bit-exact.
 Results: benchmarks/results/onnx.json.
 
 ``--speed`` (timing only, on a quiet machine): latency in one process, interleaved rounds, medians, batch 1 and
@@ -28,12 +29,12 @@ Results: benchmarks/results/onnx-speed.json.
     nice -n 10 .venv/bin/python benchmarks/bench_onnx.py        # sizes + fidelity + rounding (~35 min, 2 busy cores)
     .venv/bin/python benchmarks/bench_onnx.py --speed           # latency (quiet machine; ~15 min)
     .venv/bin/python benchmarks/bench_onnx.py --models lenet300 --no-minilm --no-efficientnet --quick   # smoke
+    nice .venv/bin/python benchmarks/bench_onnx.py --no-minilm --variants dfp8 dfp8-half-even   # some rows only
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import os
@@ -41,7 +42,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,11 +54,9 @@ import torch
 from torch import nn
 
 import deepshrink.runtime as rt
-import deepshrink.runtime.integer as integer
-from deepshrink.core import fixed_point as fp
 from deepshrink.data import load_dataset
 from deepshrink.export import to_onnx
-from deepshrink.fixedpoint import DynamicFixedPoint, quantize_
+from deepshrink.fixedpoint import DynamicFixedPoint, fixed_point_of, quantize_
 from deepshrink.io import load_model
 from deepshrink.lowrank import SVDLinear, ZhangLowRank, lowrank_
 from deepshrink.prune import MagnitudePrune, prune_
@@ -175,9 +174,9 @@ def lowrank_model(arch: str, calib: torch.Tensor) -> nn.Module:
     return model.eval()
 
 
-def dfp_model(arch: str, bits: Any, calib: torch.Tensor) -> nn.Module:
+def dfp_model(arch: str, bits: Any, calib: torch.Tensor, rounding: str = "half_up") -> nn.Module:
     model = baseline(arch)
-    quantize_(model, DynamicFixedPoint(bits=bits), calib=list(torch.split(calib, 128)))
+    quantize_(model, DynamicFixedPoint(bits=bits, rounding=rounding), calib=list(torch.split(calib, 128)))
     return model.eval()
 
 
@@ -195,8 +194,10 @@ def zoo_variants(arch: str, data: dict[str, Any], args: argparse.Namespace,
         path = dc_file(arch, data, args.epochs)
         out["deep-compression"] = Variant(load_model(path)[0].eval(), rel(path), path)
     for name, bits in (("dfp8", 8), ("dfp-conv8-fc4", {"conv": 8, "fc": 4})):
-        if want(name):
-            out[name] = Variant(dfp_model(arch, bits, calib), f"baseline + DynamicFixedPoint(bits={bits!r})")
+        for rounding, tag in (("half_up", ""), ("half_even", "-half-even")):
+            if want(name + tag):
+                out[name + tag] = Variant(dfp_model(arch, bits, calib, rounding),
+                                          f"baseline + DynamicFixedPoint(bits={bits!r}, rounding={rounding!r})")
     if want("ttq"):
         out["ttq"] = Variant(ttq_model(arch, args.ttq_epochs, data["train"]),
                              f"baseline + TTQ(keep_first_last=False), {args.ttq_epochs} epochs")
@@ -241,42 +242,12 @@ def pruned_shared(make: Callable[[], nn.Module], sparsity: float, bits: int) -> 
 
 
 # --------------------------------------------------------------------------------------------- rounding
-@contextlib.contextmanager
-def half_even_rounding() -> Iterator[None]:
-    """deepshrink's integer engine with ONNX's rounding (half to even) at every activation rounding: what a
-    ``rounding="half_even"`` option of the fixed-point transform would compute (weights and biases unchanged)."""
-    def to_int(x: torch.Tensor, bits: int, frac_len: Any, axis: int = 0) -> torch.Tensor:
-        return torch.round(x.detach().double() * fp.pow2(frac_len, x, axis)).clamp_(*fp.int_range(bits))
-
-    def shift(acc: torch.Tensor, s: Any) -> torch.Tensor:
-        s = torch.as_tensor(s, dtype=torch.int64)
-        right, left = s.clamp(min=0), (-s).clamp(min=0)
-        q = torch.bitwise_right_shift(acc, right)
-        r = acc - torch.bitwise_left_shift(q, right)
-        half = torch.where(right > 0, torch.bitwise_left_shift(torch.ones_like(right), (right - 1).clamp(min=0)), 0)
-        up = (r > half) | ((r == half) & (right > 0) & (q % 2 == 1))
-        return torch.bitwise_left_shift(q + up.to(acc.dtype), left)
-
-    def requantize(ints: torch.Tensor, frac_from: Any, bits: int, frac_to: Any) -> torch.Tensor:
-        return fp.saturate(shift(ints, frac_from - frac_to), bits)
-
-    saved = integer.to_int, integer.rounding_shift, integer.requantize
-    setattr(integer, "to_int", to_int)  # noqa: B010  (monkeypatching the engine for this measurement only)
-    setattr(integer, "rounding_shift", shift)  # noqa: B010
-    setattr(integer, "requantize", requantize)  # noqa: B010
-    try:
-        yield
-    finally:
-        integer.to_int, integer.rounding_shift, integer.requantize = saved
-
-
 @torch.no_grad()
-def engine_outputs(model: nn.Module, batches: list[Any], half_even: bool) -> np.ndarray | None:
-    """deepshrink's integer engine on ``batches`` (half-even rounding if asked); None when it cannot take the model."""
+def engine_outputs(model: nn.Module, batches: list[Any]) -> np.ndarray | None:
+    """deepshrink's integer engine on ``batches``; None when it cannot take the model."""
     try:
         engine = rt.IntegerModel(model)
-        with half_even_rounding() if half_even else contextlib.nullcontext():
-            return np.concatenate([engine(b).numpy() for b in batches])
+        return np.concatenate([engine(b).numpy() for b in batches])
     except Exception as exc:  # the integer tracer refuses some graphs; the measurement then says so
         print(f"  (integer engine unavailable: {type(exc).__name__}: {str(exc)[:120]})", flush=True)
         return None
@@ -352,7 +323,7 @@ def exports_of(name: str, family: str) -> list[tuple[str, dict[str, Any]]]:
     """(label suffix, exporter options) per variant."""
     if name.startswith("dfp"):
         out = [("qdq", {}), ("exact", {"activations": "exact"})]
-        if name == "dfp8" and family == "zoo":
+        if name == "dfp8" and family == "zoo":  # (not for the half-even variants: the same weights)
             out.append(("weights-only", {"activations": "float"}))
         return out
     if name == "deep-compression":
@@ -367,27 +338,22 @@ def show(prefix: str, label: str, row: dict[str, Any]) -> None:
           f"{row['session_create_ms']} ms", flush=True)
 
 
-def fixed_point_rows(model: nn.Module, batches: list[Any], suffix: str, got: np.ndarray, ref: np.ndarray,
-                     row: dict[str, Any], engine: dict[str, np.ndarray | None]) -> None:
-    """Rounding measurements of one fixed-point export (``engine`` caches the integer engine's outputs)."""
-    if "half_up" not in engine:
-        engine["half_up"] = engine_outputs(model, batches, half_even=False)
-    if engine["half_up"] is not None:
-        row["simulation_equals_integer_engine"] = bool(np.array_equal(engine["half_up"], ref))
-    if suffix == "qdq":
-        if "half_even" not in engine:
-            engine["half_even"] = engine_outputs(model, batches, half_even=True)
-        even = engine["half_even"]
-        row["vs_half_even_engine"] = None if even is None else agreement(even, got)
-        if even is not None:
-            row["half_even_engine_vs_deepshrink"] = agreement(ref, even)
+def fixed_point_rows(model: nn.Module, batches: list[Any], ref: np.ndarray, row: dict[str, Any],
+                     engine: dict[str, np.ndarray | None]) -> None:
+    """The variant's rounding rule, and whether its integer engine equals its simulation (``engine`` caches it)."""
+    roundings = {t.rounding for m in model.modules() if (t := fixed_point_of(m)) is not None}
+    row["rounding"] = ",".join(sorted(roundings))
+    if "out" not in engine:
+        engine["out"] = engine_outputs(model, batches)
+    if engine["out"] is not None:
+        row["simulation_equals_integer_engine"] = bool(np.array_equal(engine["out"], ref))
 
 
 # ---------------------------------------------------------------------------------------------- benchmarks
 def zoo_bench(arch: str, data: dict[str, Any], test: Any, args: argparse.Namespace) -> dict[str, Any]:
     x_all, labels = test.tensors[0], test.tensors[1].numpy()
     started = time.perf_counter()
-    variants = zoo_variants(arch, data, args)
+    variants = zoo_variants(arch, data, args, None if not args.variants else {"fp32", *args.variants})
     print(f"{arch}: variants ready in {time.perf_counter() - started:.0f}s", flush=True)
     batches = list(torch.split(x_all, 1000))
     rows: dict[str, Any] = {}
@@ -405,7 +371,7 @@ def zoo_bench(arch: str, data: dict[str, Any], test: Any, args: argparse.Namespa
             got = ort_outputs(path, batches)
             row.update(agreement(ref, got, labels))
             if name.startswith("dfp"):
-                fixed_point_rows(variant.model, batches, suffix, got, ref, row, engine)
+                fixed_point_rows(variant.model, batches, ref, row, engine)
             rows[label] = row
             show(arch, label, row)
     return rows
@@ -437,7 +403,7 @@ def minilm_bench(args: argparse.Namespace) -> dict[str, Any]:
             cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
             row.update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()), sentences=len(eval_texts))
             if name == "dfp8":
-                fixed_point_rows(variant.model, evals, suffix, got, ref, row, engine)
+                fixed_point_rows(variant.model, evals, ref, row, engine)
             rows[label] = row
             show("minilm", label, row)
     return rows
@@ -447,9 +413,12 @@ def efficientnet_bench(args: argparse.Namespace) -> dict[str, Any]:
     import real_models as rm
 
     evals = list(torch.split(rm.photo_batch(args.efficientnet_images, rm.EVAL_SEED), 16))
-    variants = {"fp32": Variant(rm.efficientnet_lite2(), "EfficientNet-Lite2 (ImageNet)"),
-                "dfp8": Variant(effnet_dfp(), f"{EFFNET_DFP!r}, 16 calibration crops"),
-                "pruned-shared": Variant(pruned_shared(rm.efficientnet_lite2, 0.3, 7), "magnitude 30% + 7-bit sharing")}
+    makers: dict[str, Callable[[], Variant]] = {
+        "fp32": lambda: Variant(rm.efficientnet_lite2(), "EfficientNet-Lite2 (ImageNet)"),
+        "dfp8": lambda: Variant(effnet_dfp(), f"{EFFNET_DFP!r}, 16 calibration crops"),
+        "pruned-shared": lambda: Variant(pruned_shared(rm.efficientnet_lite2, 0.3, 7), "magnitude 30% + 7-bit sharing")}
+    variants = {name: make() for name, make in makers.items()
+                if not args.variants or name == "fp32" or name in args.variants}
     rows: dict[str, Any] = {}
     fp32_bytes: int | None = None
     for name, variant in variants.items():
@@ -465,14 +434,15 @@ def efficientnet_bench(args: argparse.Namespace) -> dict[str, Any]:
             row.update({f"vs_deepshrink_{k}": v for k, v in rm.cnn_agreement(torch.from_numpy(ref),
                                                                              torch.from_numpy(got)).items()})
             if name == "dfp8":
-                fixed_point_rows(variant.model, evals, suffix, got, ref, row, engine)
+                fixed_point_rows(variant.model, evals, ref, row, engine)
             rows[label] = row
             show("efficientnet", label, row)
     return rows
 
 
 def rounding_summary(result: dict[str, Any]) -> dict[str, Any]:
-    """The qdq (round half to even) and exact (round half up) files of every fixed-point model, side by side."""
+    """The qdq (ONNX rounds half to even) and exact (float ops rounding like the layer) files of every fixed-point
+    model, side by side."""
     families = list(result.get("zoo", {}).items())
     families += [("minilm", result.get("minilm", {})), ("efficientnet_lite2", result.get("efficientnet_lite2", {}))]
     out: dict[str, Any] = {}
@@ -481,13 +451,12 @@ def rounding_summary(result: dict[str, Any]) -> dict[str, Any]:
             if not label.endswith("-qdq"):
                 continue
             exact = rows.get(label.removesuffix("-qdq") + "-exact", {})
-            even = row.get("vs_half_even_engine") or {}
             out[f"{family}: {label.removesuffix('-qdq')}"] = {
                 "qdq_vs_deepshrink_elements_bit_exact": row["elements_bit_exact"],
                 "qdq_vs_deepshrink_rows_bit_exact": row["rows_bit_exact"],
                 "qdq_vs_deepshrink_argmax_equal": row["argmax_equal"],
                 "qdq_vs_deepshrink_relative_to_range": row["relative_to_range"],
-                "qdq_vs_half_even_engine_elements_bit_exact": even.get("elements_bit_exact"),
+                "rounding": row.get("rounding"),
                 "exact_vs_deepshrink_elements_bit_exact": exact.get("elements_bit_exact"),
                 "exact_vs_deepshrink_argmax_equal": exact.get("argmax_equal"),
                 "bytes_qdq": row["bytes"], "bytes_exact": exact.get("bytes"),
@@ -602,6 +571,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=200, help="rounds per setting (fewer for the big models)")
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per setting before rounds stop early")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--variants", nargs="*", default=None,
+                        help="only these zoo variants (fp32 always), e.g. dfp8 dfp8-half-even; the rest of the results file is kept")
     args = parser.parse_args()
     if args.quick:
         args.epochs = args.ttq_epochs = 0
@@ -629,13 +600,16 @@ def main() -> None:
             print(f"{arch}: speed", flush=True)
             result.setdefault("zoo", {})[arch] = speed_zoo(arch, data, test, args)
         else:
-            result.setdefault("zoo", {})[arch] = zoo_bench(arch, data, test, args)
+            result.setdefault("zoo", {}).setdefault(arch, {}).update(zoo_bench(arch, data, test, args))
         save()
     if not args.no_minilm:
         result["minilm"] = speed_minilm(args) if args.speed else minilm_bench(args)
         save()
     if not args.no_efficientnet:
-        result["efficientnet_lite2"] = speed_efficientnet(args) if args.speed else efficientnet_bench(args)
+        if args.speed:
+            result["efficientnet_lite2"] = speed_efficientnet(args)
+        else:
+            result.setdefault("efficientnet_lite2", {}).update(efficientnet_bench(args))
         save()
     if not args.speed:
         result["rounding"] = rounding_summary(result)

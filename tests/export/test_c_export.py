@@ -312,6 +312,15 @@ def test_integer_model_refuses_float_ops(tmp_path: Path) -> None:
         to_c(mixed, torch.randn(1, 4), tmp_path / "c")
 
 
+def test_half_even_rounding_refused_by_the_c_backend(tmp_path: Path) -> None:
+    """The C kernels round half up; a layer quantized to round half to even (for ONNX) is refused, not mis-rounded."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)).eval()
+    quantize_(model, DynamicFixedPoint(bits=8, rounding="half_even"), calib=torch.randn(8, 4))
+    with pytest.raises(ConfigError, match=r"rounds half up.*half_even"):
+        to_c(model, torch.randn(1, 4), tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
 def _lenet5_dfp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """The pruned LeNet-5 of the pruning benchmark in 8-bit DFP (post-training), and 100 test images."""
     from deepshrink.data import load_dataset

@@ -1,6 +1,6 @@
 """The ONNX exporter: every value kind rebuilds its weight bit for bit from standard ops that ONNX Runtime folds at
 load, whole compressed models run in ORT like in deepshrink (fixed point: bit-exact in ``exact`` mode, and equal to
-deepshrink's engine with round-half-even in ``qdq`` mode), refusals name the module and the op and write nothing,
+a model quantized with rounding="half_even" in ``qdq`` mode), refusals name the module and the op and write nothing,
 and a written file loads in a fresh process."""
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ pytest.importorskip("onnxscript")
 
 import onnxruntime as ort
 
-import deepshrink.runtime.integer as integer
 from deepshrink.core import fixed_point as fp
 from deepshrink.core.errors import ConfigError
 from deepshrink.core.kinds import StoredWeight, stored_from_export
@@ -197,41 +196,32 @@ def test_fixed_point_exact_mode_is_bit_exact_with_the_integer_engine(tmp_path: P
     assert report["verify"]["bit_exact"]
 
 
-def _half_even_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """deepshrink's integer engine with ONNX's rounding (half to even) at every activation rounding."""
-    def to_int(x: torch.Tensor, bits: int, frac_len: Any, axis: int = 0) -> torch.Tensor:
-        return torch.round(x.detach().double() * fp.pow2(frac_len, x, axis)).clamp_(*fp.int_range(bits))
-
-    def shift(acc: torch.Tensor, s: Any) -> torch.Tensor:  # s: one shift, or one per channel (a tensor)
-        s = torch.as_tensor(s, dtype=torch.int64)
-        right, left = s.clamp(min=0), (-s).clamp(min=0)
-        q = acc >> right
-        r = acc - (q << right)
-        half = torch.where(right > 0, torch.ones_like(right) << (right - 1).clamp(min=0), 0)
-        tie_to_odd = (r == half) & (q % 2 == 1) & (right > 0)
-        return (q + (r > half).to(acc.dtype) + tie_to_odd.to(acc.dtype)) << left
-
-    monkeypatch.setattr(integer, "to_int", to_int)
-    monkeypatch.setattr(integer, "rounding_shift", shift)
-    monkeypatch.setattr(integer, "requantize", lambda ints, a, bits, b: fp.saturate(shift(ints, a - b), bits))
-
-
-def test_fixed_point_qdq_runs_int8_kernels_and_rounds_half_to_even(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _dfp(8)
+def test_fixed_point_qdq_runs_int8_kernels_bit_exact_with_half_even_rounding(tmp_path: Path) -> None:
+    """ORT's Q/DQ rounds half to even: a model quantized with rounding="half_even" exports bit-exact; with the
+    default half up only ties differ."""
+    model = _dfp(8, rounding="half_even")
     report, out, ops = export_and_run(model, tmp_path / "qdq.onnx")
     assert {"QLinearConv", "QGemm"} <= set(ops)
     assert all("DequantizeLinear" in w["encoding"] for w in report["weights"].values())
+    assert report["verify"]["bit_exact"]
     with torch.no_grad():
-        half_up = IntegerModel(model)(X).numpy()
-        _half_even_engine(monkeypatch)
-        half_even = IntegerModel(model)(X).numpy()
-    assert np.array_equal(out, half_even)  # the only difference from deepshrink: ties
-    assert (out.argmax(1) == half_up.argmax(1)).mean() >= 0.9
+        assert np.array_equal(out, IntegerModel(model)(X).numpy())
+    half_up = _dfp(8)
+    _, out_up, _ = export_and_run(half_up, tmp_path / "qdq-up.onnx")
+    with torch.no_grad():
+        assert (out_up.argmax(1) == IntegerModel(half_up)(X).numpy().argmax(1)).mean() >= 0.9
 
 
-def test_qdq_bias_beyond_int32_stays_exact_under_ort_optimizations(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_half_even_exact_mode_uses_round(tmp_path: Path) -> None:
+    model = _dfp(8, granularity="channel", rounding="half_even")
+    report, out, _ = export_and_run(model, tmp_path / "exact.onnx", activations="exact")
+    assert "Round" in {n.op_type for n in onnx.load(tmp_path / "exact.onnx").graph.node}
+    with torch.no_grad():
+        assert np.array_equal(out, IntegerModel(model)(X).numpy())
+    assert report["verify"]["bit_exact"]
+
+
+def test_qdq_bias_beyond_int32_stays_exact_under_ort_optimizations(tmp_path: Path) -> None:
     """A channel of tiny weights (per-channel format: a fine accumulator step) with a large bias, as BN folding
     leaves in real CNNs: its bias is beyond int32 at the accumulator's scale. Kept out of the Conv (an Add after
     it), ORT's WeightBiasQuantization cannot re-quantize and overflow it (regression: EfficientNet-Lite2 qdq)."""
@@ -239,12 +229,10 @@ def test_qdq_bias_beyond_int32_stays_exact_under_ort_optimizations(tmp_path: Pat
     with torch.no_grad():
         model.conv2.weight[3].mul_(1e-6)
         model.conv2.bias[3] = 40.0
-    quantize_(model, DynamicFixedPoint(bits=8, granularity="channel"), calib=[X])
+    quantize_(model, DynamicFixedPoint(bits=8, granularity="channel", rounding="half_even"), calib=[X])
     _, out, _ = export_and_run(model, tmp_path / "qdq.onnx")
     with torch.no_grad():
-        _half_even_engine(monkeypatch)
-        half_even = IntegerModel(model)(X).numpy()
-    assert np.array_equal(out, half_even)
+        assert np.array_equal(out, IntegerModel(model)(X).numpy())
 
 
 def test_per_token_inputs_and_weight_only_fixed_point(tmp_path: Path) -> None:

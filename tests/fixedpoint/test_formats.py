@@ -29,13 +29,23 @@ def test_rounding_shift_is_round_half_up(values: list[int], shift: int) -> None:
 
 
 @settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-(2**40), 2**40), min_size=1, max_size=20), st.integers(-8, 30), st.booleans())
+def test_rounding_shift_half_even_is_pythons_round(values: list[int], shift: int, per_channel: bool) -> None:
+    acc = torch.tensor(values, dtype=torch.int64)
+    expected = [round(v / 2**shift) if shift > 0 else v * 2 ** (-shift) for v in values]  # exact: |v| < 2**41
+    by = torch.full((len(values),), shift) if per_channel else shift
+    assert rounding_shift(acc, by, "half_even").tolist() == expected
+
+
+@settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=20), st.integers(-4, 20),
-       st.integers(2, 16), st.integers(-4, 20))
-def test_requantize_matches_float_rounding(values: list[int], frac_from: int, bits: int, frac_to: int) -> None:
+       st.integers(2, 16), st.integers(-4, 20), st.sampled_from(["half_up", "half_even"]))
+def test_requantize_matches_float_rounding(values: list[int], frac_from: int, bits: int, frac_to: int,
+                                           rounding: str) -> None:
     """Integer requantization == rounding the exact float value: the basis of bit-exactness."""
     ints = torch.tensor(values, dtype=torch.int64)
-    via_float = to_int(from_int(ints, frac_from, torch.float64), bits, frac_to).to(torch.int64)
-    assert torch.equal(requantize(ints, frac_from, bits, frac_to), via_float)
+    via_float = to_int(from_int(ints, frac_from, torch.float64), bits, frac_to, rounding=rounding).to(torch.int64)
+    assert torch.equal(requantize(ints, frac_from, bits, frac_to, rounding), via_float)
 
 
 @pytest.mark.parametrize("bits", [4, 6, 8, 16])

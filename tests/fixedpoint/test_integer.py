@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from deepshrink.codec import load_compressed, save_compressed
 from deepshrink.core import ConfigError, UnsupportedLayerError
 from deepshrink.core.state import set_value_transform
 from deepshrink.fixedpoint import DynamicFixedPoint, FixedPoint, FixedPointFormat, install_hooks, quantize_
@@ -22,14 +24,14 @@ BITS = st.sampled_from([4, 6, 8, 16, {"conv": 8, "fc": 4}])
 
 @settings(max_examples=12, deadline=None)
 @given(seed=st.integers(0, 10_000), bits=BITS, static=st.booleans(), outputs=st.booleans(),
-       scale=st.floats(0.05, 20.0))
+       scale=st.floats(0.05, 20.0), rounding=st.sampled_from(["half_up", "half_even"]))
 def test_cnn_integer_engine_bit_exact(seed: int, bits: int | dict[str, int], static: bool, outputs: bool,
-                                      scale: float) -> None:
+                                      scale: float, rounding: str) -> None:
     model = randomize_(TinyCNN(), seed, scale)
     gen = torch.Generator().manual_seed(seed + 1)
     calib = [torch.randn(16, 1, 8, 8, generator=gen) * scale for _ in range(2)]
     quantize_(model, DynamicFixedPoint(bits=bits, act_bits=8 if isinstance(bits, dict) else bits, static=static,
-                                       quantize_outputs=outputs), calib=calib)
+                                       quantize_outputs=outputs, rounding=rounding), calib=calib)
     x = torch.randn(32, 1, 8, 8, generator=gen) * scale * 3  # wider than calibration: exercises saturation
     simulated = model(x)
     assert torch.equal(IntegerModel(model)(x), simulated)
@@ -106,9 +108,10 @@ def test_token_inputs_through_swapped_layers(bits: int) -> None:
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), bits=st.sampled_from([4, 8, 16]), outputs=st.booleans(),
-       per_token=st.booleans(), corrected=st.booleans(), scale=st.floats(0.05, 20.0))
+       per_token=st.booleans(), corrected=st.booleans(), scale=st.floats(0.05, 20.0),
+       rounding=st.sampled_from(["half_up", "half_even"]))
 def test_per_channel_and_per_token_formats_are_bit_exact(seed: int, bits: int, outputs: bool, per_token: bool,
-                                                         corrected: bool, scale: float) -> None:
+                                                         corrected: bool, scale: float, rounding: str) -> None:
     """Per-channel weight fractional lengths (a per-channel shift) and per-token input formats, with bias
     correction: the integer engine, per layer and whole-model, equals the simulation bit for bit."""
     model = randomize_(TinyCNN(), seed, scale)
@@ -118,7 +121,7 @@ def test_per_channel_and_per_token_formats_are_bit_exact(seed: int, bits: int, o
     calib = [torch.randn(16, 1, 8, 8, generator=gen) * scale for _ in range(2)]
     report = quantize_(model, DynamicFixedPoint(bits=bits, granularity="channel", quantize_outputs=outputs,
                                                 activations="per_token" if per_token else "static",
-                                                bias_correction=corrected), calib=calib)
+                                                bias_correction=corrected, rounding=rounding), calib=calib)
     assert any(row.frac_lens and len(set(row.frac_lens)) > 1 for row in report.layers)
     x = torch.randn(32, 1, 8, 8, generator=gen) * scale * 3
     simulated = model(x)
@@ -153,3 +156,19 @@ def test_network_objective_widens_what_the_output_loses_most_and_stays_bit_exact
     assert errors["network"] <= errors["layer"] * 1.0001
     with pytest.raises(ConfigError, match="mixed_objective"):
         DynamicFixedPoint(mixed_objective="output")
+
+
+def test_half_even_rounding_is_kept_by_the_file(tmp_path: Path) -> None:
+    """``rounding="half_even"`` (ONNX's rule) rounds ties to even everywhere (weights, inputs, outputs); the .dsz
+    records it, the reloaded model and its integer engine compute the same; it is a config error otherwise."""
+    model = randomize_(TinyCNN(), 5, 1.0)
+    calib = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    quantize_(model, DynamicFixedPoint(bits=4, rounding="half_even"), calib=calib)
+    x = (calib * 4).round() / 4  # inputs on a coarse grid: many exact ties at 4 bits
+    assert "rounding=half_even" in repr(model)
+    save_compressed(model, tmp_path / "even.dsz")
+    loaded = load_compressed(tmp_path / "even.dsz", model=randomize_(TinyCNN(), 9, 1.0))
+    assert torch.equal(loaded(x), model(x))
+    assert torch.equal(IntegerModel(loaded)(x), model(x))
+    with pytest.raises(ConfigError, match="rounding"):
+        DynamicFixedPoint(rounding="nearest")

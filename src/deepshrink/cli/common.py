@@ -23,6 +23,9 @@ FileDatasetOpt = Annotated[
 TrainLimitOpt = Annotated[int | None, typer.Option("--limit", help="Use only the first N training samples.")]
 DataDirOpt = Annotated[str | None, typer.Option("--data-dir", help="Folder holding the dataset files (MNIST, CIFAR-10).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+SelectOpt = Annotated[list[str] | None, typer.Option("--select", help="Layer name glob or type:linear|conv (repeat).")]
+ExcludeOpt = Annotated[list[str] | None, typer.Option("--exclude", help="Layer name glob or type:... to leave alone "
+                                                      "(repeat).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for every random choice.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="torch intra-op threads (default: torch's).")]

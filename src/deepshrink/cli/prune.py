@@ -18,6 +18,7 @@ from .common import (
     QuietOpt,
     ResizeOpt,
     SeedOpt,
+    SelectOpt,
     SkipBadOpt,
     StdOpt,
     ThreadsOpt,
@@ -33,8 +34,6 @@ from .common import (
 )
 from .common import quality as measure
 from .runs import RestartOpt, ResumeOpt, WorkdirOpt, open_run, resumable, run_mode
-
-SelectOpt = Annotated[list[str] | None, typer.Option("--select", help="Layer name glob or type:linear|conv (repeat).")]
 
 
 def register(app: typer.Typer) -> None:

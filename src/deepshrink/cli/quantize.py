@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
 from .common import (
     DataDirOpt,
+    ExcludeOpt,
     FileDatasetOpt,
     ImageSizeOpt,
     JsonOpt,
@@ -23,6 +24,7 @@ from .common import (
     QuietOpt,
     ResizeOpt,
     SeedOpt,
+    SelectOpt,
     SkipBadOpt,
     StdOpt,
     ThreadsOpt,
@@ -62,10 +64,14 @@ def quantize(
     mixed_objective: Annotated[str, typer.Option("--mixed-objective", help="What mixed precision widens by: layer "
                                                  "(each layer's own error) | network (the network output's error, "
                                                  "one calibration pass per layer).")] = "layer",
+    rounding: Annotated[str, typer.Option("--rounding", help="half_up (the paper; the C backend) | half_even "
+                                          "(ONNX's rule: a Q/DQ export is then bit-exact).")] = "half_up",
     bias_correction: Annotated[bool, typer.Option("--bias-correction", help="Fold each layer's mean output shift "
                                                   "into its bias.")] = False,
     equalize: Annotated[bool, typer.Option("--equalize", help="Cross-layer equalisation of channel ranges "
                                            "first.")] = False,
+    select: SelectOpt = None,
+    exclude: ExcludeOpt = None,
     calib: Annotated[int, typer.Option("--calib", help="Calibration samples from the validation split (the first N "
                                        "of its seeded order).")] = 512,
     objective: Annotated[str, typer.Option("--weight-objective", help="Weight search: error | accuracy "
@@ -111,14 +117,14 @@ def quantize(
     config = DynamicFixedPoint(bits=parse_bits(bits), act_bits=act_bits, static=static, weight_objective=objective,
                                granularity=granularity, activations=activations, max_bits_avg=max_bits_avg,
                                wide_bits=wide_bits, mixed_objective=mixed_objective,
-                               bias_correction=bias_correction, equalize=equalize,
+                               bias_correction=bias_correction, equalize=equalize, rounding=rounding,
                                quantize_outputs=activations == "static")
     batches = calibration_batches(source.split("val"), calib)
     test_set = source.split("test") if evaluate_after else None
     reference = frozen_copy(model)
     fp32 = quality(model, test_set, reference) if test_set is not None else None
     started = time.perf_counter()
-    report = quantize_(model, config, calib=batches)
+    report = quantize_(model, config, calib=batches, select=select or None, exclude=exclude or None)
     seconds = time.perf_counter() - started
     info: dict[str, Any] = {"dataset": source.name, "scheme": "static" if static else "dynamic", "bits": bits,
                             "act_bits": config.activation_bits, "calib_samples": calib,

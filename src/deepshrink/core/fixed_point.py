@@ -3,10 +3,12 @@
 Shared by the fixed-point technique (simulation) and the runtime's integer engine, so both use the one
 definition of every rounding.
 
-One rounding rule everywhere, so the float simulation and the integer path agree bit for bit:
-**round half up** (``floor(v + 0.5)``), then **saturate** to ``[-2**(bits-1), 2**(bits-1) - 1]``.
-On integers this is ``(acc + 2**(s-1)) >> s`` with an arithmetic shift; in floats it is computed in float64,
-where scaling by a power of two and adding 0.5 are exact for every value that can survive saturation.
+One rounding rule per layer, the same in the float simulation and the integer path, so both agree bit for bit:
+**round half up** (``floor(v + 0.5)``, the default and what the C backend computes) or **round half to even**
+(``rounding="half_even"``: ONNX's ``QuantizeLinear`` rule, so an ONNX Q/DQ export computes exactly what
+deepshrink computes), then **saturate** to ``[-2**(bits-1), 2**(bits-1) - 1]``. On integers half up is
+``(acc + 2**(s-1)) >> s`` with an arithmetic shift; in floats it is computed in float64, where scaling by a power
+of two and adding 0.5 are exact for every value that can survive saturation.
 """
 
 from __future__ import annotations
@@ -23,6 +25,20 @@ MIN_BITS, MAX_BITS = 2, 16
 """Supported widths: up to 16 bits keeps every value exact in float32 and every product well inside int64."""
 
 MAX_FRAC_LEN = 62
+
+ROUNDINGS = ("half_up", "half_even")
+"""Rounding rules of a fixed-point layer: deepshrink's (and the paper's) half up, or ONNX's half to even."""
+
+
+def check_rounding(rounding: str) -> str:
+    if rounding not in ROUNDINGS:
+        raise ConfigError(f"rounding must be one of {', '.join(ROUNDINGS)}, got {rounding!r}")
+    return rounding
+
+
+def round_scaled(scaled: Tensor, rounding: str = "half_up") -> Tensor:
+    """``scaled`` (float64, already times ``2**frac_len``) rounded to integers by the rule, as float64."""
+    return torch.round(scaled) if rounding == "half_even" else torch.floor(scaled + 0.5)
 
 
 def check_bits(bits: int, what: str = "bits") -> int:
@@ -82,12 +98,12 @@ def pow2(frac_len: FracLen, like: Tensor, axis: int = 0) -> float | Tensor:
     return values.reshape(shape)
 
 
-def to_int(x: Tensor, bits: int, frac_len: FracLen, axis: int = 0) -> Tensor:
-    """Integers (as float64) of ``x`` in the format: ``clamp(floor(x * 2**fl + 0.5))``, computed exactly (a per-slice
-    ``frac_len`` scales each slice along ``axis``)."""
+def to_int(x: Tensor, bits: int, frac_len: FracLen, axis: int = 0, rounding: str = "half_up") -> Tensor:
+    """Integers (as float64) of ``x`` in the format: ``clamp(floor(x * 2**fl + 0.5))`` (half up; half to even with
+    ``rounding="half_even"``), computed exactly (a per-slice ``frac_len`` scales each slice along ``axis``)."""
     qmin, qmax = int_range(bits)
     scaled = x.detach().double() * pow2(frac_len, x, axis)
-    return torch.floor(scaled + 0.5).clamp_(qmin, qmax)
+    return round_scaled(scaled, rounding).clamp_(qmin, qmax)
 
 
 def from_int(ints: Tensor, frac_len: FracLen, dtype: torch.dtype = torch.float32, axis: int = 0) -> Tensor:
@@ -95,15 +111,24 @@ def from_int(ints: Tensor, frac_len: FracLen, dtype: torch.dtype = torch.float32
     return (ints.double() / pow2(frac_len, ints, axis)).to(dtype)
 
 
-def fake_quantize(x: Tensor, bits: int, frac_len: FracLen, axis: int = 0) -> Tensor:
+def fake_quantize(x: Tensor, bits: int, frac_len: FracLen, axis: int = 0, rounding: str = "half_up") -> Tensor:
     """``x`` rounded and saturated to the format, same dtype; straight-through gradient (identity)."""
-    q = from_int(to_int(x, bits, frac_len, axis), frac_len, x.dtype, axis)
+    q = from_int(to_int(x, bits, frac_len, axis, rounding), frac_len, x.dtype, axis)
     return q + (x - x.detach())
 
 
-def rounding_shift(acc: Tensor, shift: int | Tensor) -> Tensor:
-    """Integer ``acc * 2**-shift`` rounded half up: ``(acc + 2**(shift-1)) >> shift``; a left shift when shift <= 0.
-    ``shift`` may be an integer tensor broadcasting against ``acc`` (per channel or per row)."""
+def rounding_shift(acc: Tensor, shift: int | Tensor, rounding: str = "half_up") -> Tensor:
+    """Integer ``acc * 2**-shift`` rounded half up: ``(acc + 2**(shift-1)) >> shift`` (or half to even); a left shift
+    when shift <= 0. ``shift`` may be an integer tensor broadcasting against ``acc`` (per channel or per row)."""
+    if rounding == "half_even":
+        right, left = (shift.clamp(min=0), (-shift).clamp(min=0)) if isinstance(shift, Tensor) else (
+            max(shift, 0), max(-shift, 0))
+        q = torch.bitwise_right_shift(acc, right)  # floor
+        rest = acc - torch.bitwise_left_shift(q, right)
+        half = (torch.bitwise_left_shift(torch.ones_like(right), (right - 1).clamp(min=0)) * (right > 0)
+                if isinstance(right, Tensor) else (1 << (right - 1) if right else 0))
+        up = (rest > half) | ((rest == half) & (q % 2 == 1) & (torch.as_tensor(right) > 0))
+        return torch.bitwise_left_shift(q + up.to(acc.dtype), left)
     if isinstance(shift, Tensor):
         right, left = shift.clamp(min=0), (-shift).clamp(min=0)
         one = torch.ones_like(right)
@@ -122,9 +147,10 @@ def saturate(ints: Tensor, bits: int) -> Tensor:
     return ints.clamp(qmin, qmax)
 
 
-def requantize(ints: Tensor, frac_from: int | Tensor, bits: int, frac_to: int | Tensor) -> Tensor:
+def requantize(ints: Tensor, frac_from: int | Tensor, bits: int, frac_to: int | Tensor,
+               rounding: str = "half_up") -> Tensor:
     """Integers at ``frac_from`` re-expressed at ``frac_to`` in ``bits`` bits (rounding shift, then saturation)."""
-    return saturate(rounding_shift(ints, frac_from - frac_to), bits)
+    return saturate(rounding_shift(ints, frac_from - frac_to, rounding), bits)
 
 
 def overflow_free_frac_len(max_abs: float, bits: int) -> int:
@@ -140,12 +166,12 @@ def overflow_free_frac_len(max_abs: float, bits: int) -> int:
     return max(-MAX_FRAC_LEN, min(MAX_FRAC_LEN, frac_len))
 
 
-def bias_int(bias: Tensor | None, acc_frac_len: FracLen) -> Tensor | None:
-    """The bias rounded (half up) to the accumulator's fractional length (one per output channel, or one for all),
-    as float64 integers (no saturation)."""
+def bias_int(bias: Tensor | None, acc_frac_len: FracLen, rounding: str = "half_up") -> Tensor | None:
+    """The bias rounded (by the layer's rule) to the accumulator's fractional length (one per output channel, or one
+    for all), as float64 integers (no saturation)."""
     if bias is None:
         return None
-    return torch.floor(bias.detach().double() * pow2(acc_frac_len, bias, 0) + 0.5)
+    return round_scaled(bias.detach().double() * pow2(acc_frac_len, bias, 0), rounding)
 
 
 def row_frac_lens(x: Tensor, bits: int) -> Tensor:

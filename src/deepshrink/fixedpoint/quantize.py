@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 
 from ..core.capture import capture, execution_order
 from ..core.errors import ConfigError, UnsupportedLayerError
-from ..core.fixed_point import FixedPointFormat, check_bits, overflow_free_frac_len
+from ..core.fixed_point import FixedPointFormat, check_bits, check_rounding, overflow_free_frac_len
 from ..core.fold import fold_batchnorm_
 from ..core.graph import clip_range, trace_calls
 from ..core.select import Selector, layer_kind, layer_type_name, select_layers
@@ -61,6 +61,8 @@ class DynamicFixedPoint:
     pass per layer, better where a layer's error is amplified or absorbed downstream). ``bias_correction``:
     each layer's mean output shift on the calibration data is folded
     into its bias. ``equalize``: cross-layer equalisation of consecutive layers' channel ranges first.
+    ``rounding``: ``"half_up"`` (the paper's; what the C backend computes) or ``"half_even"`` (ONNX's
+    ``QuantizeLinear`` rule: an ONNX Q/DQ export then computes bit for bit what deepshrink computes).
     """
 
     bits: int | Mapping[str, int] = 8
@@ -77,8 +79,10 @@ class DynamicFixedPoint:
     mixed_objective: str = "layer"
     bias_correction: bool = False
     equalize: bool = False
+    rounding: str = "half_up"
 
     def __post_init__(self) -> None:
+        check_rounding(self.rounding)
         if self.weight_objective not in ("error", "accuracy"):
             raise ConfigError(f"weight_objective must be 'error' or 'accuracy', got {self.weight_objective!r}")
         if self.granularity not in ("layer", "channel"):
@@ -310,7 +314,8 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
     per_token = {n for n, m in modules.items() if config.activations == "per_token" and isinstance(m, nn.Linear)}
     for name, module in modules.items():
         frac, errors[name] = _weight_formats(module, latent_weight(module).detach(), bits[name], config, static_fl)
-        set_value_transform(module, FixedPoint(bits[name], frac, dynamic_input=name in per_token))
+        set_value_transform(module, FixedPoint(bits[name], frac, dynamic_input=name in per_token,
+                                               rounding=config.rounding))
         install_hooks(module)
     if config.weight_objective == "accuracy" and not config.static:
         _refine_weights_by_accuracy(model, order, modules, batches, config.span)

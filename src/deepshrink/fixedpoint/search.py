@@ -160,7 +160,8 @@ def _choose_layer_formats(module: nn.Module, xs: list[Tensor], y_ref: list[Tenso
     start = overflow_free_frac_len(_max_abs([after(y) for y in ys]), act_bits)
 
     def output_cost(fl: int) -> float:
-        return _sq_error((after(fake_quantize(y, act_bits, fl)), r) for y, r in zip(ys, refs, strict=True))
+        return _sq_error((after(fake_quantize(y, act_bits, fl, rounding=fp.rounding)), r)
+                         for y, r in zip(ys, refs, strict=True))
 
     out_costs: dict[int, float] = {}
     best_out = _argmin(range(start, start + span + 1), lambda fl: out_costs.setdefault(fl, output_cost(fl)))

@@ -2,7 +2,7 @@
 
 Integer inputs times integer weights accumulated in float64 (every partial sum is an integer below 2**53, hence
 exact; float32 where every partial sum stays below 2**24), plus the bias rounded to the accumulator's fractional
-length, then a round-half-up shift and saturation to the output format. The accumulator's fractional length is
+length, then a rounding shift (half up, or half to even) and saturation to the output format. The accumulator's fractional length is
 the input's plus the weight's: per output channel when the weight has one fractional length per channel, per row
 when the input's is chosen per token. The layer's computation comes from :func:`deepshrink.core.layer_call`, so a
 layer class with its own ``forward`` (e.g. TF-"same" padding) is simulated as it computes. The activation hooks
@@ -16,7 +16,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from ..core.fixed_point import FixedPointFormat, FracLen, int_range, pow2
+from ..core.fixed_point import FixedPointFormat, FracLen, int_range, pow2, round_scaled
 from ..core.layer_call import channel_axis, layer_call, plain_type
 
 FLOAT32_EXACT = float(2**24)
@@ -62,7 +62,7 @@ def _float32_exact(x_int: Tensor, w_int: Tensor) -> bool:
 
 
 def exact_output(module: nn.Module, x: Tensor, bits: int, w_frac: FracLen, in_frac: FracLen,
-                 act_out: FixedPointFormat | None, out_dtype: torch.dtype) -> Tensor:
+                 act_out: FixedPointFormat | None, out_dtype: torch.dtype, rounding: str = "half_up") -> Tensor:
     """The layer's output as the integer path computes it, from an input already on its format's grid.
 
     ``w_frac``: the weight's fractional length (an int, or one per output channel); ``in_frac``: the input's (an
@@ -79,9 +79,9 @@ def exact_output(module: nn.Module, x: Tensor, bits: int, w_frac: FracLen, in_fr
     if bias is not None:
         shape = [1] * acc.dim()
         shape[channel_axis(module)] = -1
-        acc = acc + torch.floor(bias.detach().double().reshape(shape) * _scale(acc_fl, acc) + 0.5)
+        acc = acc + round_scaled(bias.detach().double().reshape(shape) * _scale(acc_fl, acc), rounding)
     if act_out is None:
         return (acc / _scale(acc_fl, acc)).to(out_dtype)
     qmin, qmax = int_range(act_out.bits)
-    y = torch.floor(acc * (pow2(act_out.frac_len, acc) / _scale(acc_fl, acc)) + 0.5).clamp_(qmin, qmax)
+    y = round_scaled(acc * (pow2(act_out.frac_len, acc) / _scale(acc_fl, acc)), rounding).clamp_(qmin, qmax)
     return (y / pow2(act_out.frac_len, y)).to(out_dtype)

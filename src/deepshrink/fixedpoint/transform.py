@@ -18,7 +18,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core.fixed_point import FixedPointFormat, fake_quantize, from_int, int_range, row_frac_lens, to_int
+from ..core.fixed_point import (
+    FixedPointFormat,
+    check_rounding,
+    fake_quantize,
+    from_int,
+    int_range,
+    round_scaled,
+    row_frac_lens,
+    to_int,
+)
 from ..core.kinds import stored_from_export
 from ..core.kinds.fixedpoint import ACT_KEYS, formats
 from ..core.state import ValueTransform, get_value_transform
@@ -29,7 +38,8 @@ class FixedPoint(ValueTransform):
     """Dynamic fixed-point weight: ``round_half_up(w * 2**fl)`` saturated to ``bits``, straight-through gradient.
 
     ``frac_len`` is one fractional length for the layer (the paper) or one per output channel (a vector buffer);
-    ``dynamic_input`` chooses the input's fractional length per row (token) at run time instead of a calibrated one.
+    ``dynamic_input`` chooses the input's fractional length per row (token) at run time instead of a calibrated one;
+    ``rounding="half_even"`` rounds weights, biases and activations half to even (ONNX's rule) instead of half up.
     """
 
     kind: ClassVar[str] = "fixedpoint"
@@ -42,7 +52,8 @@ class FixedPoint(ValueTransform):
     act_out_frac_len: Tensor
 
     def __init__(self, bits: int, frac_len: int | Tensor, act_in: FixedPointFormat | None = None,
-                 act_out: FixedPointFormat | None = None, dynamic_input: bool = False) -> None:
+                 act_out: FixedPointFormat | None = None, dynamic_input: bool = False,
+                 rounding: str = "half_up") -> None:
         super().__init__()
         fl = torch.as_tensor(frac_len, dtype=torch.int64).clone()
         for value in fl.reshape(-1).tolist():
@@ -53,6 +64,8 @@ class FixedPoint(ValueTransform):
             self.register_buffer(key, torch.tensor(0, dtype=torch.int64))
         if dynamic_input:
             self.register_buffer("act_in_dynamic", torch.tensor(1, dtype=torch.int64))
+        if check_rounding(rounding) == "half_even":
+            self.register_buffer("round_half_even", torch.tensor(1, dtype=torch.int64))
         self.set_act_in(act_in)
         self.set_act_out(act_out)
 
@@ -64,6 +77,10 @@ class FixedPoint(ValueTransform):
     @property
     def dynamic_input(self) -> bool:
         return "act_in_dynamic" in self._buffers
+
+    @property
+    def rounding(self) -> str:
+        return "half_even" if "round_half_even" in self._buffers else "half_up"
 
     @property
     def weight_frac_len(self) -> int | Tensor:
@@ -105,7 +122,7 @@ class FixedPoint(ValueTransform):
     # ValueTransform -------------------------------------------------------------------------------------
     def forward(self, weight: Tensor) -> Tensor:
         bits, fl = int(self.bits_buf), self.weight_frac_len
-        q = from_int(to_int(weight, bits, fl), fl, weight.dtype)
+        q = from_int(to_int(weight, bits, fl, rounding=self.rounding), fl, weight.dtype)
         return q + (weight - weight.detach())  # value exactly q (adds 0.0), gradient straight through
 
     @property
@@ -114,7 +131,7 @@ class FixedPoint(ValueTransform):
 
     def integers(self, masked_latent: Tensor) -> Tensor:
         """The stored integers (int64) of the weight."""
-        return to_int(masked_latent, int(self.bits_buf), self.weight_frac_len).to(torch.int64)
+        return to_int(masked_latent, int(self.bits_buf), self.weight_frac_len, rounding=self.rounding).to(torch.int64)
 
     def export(self, masked_latent: Tensor) -> dict[str, Any]:
         fl = self.weight_frac_len
@@ -125,6 +142,8 @@ class FixedPoint(ValueTransform):
             out[key] = int(getattr(self, key))
         if self.dynamic_input:
             out["act_in_dynamic"] = 1
+        if self.rounding == "half_even":
+            out["round_half_even"] = 1
         return out
 
     @classmethod
@@ -133,14 +152,15 @@ class FixedPoint(ValueTransform):
         weight.value_kind.check(weight)
         fmt = formats(weight)
         frac: int | Tensor = torch.from_numpy(fmt.frac_lens) if fmt.per_channel else int(fmt.frac_lens[0])
-        return cls(fmt.bits, frac, fmt.act_in, fmt.act_out, fmt.dynamic_input)
+        return cls(fmt.bits, frac, fmt.act_in, fmt.act_out, fmt.dynamic_input, fmt.rounding)
 
     @classmethod
     def from_tensors(cls, tensors: Mapping[str, Tensor], weight_shape: torch.Size) -> FixedPoint:
         frac = tensors.get("frac_len")
         shape = tuple(frac.shape) if frac is not None else ()
         # values arrive with load_state_dict; the shapes (per channel or not) and the optional buffer must be right
-        return cls(8, torch.zeros(shape, dtype=torch.int64), dynamic_input="act_in_dynamic" in tensors)
+        return cls(8, torch.zeros(shape, dtype=torch.int64), dynamic_input="act_in_dynamic" in tensors,
+                   rounding="half_even" if "round_half_even" in tensors else "half_up")
 
     @classmethod
     def attach(cls, module: nn.Module, exported: dict[str, Any], name: str = "weight") -> None:
@@ -160,6 +180,8 @@ class FixedPoint(ValueTransform):
             parts.append(f"in={'per-token ' if self.dynamic_input else ''}{self.act_in}")
         if self.act_out is not None:
             parts.append(f"out={self.act_out}")
+        if self.rounding != "half_up":
+            parts.append(f"rounding={self.rounding}")
         return ", ".join(parts)
 
 
@@ -185,9 +207,10 @@ def _pre_hook(module: nn.Module, args: tuple) -> tuple | None:
     frac = input_frac_len(fp, x)
     if isinstance(frac, Tensor):  # per row: scale each row by its own power of two
         scale = torch.pow(2.0, frac.double())
-        q = (torch.floor(x.detach().double() * scale + 0.5).clamp_(*int_range(fp.act_in.bits)) / scale).to(x.dtype)
+        ints = round_scaled(x.detach().double() * scale, fp.rounding).clamp_(*int_range(fp.act_in.bits))
+        q = (ints / scale).to(x.dtype)
         return (q + (x - x.detach()), *args[1:])
-    return (fake_quantize(x, fp.act_in.bits, frac), *args[1:])
+    return (fake_quantize(x, fp.act_in.bits, frac, rounding=fp.rounding), *args[1:])
 
 
 def _post_hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
@@ -195,7 +218,7 @@ def _post_hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:
     if fp is None or fp.act_in is None or not args:
         return None  # without an input format the float32 output is the simulation
     exact = exact_output(module, args[0], int(fp.bits_buf), fp.weight_frac_len, input_frac_len(fp, args[0]),
-                         fp.act_out, output.dtype)
+                         fp.act_out, output.dtype, fp.rounding)
     return exact + (output - output.detach())
 
 

@@ -3,7 +3,7 @@
 * :class:`IntegerLayer` — one quantized Linear/Conv as integers: requantize the incoming integers (or round a
   float input at a float boundary) to the input format, accumulate ``x*w`` and the bias in int32 (int64 when
   the worst-case partial sum could reach 2**31), then shift
-  (round half up) and saturate to the output format.
+  (round half up, or half to even where the layer says so) and saturate to the output format.
 * :class:`IntegerModel` — the whole network on integers: the model is traced with ``torch.fx`` (every module
   without children is a leaf, so control flow inside a layer class is no obstacle) and run by an interpreter in
   which activations are :class:`QTensor` (int64 data + fractional length). Order-preserving ops (ReLU, max-pool,
@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from ..core import fixed_point as _fixed_point
 from ..core.edits import set_submodule
 from ..core.errors import FormatError, UnsupportedLayerError
 from ..core.fixed_point import (
@@ -37,6 +36,7 @@ from ..core.fixed_point import (
     from_int,
     int_range,
     requantize,
+    round_scaled,
     rounding_shift,
     row_frac_lens,
     saturate,
@@ -53,13 +53,6 @@ from .registry import ANY_LOOKUP, LAYER_BUILDERS, register_layer_builder
 
 FAST_PATH = True
 """Run covered layers through the fused int8 kernels (:mod:`.integer_kernels`, bit-identical); False: torch ops."""
-
-
-def _rounding_is_ours() -> bool:
-    """The fused kernels hard-code :mod:`deepshrink.core.fixed_point`'s rounding; when a caller swapped this
-    module's rounding functions (e.g. to emulate another rounding mode) the torch path runs them instead."""
-    return to_int is _fixed_point.to_int and rounding_shift is _fixed_point.rounding_shift and (
-        requantize is _fixed_point.requantize)
 
 
 @dataclass
@@ -92,17 +85,19 @@ class IntegerLayer(nn.Module):
 
     def __init__(self, module: nn.Module, w_int: Tensor, bias: Tensor | None, bits: int, w_frac: int | Tensor,
                  act_in: FixedPointFormat, act_out: FixedPointFormat | None, float_io: bool = False,
-                 dynamic_input: bool = False) -> None:
+                 dynamic_input: bool = False, rounding: str = "half_up") -> None:
         """``module`` gives the layer's computation and geometry only (it may live on the meta device)."""
         super().__init__()
         self.bits, self.act_in, self.act_out, self.dynamic_input = int(bits), act_in, act_out, dynamic_input
+        self.rounding = rounding
         self.w_frac: int | Tensor = w_frac.clone() if isinstance(w_frac, Tensor) and w_frac.dim() else int(w_frac)
         self.float_io = float_io
         self.axis = channel_axis(module)
         with torch.no_grad():
             w_int = w_int.detach().to("cpu", torch.int64)
             static_acc = None if dynamic_input else self._channel_frac(act_in.frac_len)
-            b = bias_int(None if bias is None else bias.detach().cpu(), static_acc) if static_acc is not None else None
+            b = (bias_int(None if bias is None else bias.detach().cpu(), static_acc, rounding)
+                 if static_acc is not None else None)
             # int32 accumulation when no partial sum (bias included) can reach 2**31, else int64
             row_sum = int(w_int.abs().reshape(w_int.shape[0], -1).sum(1).max()) if w_int.numel() else 0
             bias_bound = (int(b.abs().max()) if b is not None and b.numel() else 0) if not dynamic_input else 1 << 62
@@ -142,7 +137,7 @@ class IntegerLayer(nn.Module):
         ints[torch.from_numpy(weight.flat_positions())] = torch.from_numpy(np.asarray(weight.data, dtype=np.int64))
         frac: int | Tensor = torch.from_numpy(fmt.frac_lens.copy()) if fmt.per_channel else int(fmt.frac_lens[0])
         return cls(module, ints.reshape(weight.shape), bias, fmt.bits, frac, fmt.act_in, fmt.act_out, float_io,
-                   fmt.dynamic_input)
+                   fmt.dynamic_input, fmt.rounding)
 
     @classmethod
     def from_module(cls, module: nn.Module, float_io: bool = False) -> IntegerLayer:
@@ -156,8 +151,10 @@ class IntegerLayer(nn.Module):
     def forward(self, x: Tensor | QTensor) -> Tensor | QTensor:
         plan = self.__dict__.get("_plan", False)
         if plan is False:  # built on the first call (exporters construct layers they never run)
-            plan = self.__dict__["_plan"] = Int8Plan.build(self, self._template) if FAST_PATH else None
-        if plan is not None and _rounding_is_ours():
+            # the fused kernels round half up; a half-to-even layer runs the torch path
+            fused = FAST_PATH and self.rounding == "half_up"
+            plan = self.__dict__["_plan"] = Int8Plan.build(self, self._template) if fused else None
+        if plan is not None:
             out = plan(x, QTensor)
             if out is not None:
                 self.__dict__["last_kernel"] = "int8-vnni" if plan.weight.packed is not None else "int8-portable"
@@ -168,21 +165,23 @@ class IntegerLayer(nn.Module):
             value = x.dequantize() if isinstance(x, QTensor) else x
             rows = row_frac_lens(value, fmt.bits).unsqueeze(-1)
             in_frac: int | Tensor = rows
-            x_int = torch.floor(value.detach().double() * torch.pow(2.0, rows.double()) + 0.5).clamp_(
+            x_int = round_scaled(value.detach().double() * torch.pow(2.0, rows.double()), self.rounding).clamp_(
                 *int_range(fmt.bits))
         elif isinstance(x, QTensor):
-            in_frac, x_int = fmt.frac_len, requantize(x.data.to(torch.int64), x.frac_len, fmt.bits, fmt.frac_len)
+            in_frac, x_int = fmt.frac_len, requantize(x.data.to(torch.int64), x.frac_len, fmt.bits, fmt.frac_len,
+                                                      self.rounding)
         else:
-            in_frac, x_int = fmt.frac_len, to_int(x, fmt.bits, fmt.frac_len)
+            in_frac, x_int = fmt.frac_len, to_int(x, fmt.bits, fmt.frac_len, rounding=self.rounding)
         acc = self._accumulate(x_int).to(torch.int64)
         acc_frac = self._output_frac(acc, in_frac)
         if self.dynamic_input and self.bias_float is not None:  # the bias at each row's accumulator format
-            acc = acc + torch.floor(self.bias_float * torch.pow(2.0, acc_frac.double()) + 0.5).to(torch.int64)  # type: ignore[union-attr]
+            acc = acc + round_scaled(self.bias_float * torch.pow(2.0, acc_frac.double()),  # type: ignore[union-attr]
+                                     self.rounding).to(torch.int64)
         if self.act_out is None:
             if isinstance(acc_frac, Tensor):
                 return (acc.double() / torch.pow(2.0, acc_frac.double())).to(torch.float32)
             return from_int(acc, acc_frac, torch.float32)
-        out = QTensor(saturate(rounding_shift(acc, acc_frac - self.act_out.frac_len), self.act_out.bits),
+        out = QTensor(saturate(rounding_shift(acc, acc_frac - self.act_out.frac_len, self.rounding), self.act_out.bits),
                       self.act_out.frac_len)
         return out.dequantize() if self.float_io else out
 

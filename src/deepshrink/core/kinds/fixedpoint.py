@@ -4,7 +4,8 @@ Export form ``{"kind": "fixedpoint", "int": int64 array, "bits": int, "frac_len"
 "act_in_frac_len", "act_out_bits", "act_out_frac_len": int}`` (``*_bits == 0``: that activation stays float).
 ``frac_len`` may instead be an int64 array with one fractional length per output channel (per-channel weights);
 ``act_in_dynamic: 1`` means the input's fractional length is chosen per row (token) at run time from its own
-range (``act_in_frac_len`` is then unused).
+range (``act_in_frac_len`` is then unused). ``round_half_even: 1`` means the layer rounds half to even (ONNX's
+rule) instead of half up; absent in files of layers that round half up.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Formats:
     act_in: FixedPointFormat | None
     act_out: FixedPointFormat | None
     dynamic_input: bool = False
+    rounding: str = "half_up"
 
     @property
     def per_channel(self) -> bool:
@@ -68,11 +70,12 @@ def formats(weight: StoredWeight) -> Formats:
         act_in = FixedPointFormat(check_bits(acts[0], "act_in_bits"), acts[1]) if acts[0] else None
         act_out = FixedPointFormat(check_bits(acts[2], "act_out_bits"), acts[3]) if acts[2] else None
         dynamic = bool(_int_field(p, "act_in_dynamic", 0))
+        rounding = "half_even" if _int_field(p, "round_half_even", 0) else "half_up"
     except ConfigError as exc:
         raise FormatError(f"invalid fixed-point format: {exc}") from exc
     if dynamic and (act_in is None or act_out is not None):
         raise FormatError("a per-token (dynamic) input format needs an input width and a float output")
-    return Formats(bits, frac_lens, act_in, act_out, dynamic)
+    return Formats(bits, frac_lens, act_in, act_out, dynamic, rounding)
 
 
 def _groups(weight: StoredWeight, frac_lens: np.ndarray) -> np.ndarray:

@@ -313,6 +313,9 @@ def _layer(ctx: _Context, call: Call) -> None:
         return
     assert fp is not None
     engine = IntegerLayer.from_module(module)
+    if engine.rounding != "half_up":
+        raise ConfigError(f"{describe(call)}: the C backend rounds half up; this layer rounds {engine.rounding} "
+                          "(quantize with rounding='half_up' for C)")
     if engine.dynamic_input:
         raise ConfigError(f"{describe(call)}: a per-token (run-time) input format needs float arithmetic; "
                           "quantize with static activations for the C backend")

@@ -5,8 +5,9 @@ writes a file that stock ONNX Runtime runs. The mapping of each deepshrink state
 with it at load, is in docs/onnx.md. Options (``--option key=value`` on the command line):
 
 * ``opset`` (21): ONNX opset; 21 allows ``UINT4``/``INT4`` tensors and 16-bit Q/DQ (18 is the lowest accepted).
-* ``activations`` ("qdq"): fixed-point layers with activation formats as Q/DQ pairs (int8 kernels in ORT), or
-  "exact" (float ops rounding half up like deepshrink: bit-exact, float kernels), or "float" (weights only).
+* ``activations`` ("qdq"): fixed-point layers with activation formats as Q/DQ pairs (int8 kernels in ORT; bit-exact
+  for layers quantized with ``rounding="half_even"``), or "exact" (float ops rounding like the layer: bit-exact,
+  float kernels), or "float" (weights only).
 * ``encoding`` ("auto"): the smallest candidate per weight, or one by name (codes, gaps, ints, float).
 * ``dynamic_dims`` ("0"): input dimensions left symbolic (comma-separated; "0,1" for batch and sequence).
 * ``metadata`` (False): keep the exporter's per-node metadata (source stack traces, module names: a few KB,

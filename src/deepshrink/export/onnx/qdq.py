@@ -4,14 +4,14 @@
 ``DequantizeLinear(scale = 2**-frac_len, zero_point = 0)`` (per output channel where the model has one), the bias
 as ``int32`` at the accumulator's scale, and ``QuantizeLinear``/``DequantizeLinear`` pairs with the searched
 formats on the layer's input and output, so ONNX Runtime's QDQ fusion runs int8 ``QLinearConv`` /
-``QLinearMatMul`` / ``QGemm`` kernels. ONNX rounds half to even where deepshrink rounds half up: an output whose
-accumulator lies exactly half-way between two steps of its format comes out one step lower (measured in
-docs/onnx.md). Widths other than 8 and 16 bits saturate with a ``Clip`` after the ``DequantizeLinear``. A bias
+``QLinearMatMul`` / ``QGemm`` kernels. ONNX rounds half to even: bit-exact for layers quantized with
+``rounding="half_even"``; with deepshrink's default half up, an output whose accumulator lies exactly half-way
+between two steps of its format comes out one step lower (measured in docs/onnx.md). Widths other than 8 and 16 bits saturate with a ``Clip`` after the ``DequantizeLinear``. A bias
 beyond int32 at the accumulator's scale (a channel of tiny weights) is added after the op in float: left in
 the op, ORT's WeightBiasQuantization would re-quantize it to int32 at that scale and overflow.
 
-``activations="exact"``: the same formats computed with float ops (``Mul`` by ``2**frac_len``, ``Add 0.5``,
-``Floor``, ``Clip``, ``Mul`` back): deepshrink's rounding bit for bit while every partial sum of the float
+``activations="exact"``: the same formats computed with float ops (``Mul`` by ``2**frac_len``, ``Add 0.5`` and
+``Floor``, or ``Round`` for half to even, ``Clip``, ``Mul`` back): deepshrink's rounding bit for bit while every partial sum of the float
 convolution stays below ``2**24`` steps of the accumulator (always, for 8-bit layers of the sizes here), at float
 speed. Layers with a per-token input format always take this path (ONNX has no per-row power-of-two quantizer).
 
@@ -82,9 +82,11 @@ def _acc_steps(fmt: Formats, act_in: FixedPointFormat) -> np.ndarray:
 
 
 def rounded_bias(bias: np.ndarray, fmt: Formats, act_in: FixedPointFormat) -> np.ndarray:
-    """deepshrink's bias integers at the accumulator's format: ``floor(b * 2**acc_frac + 0.5)`` (float64)."""
+    """deepshrink's bias integers at the accumulator's format: ``floor(b * 2**acc_frac + 0.5)`` (float64), or
+    rounded half to even for a layer that rounds so."""
     steps = _acc_steps(fmt, act_in)
-    return np.floor(bias.astype(np.float64) / (steps if steps.size > 1 else steps[0]) + 0.5)
+    scaled = bias.astype(np.float64) / (steps if steps.size > 1 else steps[0])
+    return np.rint(scaled) if fmt.rounding == "half_even" else np.floor(scaled + 0.5)
 
 
 class _Layer:
@@ -136,13 +138,22 @@ class _Layer:
         return out
 
     # activations --------------------------------------------------------------------------------------------
+    def rounds(self, value: str) -> str:
+        """``value`` rounded to integers by the layer's rule: ``Floor(x + 0.5)`` (half up) or ``Round`` (half to
+        even)."""
+        b = self.b
+        if self.fmt.rounding == "half_even":
+            return b.op("Round", [value])
+        return b.op("Floor", [b.op("Add", [value, b.const(np.float32(0.5), "half")])])
+
     def quantize(self, x: str, fmt: FixedPointFormat, exact: bool, output: str | None = None) -> str:
-        """``x`` rounded and saturated to ``fmt``: a Q/DQ pair, or float ops rounding half up."""
+        """``x`` rounded and saturated to ``fmt``: a Q/DQ pair (half to even), or float ops rounding as the layer
+        does."""
         b = self.b
         lo, hi = int_range(fmt.bits)
         if exact:
             scaled = b.op("Mul", [x, b.const(np.float32(_pow2(fmt.frac_len)), "scale")])
-            ints = b.op("Floor", [b.op("Add", [scaled, b.const(np.float32(0.5), "half")])])
+            ints = self.rounds(scaled)
             clipped = b.op("Clip", [ints, b.const(np.float32(lo), "lo"), b.const(np.float32(hi), "hi")])
             return b.op("Mul", [clipped, b.const(np.float32(_pow2(-fmt.frac_len)), "step")], output)
         bits = 8 if fmt.bits <= 8 else 16
@@ -162,7 +173,7 @@ class _Layer:
         lo, hi = int_range(bits)
         f32 = lambda v, hint="c": b.const(np.float32(v), hint)  # noqa: E731
 
-        def rounds(value: str) -> str:
+        def half_up(value: str) -> str:  # the format choice rounds half up whatever the layer's rule
             return b.op("Floor", [b.op("Add", [value, f32(0.5, "half")])])
 
         peak = b.op("ReduceMax", [b.op("Abs", [x]), b.i64([-1])], keepdims=1)
@@ -172,13 +183,13 @@ class _Layer:
         frac = b.op("Sub", [f32(bits - 1), b.op("Ceil", [log2])])
         for _ in range(2):  # the exact rule, as deepshrink settles a float log2's off-by-one
             up = b.op("Add", [frac, f32(1.0)])
-            grow = b.op("LessOrEqual", [rounds(b.op("Mul", [safe, b.op("Pow", [f32(2.0), up])])), f32(hi)])
+            grow = b.op("LessOrEqual", [half_up(b.op("Mul", [safe, b.op("Pow", [f32(2.0), up])])), f32(hi)])
             frac = b.op("Where", [grow, up, frac])
-            shrink = b.op("Greater", [rounds(b.op("Mul", [safe, b.op("Pow", [f32(2.0), frac])])), f32(hi)])
+            shrink = b.op("Greater", [half_up(b.op("Mul", [safe, b.op("Pow", [f32(2.0), frac])])), f32(hi)])
             frac = b.op("Where", [shrink, b.op("Sub", [frac, f32(1.0)]), frac])
         frac = b.op("Clip", [b.op("Where", [live, frac, f32(bits - 1)]), f32(-62.0), f32(62.0)])
         scale = b.op("Pow", [f32(2.0), frac])
-        ints = b.op("Clip", [rounds(b.op("Mul", [x, scale])), f32(lo), f32(hi)])
+        ints = b.op("Clip", [self.rounds(b.op("Mul", [x, scale])), f32(lo), f32(hi)])
         return b.op("Div", [ints, scale]), scale
 
     # the rewrite --------------------------------------------------------------------------------------------
@@ -281,7 +292,7 @@ class _Layer:
         w_scale = np.array([_pow2(int(f)) for f in self.fmt.frac_lens], dtype=np.float32)
         acc = b.op("Mul", [row_scale, b.const(w_scale if w_scale.size > 1 else w_scale[0], "w_pow")])
         scaled = b.op("Mul", [b.const(bias.astype(np.float32), "bias"), acc])
-        rounded = b.op("Floor", [b.op("Add", [scaled, b.const(np.float32(0.5), "half")])])
+        rounded = self.rounds(scaled)
         big = b.op("GreaterOrEqual", [b.op("Abs", [scaled]), b.const(np.float32(2.0**23), "big")])
         per_row = b.op("Div", [b.op("Where", [big, scaled, rounded]), acc])
         if holder is use.node:  # Gemm/Conv: take the bias out of the op, add it per row after it
