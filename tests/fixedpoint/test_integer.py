@@ -169,6 +169,8 @@ def test_half_even_rounding_is_kept_by_the_file(tmp_path: Path) -> None:
     save_compressed(model, tmp_path / "even.dsz")
     loaded = load_compressed(tmp_path / "even.dsz", model=randomize_(TinyCNN(), 9, 1.0))
     assert torch.equal(loaded(x), model(x))
-    assert torch.equal(IntegerModel(loaded)(x), model(x))
+    engine = IntegerModel(loaded)
+    assert torch.equal(engine(x), model(x))
+    assert any(getattr(layer, "last_kernel", "").startswith("int8") for layer in engine.layers.values())  # fused path
     with pytest.raises(ConfigError, match="rounding"):
         DynamicFixedPoint(rounding="nearest")

@@ -79,6 +79,7 @@ layer_configs = st.fixed_dictionaries({
     "granularity": st.sampled_from(["layer", "channel"]),
     "batch": st.integers(1, 6),
     "scale": st.floats(0.05, 20.0),
+    "rounding": st.sampled_from(["half_up", "half_even"]),
 })
 
 
@@ -103,7 +104,7 @@ def test_fused_plan_is_bit_exact(path: str, monkeypatch: pytest.MonkeyPatch, cfg
     gen = torch.Generator().manual_seed(seed + 1)
     scale = cfg["scale"]
     quantize_(model, DynamicFixedPoint(bits=cfg["bits"], quantize_outputs=cfg["outputs"],
-                                       granularity=cfg["granularity"]),
+                                       granularity=cfg["granularity"], rounding=cfg["rounding"]),
               calib=torch.randn(8, *shape, generator=gen) * scale)
     x = torch.randn(cfg["batch"], *shape, generator=gen) * scale * 3  # wider than calibration: saturation
     simulated = model(x).detach()

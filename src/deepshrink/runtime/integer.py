@@ -151,9 +151,7 @@ class IntegerLayer(nn.Module):
     def forward(self, x: Tensor | QTensor) -> Tensor | QTensor:
         plan = self.__dict__.get("_plan", False)
         if plan is False:  # built on the first call (exporters construct layers they never run)
-            # the fused kernels round half up; a half-to-even layer runs the torch path
-            fused = FAST_PATH and self.rounding == "half_up"
-            plan = self.__dict__["_plan"] = Int8Plan.build(self, self._template) if fused else None
+            plan = self.__dict__["_plan"] = Int8Plan.build(self, self._template) if FAST_PATH else None
         if plan is not None:
             out = plan(x, QTensor)
             if out is not None:

@@ -9,8 +9,10 @@ each a separate pass with its own temporaries. :class:`Int8Plan` does the same a
   :class:`~deepshrink.runtime.integer.QTensor` is requantized like ``requantize`` (rounding shift, clamp);
 * products: int8 x int8 summed in int32 (exact: the engine chose int32 only where no sum can overflow);
   convolutions gather their patches from the byte image (im2col of bytes, a quarter of float patches);
-* epilogue: ``+ bias``, then the output format's per-channel rounding shift (half up) and saturation, returned as
+* epilogue: ``+ bias``, then the output format's per-channel rounding shift and saturation, returned as
   int64 integers, or scaled to float32 (``acc / 2**frac`` in float64, then rounded to float32).
+
+Every rounding is half up, or half to even for a layer quantized with ``rounding="half_even"`` (the ``even`` flag).
 
 Covered: Linear, and Conv1d/Conv2d with ``groups=1`` and numeric zero padding, with weights and inputs of at most
 8 bits, int32 accumulation and a static input format. Everything else stays on the torch path.
@@ -35,15 +37,39 @@ PARALLEL_MIN_MACS = 2_000_000
 """Multiply-adds from which the products run on all threads."""
 
 
+@numba.njit(inline="always", **_OPTS)
+def _round(y, even):
+    """``y`` (float64) to an integral float64: half up (``floor(y + 0.5)``), or half to even."""
+    if not even:
+        return math.floor(y + 0.5)
+    f = math.floor(y)
+    d = y - f  # exact
+    if d > 0.5 or (d == 0.5 and f * 0.5 != math.floor(f * 0.5)):
+        return f + 1.0
+    return f
+
+
+@numba.njit(inline="always", **_OPTS)
+def _shift(t, right, left, half, even):
+    """``t * 2**(left - right)`` (one of them 0), the right shift rounded half up or half to even."""
+    if even and right > 0:
+        q = t >> right
+        r = t - (q << right)
+        if r > half or (r == half and (q & 1) == 1):
+            q += 1
+        return q
+    return ((t + half) >> right) << left
+
+
 @numba.njit(**_OPTS)
-def _bytes_from_float(x, scale, qmin, qmax, offset, out):
-    """``out[m, k] = clamp(floor(x[m, k] * scale + 0.5)) + offset``; columns past ``x``'s hold ``offset``."""
+def _bytes_from_float(x, scale, qmin, qmax, offset, even, out):
+    """``out[m, k] = clamp(round(x[m, k] * scale)) + offset``; columns past ``x``'s hold ``offset``."""
     rows, width = x.shape
     for m in range(rows):
         src = x[m]
         dst = out[m]
         for k in range(width):
-            v = math.floor(np.float64(src[k]) * scale + 0.5)
+            v = _round(np.float64(src[k]) * scale, even)
             v = min(max(v, qmin), qmax)
             dst[k] = np.int64(v) + offset
         for k in range(width, dst.shape[0]):
@@ -51,32 +77,31 @@ def _bytes_from_float(x, scale, qmin, qmax, offset, out):
 
 
 @numba.njit(**_OPTS)
-def _bytes_from_ints(x, shift, qmin, qmax, offset, out):
-    """``out[m, k] = clamp(rounding_shift(x[m, k], shift)) + offset`` (round half up); padding as above."""
+def _bytes_from_ints(x, shift, qmin, qmax, offset, even, out):
+    """``out[m, k] = clamp(rounding_shift(x[m, k], shift)) + offset``; padding as above."""
     rows, width = x.shape
-    half = np.int64(1) << (shift - 1) if shift > 0 else np.int64(0)
+    right, left = max(shift, 0), max(-shift, 0)
+    half = np.int64(1) << (right - 1) if right > 0 else np.int64(0)
     for m in range(rows):
         src = x[m]
         dst = out[m]
         for k in range(width):
-            v = src[k]
-            if shift > 0:
-                v = (v + half) >> shift
-            elif shift < 0:
-                v = v << -shift
+            v = _shift(np.int64(src[k]), right, left, half, even)
             dst[k] = min(max(v, qmin), qmax) + offset
         for k in range(width, dst.shape[0]):
             dst[k] = offset
 
 
 @numba.njit(**_OPTS)
-def _conv_patches(image, is_float, scale, shift, qmin, qmax, offset, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow, padded, out):
+def _conv_patches(image, is_float, scale, shift, qmin, qmax, offset, even, kh, kw, sh, sw, dh, dw, ph, pw, oh, ow,
+                  padded, out):
     """Convolution patches as bytes: the (N, C, H, W) input (float32, or int64 when ``is_float`` is False: then
     ``image`` is its int64 view) rounded like :func:`_bytes_from_float` / :func:`_bytes_from_ints` into the
     zero-padded byte image ``padded`` (N, C, H + 2 ph, W + 2 pw), then gathered into ``out`` (N * oh * ow, K4):
     row (n, i, j), column (c, ki, kj); columns past ``C * kh * kw`` hold ``offset`` (zero)."""
     n_batch, channels, height, width = image.shape
-    half = np.int64(1) << (shift - 1) if shift > 0 else np.int64(0)
+    right, left = max(shift, 0), max(-shift, 0)
+    half = np.int64(1) << (right - 1) if right > 0 else np.int64(0)
     for n in range(n_batch):
         for c in range(channels):
             plane = padded[n, c]
@@ -88,14 +113,10 @@ def _conv_patches(image, is_float, scale, shift, qmin, qmax, offset, kh, kw, sh,
                 src = image[n, c, i]
                 for j in range(width):
                     if is_float:
-                        v = min(max(math.floor(np.float64(src[j]) * scale + 0.5), qmin), qmax)
+                        v = min(max(_round(np.float64(src[j]) * scale, even), qmin), qmax)
                         dst[j + pw] = np.int64(v) + offset
                     else:
-                        t = np.int64(src[j])
-                        if shift > 0:
-                            t = (t + half) >> shift
-                        elif shift < 0:
-                            t = t << -shift
+                        t = _shift(np.int64(src[j]), right, left, half, even)
                         dst[j + pw] = min(max(t, qmin), qmax) + offset
     taps = channels * kh * kw
     for n in range(n_batch):
@@ -115,9 +136,11 @@ def _conv_patches(image, is_float, scale, shift, qmin, qmax, offset, kh, kw, sh,
 
 
 @numba.njit(**_OPTS)
-def _epilogue(acc, colsum, offset, bias, half, right, left, qmin, qmax, scale, mode, positions, out_int, out_float):
+def _epilogue(acc, colsum, offset, bias, half, right, left, qmin, qmax, scale, mode, even, positions, out_int,
+              out_float):
     """Per output ``t = acc[m, n] - offset * colsum[n] + bias[n]`` (int32), then by ``mode``:
-    0: ``clamp(((t + half[n]) >> right[n]) << left[n])`` (the rounding shift, half up) into ``out_int``;
+    0: ``clamp(((t + half[n]) >> right[n]) << left[n])`` (the rounding shift; half to even with ``even``) into
+    ``out_int``;
     1: the same times ``scale[n]`` into ``out_float``; 2: ``t * scale[n]`` into ``out_float`` (``scale`` = exact
     inverse powers of two: multiplying by one equals the torch path's division in float64). The outputs are flat
     (samples, n, positions): row ``m`` of ``acc`` is (sample, position)."""
@@ -136,7 +159,7 @@ def _epilogue(acc, colsum, offset, bias, half, right, left, qmin, qmax, scale, m
         else:
             for n in range(n_out):
                 t = np.int64(np.int32(np.int64(a[n]) + base[n]))
-                t = min(max(((t + half[n]) >> right[n]) << left[n], qmin), qmax)
+                t = min(max(_shift(t, right[n], left[n], half[n], even), qmin), qmax)
                 if mode == 0:
                     out_int[at + n * positions] = t
                 else:
@@ -152,8 +175,9 @@ class Int8Plan:
     :meth:`build` returns None for a layer it does not cover."""
 
     def __init__(self, weight: Int8Weight, bias: np.ndarray, act_in: Any, acc_frac: np.ndarray, act_out: Any,
-                 float_io: bool, conv: tuple[tuple[int, int], ...] | None, conv1d: bool) -> None:
+                 float_io: bool, conv: tuple[tuple[int, int], ...] | None, conv1d: bool, even: bool = False) -> None:
         self.weight = weight
+        self.even = even
         self.bias = bias
         self.in_bits, self.in_frac = int(act_in.bits), int(act_in.frac_len)
         self.scale_in = math.ldexp(1.0, self.in_frac)
@@ -203,7 +227,7 @@ class Int8Plan:
         w_frac = layer.w_frac.numpy() if isinstance(layer.w_frac, Tensor) else np.array([layer.w_frac])
         acc_frac = np.broadcast_to(np.asarray(w_frac, dtype=np.int64) + int(layer.act_in.frac_len), (w.shape[0],))
         return cls(pack(w.astype(np.int8)), bias, layer.act_in, acc_frac.copy(), layer.act_out, layer.float_io, conv,
-                   conv1d)
+                   conv1d, layer.rounding == "half_even")
 
     def __call__(self, x: Any, qtensor: type) -> Any:
         """The layer's output for ``x`` (float32 tensor or QTensor), or None when the torch path must run."""
@@ -233,7 +257,8 @@ class Int8Plan:
         out_int = np.empty(shape if self.mode == 0 else (1, 1, 1), dtype=np.int64)
         out_float = np.empty(shape if self.mode else (1, 1, 1), dtype=np.float32)
         _epilogue(acc, self.weight.colsum, self.offset, self.bias, self.half, self.right, self.left, self.qmin,
-                  self.qmax, self.scale, self.mode, max(positions, 1), out_int.reshape(-1), out_float.reshape(-1))
+                  self.qmax, self.scale, self.mode, self.even, max(positions, 1), out_int.reshape(-1),
+                  out_float.reshape(-1))
         result = torch.from_numpy(out_int if self.mode == 0 else out_float)
         if positions:
             result = result.reshape(samples, n, *out_hw)
@@ -249,9 +274,9 @@ class Int8Plan:
         qmin, qmax = int_range(self.in_bits)
         out = np.empty((flat.shape[0], self.weight.quads * 4), dtype=np.uint8 if self.offset else np.int8)
         if frac is not None:
-            _bytes_from_ints(flat, int(frac) - self.in_frac, qmin, qmax, self.offset, out)
+            _bytes_from_ints(flat, int(frac) - self.in_frac, qmin, qmax, self.offset, self.even, out)
         else:
-            _bytes_from_float(flat, self.scale_in, qmin, qmax, self.offset, out)
+            _bytes_from_float(flat, self.scale_in, qmin, qmax, self.offset, self.even, out)
         return out
 
     def _patches(self, image: np.ndarray, frac: int | None) -> tuple[np.ndarray, int, int, tuple[int, int]]:
@@ -267,8 +292,8 @@ class Int8Plan:
         rows = np.empty((n * oh * ow, self.weight.quads * 4), dtype=dtype)
         qmin, qmax = int_range(self.in_bits)
         shift = 0 if frac is None else int(frac) - self.in_frac
-        _conv_patches(image, frac is None, self.scale_in, shift, qmin, qmax, self.offset, kh, kw, sh, sw, dh, dw, ph, pw,
-                 oh, ow, padded, rows)
+        _conv_patches(image, frac is None, self.scale_in, shift, qmin, qmax, self.offset, self.even, kh, kw, sh, sw, dh,
+                      dw, ph, pw, oh, ow, padded, rows)
         return rows, n, oh * ow, (oh, ow)
 
 
