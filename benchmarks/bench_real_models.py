@@ -356,6 +356,23 @@ def row_dfp8_channel_mixed_net(bench: Bench) -> Outcome:
     return _dfp(bench, bits=8, granularity="channel", max_bits_avg=8.5, mixed_objective="network")
 
 
+@row("effnet", "minilm")
+def row_dfp8_channel_obs(bench: Bench) -> Outcome:
+    """Per-channel formats, weights OBS-rounded (GPTQ) on their grids."""
+    return _dfp(bench, bits=8, granularity="channel", weight_rounding="obs")
+
+
+@row("effnet", "minilm")
+def row_dfp8_channel_mixed_obs(bench: Bench) -> Outcome:
+    return _dfp(bench, bits=8, granularity="channel", max_bits_avg=8.5, weight_rounding="obs")
+
+
+@row("effnet", "minilm")
+def row_dfp8_channel_mixed_net_obs(bench: Bench) -> Outcome:
+    return _dfp(bench, bits=8, granularity="channel", max_bits_avg=8.5, mixed_objective="network",
+                weight_rounding="obs")
+
+
 @row("minilm")
 def row_dfp8_channel_per_token_mixed_net(bench: Bench) -> Outcome:
     return _dfp(bench, bits=8, granularity="channel", activations="per_token", max_bits_avg=8.5,

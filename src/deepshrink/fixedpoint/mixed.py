@@ -52,13 +52,14 @@ def widen_for_budget(errors: Mapping[str, float], modules: Mapping[str, nn.Modul
 
 @torch.no_grad()
 def network_gains(model: nn.Module, modules: Mapping[str, nn.Module], names: Sequence[str], batches: Sequence[Any],
-                  reference: Sequence[Sequence[Tensor]], wide_weight: Callable[[str], tuple[int, int | Tensor]]
-                  ) -> dict[str, float]:
+                  reference: Sequence[Sequence[Tensor]], wide_weight: Callable[[str], tuple[int, int | Tensor]],
+                  originals: Mapping[str, Tensor] | None = None) -> dict[str, float]:
     """For each layer in ``names``: how much the squared error of the network's outputs against ``reference`` (the
     float model's, per calibration batch) falls when that layer alone runs wide -- its weight at the width and
     fractional length(s) ``wide_weight(name)`` gives, its activations unrounded -- the rest as quantized.
 
     Weights must not be cached (``parametrize.cached``) around this: each trial changes one layer's format.
+    ``originals``: latent weights a wide layer runs from (when the narrow ones were moved, e.g. OBS-rounded).
     """
     def error() -> float:
         total = 0.0
@@ -73,12 +74,18 @@ def network_gains(model: nn.Module, modules: Mapping[str, nn.Module], names: Seq
         fp = fixed_point_of(modules[name])
         assert fp is not None
         saved = int(fp.bits_buf), fp.weight_frac_len, fp.act_in, fp.act_out
+        latent = latent_weight(modules[name])
+        narrow = latent.detach().clone() if originals is not None and name in originals else None
+        if narrow is not None and originals is not None:
+            latent.data.copy_(originals[name])
         fp.set_weight_frac_len(*wide_weight(name))
         fp.set_act_in(None)
         fp.set_act_out(None)
         try:
             gains[name] = base - error()
         finally:
+            if narrow is not None:
+                latent.data.copy_(narrow)
             fp.set_weight_frac_len(saved[0], saved[1])
             fp.set_act_in(saved[2])
             fp.set_act_out(saved[3])

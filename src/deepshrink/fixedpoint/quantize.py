@@ -17,10 +17,11 @@ from ..core.fixed_point import FixedPointFormat, check_bits, check_rounding, ove
 from ..core.fold import fold_batchnorm_
 from ..core.graph import clip_range, trace_calls
 from ..core.select import Selector, layer_kind, layer_type_name, select_layers
-from ..core.state import latent_weight, set_value_transform
+from ..core.state import get_mask, latent_weight, set_value_transform
 from ..train.recovery import correct_biases_
 from .equalize import equalize_
 from .mixed import average_bits, network_gains, widen_for_budget
+from .obs_rounding import obs_round_
 from .search import (
     channel_weight_error,
     greedy_data_stage,
@@ -63,6 +64,9 @@ class DynamicFixedPoint:
     into its bias. ``equalize``: cross-layer equalisation of consecutive layers' channel ranges first.
     ``rounding``: ``"half_up"`` (the paper's; what the C backend computes) or ``"half_even"`` (ONNX's
     ``QuantizeLinear`` rule: an ONNX Q/DQ export then computes bit for bit what deepshrink computes).
+    ``weight_rounding="obs"``: weights rounded to their grid column by column with each column's error compensated
+    on the rest through the inverse input Hessian (GPTQ, Frantar et al. 2022; :mod:`.obs_rounding`) instead of
+    to the nearest grid point: the layer's output error, not its weight error, is what it minimises.
     """
 
     bits: int | Mapping[str, int] = 8
@@ -80,9 +84,15 @@ class DynamicFixedPoint:
     bias_correction: bool = False
     equalize: bool = False
     rounding: str = "half_up"
+    weight_rounding: str = "nearest"
 
     def __post_init__(self) -> None:
         check_rounding(self.rounding)
+        if self.weight_rounding not in ("nearest", "obs"):
+            raise ConfigError(f"weight_rounding must be 'nearest' or 'obs', got {self.weight_rounding!r}")
+        if self.weight_rounding == "obs" and (self.static or self.weight_objective != "error"):
+            raise ConfigError("weight_rounding='obs' needs per-layer dynamic formats (static=False) and "
+                              "weight_objective='error'")
         if self.weight_objective not in ("error", "accuracy"):
             raise ConfigError(f"weight_objective must be 'error' or 'accuracy', got {self.weight_objective!r}")
         if self.granularity not in ("layer", "channel"):
@@ -177,12 +187,15 @@ class FixedPointReport:
     equalized: list[tuple[str, str]] = field(default_factory=list)
     bias_corrected: dict[str, float] = field(default_factory=dict)
     average_bits: float = 0.0
+    obs_rounding: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Per OBS-rounded layer: its relative output error on the calibration inputs, nearest -> OBS rounding."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"scheme": "static" if self.static else "dynamic", "layers": [row.to_dict() for row in self.layers],
                 "skipped": [list(s) for s in self.skipped], "folded_bn": [list(p) for p in self.folded],
                 "equalized": [list(p) for p in self.equalized], "bias_corrected": dict(self.bias_corrected),
                 "average_weight_bits": round(self.average_bits, 4),
+                "obs_rounding": {n: [round(a, 8), round(b, 8)] for n, (a, b) in self.obs_rounding.items()},
                 "widened": [r.name for r in self.layers if r.widened]}
 
     def __str__(self) -> str:
@@ -264,6 +277,14 @@ def _clipped_outputs(model: nn.Module, names: Iterable[str], example: Any) -> di
     return clips
 
 
+def _relative_change(module: nn.Module, original: Tensor) -> float:
+    """``|W - W0|^2 / |W0|^2`` of the layer's weight (masked positions as 0) against its original latent ``W0``."""
+    mask = get_mask(module)
+    keep = mask.double() if mask is not None else 1.0
+    w0 = original.double() * keep
+    return float(((latent_weight(module).detach().double() * keep - w0) ** 2).sum()) / (float((w0**2).sum()) or 1.0)
+
+
 def _weight_formats(module: nn.Module, weight: Tensor, bits: int, config: DynamicFixedPoint,
                     static_fl: int | None) -> tuple[int | Tensor, float]:
     """The weight's fractional length(s) and its relative squared error."""
@@ -317,6 +338,12 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
         set_value_transform(module, FixedPoint(bits[name], frac, dynamic_input=name in per_token,
                                                rounding=config.rounding))
         install_hooks(module)
+    originals = {n: latent_weight(m).detach().clone() for n, m in modules.items()}
+    obs_errors: dict[str, tuple[float, float]] = {}
+    if config.weight_rounding == "obs":
+        obs_errors = obs_round_(model, order, modules, batches)
+        for name in obs_errors:
+            errors[name] = _relative_change(modules[name], originals[name])
     if config.weight_objective == "accuracy" and not config.static:
         _refine_weights_by_accuracy(model, order, modules, batches, config.span)
         for name, module in modules.items():
@@ -341,17 +368,20 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
             output_errors = greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs,
                                               config.span, clips)
     if config.max_bits_avg is not None:  # mixed precision: widen, then choose the activation formats again
-        wide = {n: _weight_formats(m, latent_weight(m).detach(), config.wide_bits, config, None)
+        wide = {n: _weight_formats(m, originals[n], config.wide_bits, config, None)
                 for n, m in modules.items() if bits[n] < config.wide_bits}
         if network_objective:
             score = network_gains(model, modules, [n for n in computed if n in wide], batches, final,
-                                  lambda n: (config.wide_bits, wide[n][0]))
+                                  lambda n: (config.wide_bits, wide[n][0]), originals if obs_errors else None)
         else:
             score = {n: errors[n] + output_errors.get(n, 0.0) for n in modules}
         widened = widen_for_budget(score, modules, bits, config.wide_bits, float(config.max_bits_avg))
         for name in widened:
             bits[name] = config.wide_bits
             frac, errors[name] = wide[name]
+            if name in obs_errors:  # the wide grid is fine: nearest rounding of the original weight
+                latent_weight(modules[name]).data.copy_(originals[name])
+                del obs_errors[name]
             fp = fixed_point_of(modules[name])
             assert fp is not None
             fp.set_weight_frac_len(bits[name], frac)
@@ -364,7 +394,7 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
 
     report = FixedPointReport(static=config.static, skipped=[*selection.skipped, *float_bns], folded=list(folded),
                               equalized=equalized, bias_corrected=bias_corrected,
-                              average_bits=average_bits(bits, modules))
+                              average_bits=average_bits(bits, modules), obs_rounding=obs_errors)
     for name in [*order, *[n for n in modules if n not in order]]:
         fp = fixed_point_of(modules[name])
         assert fp is not None

@@ -17,18 +17,16 @@ every Hessian from the uncompressed model in one pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.capture import execution_order, layer_by_layer
 from ..core.errors import ConfigError
-from ..core.graph import run_model
-from ..core.layer_call import op_call
+from ..core.hessian import input_hessian, layer_hessians, obs_sweep
 from ..core.state import latent_weight
 from ..data import calibration_batches
 from .allocate import GRID, allocate, relative_error
@@ -155,129 +153,29 @@ def obs_prune_matrix(weight: Tensor, hessian: Tensor, alive: Tensor, sparsity: f
 
     Positions not ``alive`` are pruned whatever their saliency (masks only narrow).
     """
-    w = weight.double().clone()
-    h = hessian.double().clone()
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h += damp * float(torch.diag(h).mean()) * torch.eye(h.shape[0], dtype=h.dtype)
-    try:
-        h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    except RuntimeError:  # not positive definite even damped: much more damping, then give up on the update
-        h += 10 * damp * float(torch.diag(h).mean()) * torch.eye(h.shape[0], dtype=h.dtype)
-        h_inv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    cols = w.shape[1]
-    pruned = torch.zeros_like(w, dtype=torch.bool)
-    for start in range(0, cols, block_size):
-        stop = min(start + block_size, cols)
-        block = w[:, start:stop].clone()
-        block_inv = h_inv[start:stop, start:stop]
-        errors = torch.zeros_like(block)
+    pruned = torch.zeros_like(weight, dtype=torch.bool)
+
+    def rule(start: int, stop: int, block: Tensor, block_inv: Tensor) -> Callable[[int, Tensor], Tensor]:
         forced = ~alive[:, start:stop]
+        block_pruned = forced.clone()
         if pattern == "unstructured":
             saliency = block**2 / torch.diag(block_inv).reshape(1, -1) ** 2
             saliency[forced] = -1.0
             count = math.floor(saliency.numel() * sparsity)
-            block_pruned = torch.zeros_like(block, dtype=torch.bool)
             if count:
                 block_pruned.view(-1)[torch.topk(saliency.flatten(), count, largest=False).indices] = True
-            block_pruned |= forced
-        else:
-            block_pruned = forced.clone()
-        for i in range(stop - start):
+
+        def target(i: int, column: Tensor) -> Tensor:
             if pattern == "2:4" and i % 4 == 0:
                 span = slice(i, min(i + 4, stop - start))
                 saliency = block[:, span] ** 2 / torch.diag(block_inv)[span].reshape(1, -1) ** 2
                 drop = min(2, saliency.shape[1])
                 block_pruned[:, span].scatter_(1, torch.topk(saliency, drop, dim=1, largest=False).indices, True)
-            column = block[:, i]
-            quantized = torch.where(block_pruned[:, i], torch.zeros_like(column), column)
-            error = (column - quantized) / block_inv[i, i]
-            block[:, i:] -= error.unsqueeze(1) @ block_inv[i, i:].unsqueeze(0)
-            block[:, i] = quantized
-            errors[:, i] = error
-        w[:, start:stop] = block
-        w[:, stop:] -= errors @ h_inv[start:stop, stop:]
-        pruned[:, start:stop] = block_pruned
+            pruned[:, start + i] = block_pruned[:, i]
+            return torch.where(block_pruned[:, i], torch.zeros_like(column), column)
+
+        return target
+
+    w = obs_sweep(weight, hessian, rule, block_size, damp)
     keep = ~pruned
     return (w * keep).to(weight.dtype), keep
-
-
-def _patches(kind: str, x: Tensor, weight_shape: torch.Size, geometry: Mapping[str, Any]) -> Tensor:
-    """The op's input as ``(groups, samples, features)`` rows whose products with the weight rows are its outputs."""
-    groups = int(geometry.get("groups", 1) or 1)
-    if kind == "linear":
-        return x.detach().double().reshape(1, -1, x.shape[-1])
-    if kind == "conv1d":
-        x = x.unsqueeze(2)
-        kernel: tuple[int, ...] = (1, int(weight_shape[-1]))
-        pairs = [(1, _first(geometry.get(k, d))) for k, d in (("stride", 1), ("dilation", 1))]
-        stride, dilation = pairs
-        padding: Any = geometry.get("padding", 0)
-        padding = padding if isinstance(padding, str) else (0, _first(padding))
-    else:
-        kernel = (int(weight_shape[-2]), int(weight_shape[-1]))
-        stride, dilation = (_two(geometry.get("stride", 1)), _two(geometry.get("dilation", 1)))
-        padding = geometry.get("padding", 0)
-        padding = padding if isinstance(padding, str) else _two(padding)
-    if isinstance(padding, str):  # "valid" / "same" (stride 1): pad explicitly, then no padding
-        total = [dilation[d] * (kernel[d] - 1) if padding == "same" else 0 for d in (0, 1)]
-        x = F.pad(x, [total[1] // 2, total[1] - total[1] // 2, total[0] // 2, total[0] - total[0] // 2])
-        padding = (0, 0)
-    cols = F.unfold(x.detach().double(), kernel, dilation=dilation, padding=padding, stride=stride)
-    n, features, positions = cols.shape
-    cols = cols.reshape(n, groups, features // groups, positions).permute(1, 0, 3, 2)
-    return cols.reshape(groups, n * positions, features // groups)
-
-
-def _first(value: Any) -> int:
-    return int(value[0]) if isinstance(value, tuple | list) else int(value)
-
-
-def _two(value: Any) -> tuple[int, int]:
-    return (int(value[0]), int(value[1])) if isinstance(value, tuple | list) else (int(value), int(value))
-
-
-@torch.no_grad()
-def input_hessian(module: nn.Module, inputs: list[Tensor]) -> list[Tensor]:
-    """Per group of output channels, ``H = 2 X X^T / n`` of the layer's ``inputs`` (a list of input batches)."""
-    total: list[Tensor] | None = None
-    count = 0
-    for x in inputs:
-        kind, x, geometry = op_call(module, x)
-        rows = _patches(kind, x, latent_weight(module).shape, geometry)
-        products = list(torch.einsum("gnf,gnk->gfk", rows, rows))
-        total = products if total is None else [s + p for s, p in zip(total, products, strict=True)]
-        count += rows.shape[1]
-    assert total is not None
-    return [2.0 * s / max(count, 1) for s in total]
-
-
-@torch.no_grad()
-def layer_hessians(model: nn.Module, layers: Mapping[str, nn.Module], batches: list[Any]) -> dict[str, list[Tensor]]:
-    """Per layer, per group of output channels, ``H = 2 X X^T / n`` over the calibration batches (one pass)."""
-    sums: dict[str, list[Tensor]] = {}
-    counts: dict[str, int] = {}
-    handles = []
-    for name, module in layers.items():
-        def hook(mod: nn.Module, args: tuple, output: Any, name: str = name) -> None:
-            kind, x, geometry = op_call(mod, args[0])
-            rows = _patches(kind, x, latent_weight(mod).shape, geometry)
-            products = torch.einsum("gnf,gnk->gfk", rows, rows)
-            if name in sums:
-                sums[name] = [s + p for s, p in zip(sums[name], products, strict=True)]
-            else:
-                sums[name] = list(products)
-            counts[name] = counts.get(name, 0) + rows.shape[1]
-
-        handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in batches:
-            run_model(model, batch)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return {name: [2.0 * s / max(counts[name], 1) for s in sums[name]] for name in sums}
