@@ -66,6 +66,9 @@ def quantize(
                                                  "one calibration pass per layer).")] = "layer",
     rounding: Annotated[str, typer.Option("--rounding", help="half_up (the paper; the C backend) | half_even "
                                           "(ONNX's rule: a Q/DQ export is then bit-exact).")] = "half_up",
+    weight_rounding: Annotated[str, typer.Option("--weight-rounding", help="nearest (the paper) | obs (GPTQ: each "
+                                                 "column's rounding error compensated through the input Hessian)."
+                                                 )] = "nearest",
     bias_correction: Annotated[bool, typer.Option("--bias-correction", help="Fold each layer's mean output shift "
                                                   "into its bias.")] = False,
     equalize: Annotated[bool, typer.Option("--equalize", help="Cross-layer equalisation of channel ranges "
@@ -118,6 +121,7 @@ def quantize(
                                granularity=granularity, activations=activations, max_bits_avg=max_bits_avg,
                                wide_bits=wide_bits, mixed_objective=mixed_objective,
                                bias_correction=bias_correction, equalize=equalize, rounding=rounding,
+                               weight_rounding=weight_rounding,
                                quantize_outputs=activations == "static")
     batches = calibration_batches(source.split("val"), calib)
     test_set = source.split("test") if evaluate_after else None
