@@ -74,7 +74,7 @@ def effnet(work: Path, log: dict[str, Any]) -> None:
     data = ["--dataset", f"imagefolder:{crops}", "--image-size", "260", "--norm", "pm1", "--val-split", "16"]
     run(["quantize", *model, *data, "--bits", "8", "--granularity", "channel", "--max-bits-avg", "8.5",
          "--calib", "16", "--out", str(work / "q.dsz")], log, "quantize")
-    run(["eval", str(work / "q.dsz"), *model, *data], log, "eval_quantized")
+    run(["eval", str(work / "q.dsz"), *model, "--baseline", model[1], *data], log, "eval_quantized")
     run(["prune", *model, *data, "--method", "obs", "--sparsity", "0.5", "--calib", "16", "--rounds", "1",
          "--retrain-epochs", "0", "--final-epochs", "0", "--out", str(work / "p.dsz")], log, "prune_obs")
     recipe = work / "share.yaml"
@@ -85,7 +85,8 @@ def effnet(work: Path, log: dict[str, Any]) -> None:
     run(["ternary", *model, *data, "--epochs", "1", "--batch-size", "8", "--out", str(work / "t.dsz")], log,
         "ternary")
     for written in ("p.dsz", "s.dsz", "l.pt", "t.dsz"):  # every written file reloads and runs
-        run(["eval", str(work / written), *model, *data], log, f"eval_{written.split('.')[0]}")
+        run(["eval", str(work / written), *model, "--baseline", model[1], *data], log,
+            f"eval_{written.split('.')[0]}")
     run(["inspect", str(work / "s.dsz")], log, "inspect")
 
 
@@ -96,7 +97,7 @@ def minilm(work: Path, log: dict[str, Any]) -> None:
     data = ["--dataset", f"textfile:{text}", "--val-split", "64"]
     run(["quantize", *model, *data, "--bits", "8", "--granularity", "channel", "--activations", "per_token",
          "--calib", "128", "--select", "encoder.encoder.*", "--out", str(work / "q.dsz")], log, "quantize")
-    run(["eval", str(work / "q.dsz"), *model, *data], log, "eval_quantized")
+    run(["eval", str(work / "q.dsz"), *model, "--baseline", model[1], *data], log, "eval_quantized")
     run(["prune", *model, *data, "--method", "obs", "--sparsity", "0.5", "--calib", "128",
          "--select", "encoder.encoder.*", "--rounds", "1", "--retrain-epochs", "0", "--final-epochs", "0",
          "--out", str(work / "p.dsz")], log, "prune_obs")
@@ -109,7 +110,8 @@ def minilm(work: Path, log: dict[str, Any]) -> None:
     run(["ternary", *model, *data, "--epochs", "1", "--batch-size", "32", "--out", str(work / "t.dsz")], log,
         "ternary")
     for written in ("p.dsz", "s.dsz", "l.pt", "t.dsz"):  # every written file reloads and runs
-        run(["eval", str(work / written), *model, *data], log, f"eval_{written.split('.')[0]}")
+        run(["eval", str(work / written), *model, "--baseline", model[1], *data], log,
+            f"eval_{written.split('.')[0]}")
     run(["inspect", str(work / "s.dsz")], log, "inspect")
 
 

@@ -81,6 +81,11 @@ def test_flat_folder_has_no_labels_so_pruning_retrains_by_distillation(tmp_path:
                    "0.5", "--retrain-epochs", "1", "--dataset", f"imagefolder:{folder}", "--image-size", "16"])
     assert report["top1_after"] is None and 0.0 <= report["quality_after"]["top1_agreement"] <= 1.0
     assert 0.4 < report["sparsity"] < 0.6
+    flat = ["--dataset", f"imagefolder:{folder}", "--image-size", "16"]
+    evaluated = _run(["eval", str(out), "--model", CNN, "--baseline", CNN, *flat])  # a spec as the baseline
+    assert 0.0 <= evaluated["top1_agreement"] <= 1.0 and evaluated["cosine"] is not None
+    result = CliRunner().invoke(app, ["eval", str(out), "--model", CNN, "--baseline", "missing.pt", *flat])
+    assert result.exit_code != 0 and "no such model file" in str(result.exception)
 
 
 def test_text_file_model_takes_lists_of_strings(tmp_path: Path) -> None:

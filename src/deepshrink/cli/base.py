@@ -114,12 +114,26 @@ def train(
     shutdown()
 
 
+def open_baseline(baseline: str, model: str | None) -> Any:
+    """``--baseline``: a model file (read into ``--model`` when given), or else a model spec built as it stands."""
+    from ..models import build_from_spec
+
+    from ..core.errors import ConfigError
+
+    if Path(baseline).is_file():
+        return open_model(Path(baseline), model)[0]
+    if Path(baseline).suffix in (".pt", ".dsz", ".pth"):
+        raise ConfigError(f"--baseline: no such model file: {baseline}")
+    return build_from_spec(baseline).eval()
+
+
 def evaluate_cmd(
     path: PathArg = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
-    baseline: Annotated[Path | None, typer.Option("--baseline", help="Uncompressed model file to compare with "
-                                                  "(data without labels: agreement with it).")] = None,
+    baseline: Annotated[str | None, typer.Option("--baseline", help="The uncompressed model to compare with (data "
+                                                 "without labels: agreement with it): a model file, or a model "
+                                                 "spec as --model takes (e.g. pkg.module:factory).")] = None,
     dataset: FileDatasetOpt = None,
     split: Annotated[str, typer.Option("--split", help="test | val | train")] = "test",
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N samples.")] = None,
@@ -140,14 +154,16 @@ def evaluate_cmd(
     source = open_source(meta, dataset, data_options(data_dir=data_dir, val_split=val_split, image_size=image_size,
                                                      resize=resize, norm=norm, mean=mean, std=std,
                                                      skip_bad_images=skip_bad_images))
-    reference = open_model(baseline, model)[0] if baseline is not None else None
+    reference = open_baseline(baseline, model) if baseline is not None else None
     data = source.split(split, limit)
     result = quality(net, data, reference)
     if json_out:
         emit_json({**{k: round(v, 6) if isinstance(v, float) else v for k, v in result.items()},
                    "dataset": source.name, "split": split, "file": str(path) if path else model})
     else:
-        typer.echo(f"{path or model}: {describe(result)} on {result['samples']} {source.name} {split} samples")
+        typer.echo(f"{path or model}: {describe(result)} on {result['samples']} {source.name} {split} samples"
+                   + ("" if "accuracy" in result or reference is not None else
+                      " (no labels: --baseline MODEL gives the agreement with the uncompressed model)"))
 
 
 def summary_cmd(
