@@ -395,6 +395,17 @@ def row_dfp8_channel_per_token(bench: Bench) -> Outcome:
 
 
 @row("minilm")
+def row_dfp8_channel_per_token_obs(bench: Bench) -> Outcome:
+    return _dfp(bench, bits=8, granularity="channel", activations="per_token", weight_rounding="obs")
+
+
+@row("minilm")
+def row_dfp8_channel_per_token_mixed_obs(bench: Bench) -> Outcome:
+    return _dfp(bench, bits=8, granularity="channel", activations="per_token", max_bits_avg=8.5,
+                weight_rounding="obs")
+
+
+@row("minilm")
 def row_dfp8_channel_per_token_mixed(bench: Bench) -> Outcome:
     return _dfp(bench, bits=8, granularity="channel", activations="per_token", max_bits_avg=8.5)
 
