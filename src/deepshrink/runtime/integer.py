@@ -19,7 +19,6 @@ Every path is bit-exact with the simulated model of :mod:`deepshrink.fixedpoint.
 from __future__ import annotations
 
 import operator
-import threading
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -266,39 +265,76 @@ def _on_ints(fn: Any, args: tuple, kwargs: dict) -> QTensor:
     return QTensor(result, first.frac_len)
 
 
-class _Interpreter(fx.Interpreter):
-    def __init__(self, owner: IntegerModel) -> None:
-        super().__init__(owner.graph_module)
-        self.owner = owner
+def _module_step(owner: IntegerModel, target: str) -> Any:
+    """What a ``call_module`` node runs: the integer layer, an order-preserving module on the integers, or the
+    module on float values."""
+    name = f"int_{target.replace('.', '_')}"
+    if target in owner.layer_names:
+        layer = owner.layers[owner.layer_names[target]]
 
-    def run_node(self, n: fx.Node) -> Any:
-        """Without the base class's per-node context manager (it only annotates tracebacks): at batch 1 the
-        interpreter's own cost is comparable to the integer layers'."""
-        args, kwargs = self.fetch_args_kwargs_from_env(n)
-        return getattr(self, n.op)(n.target, args, kwargs)
+        def integer_step(x: Any) -> Any:
+            return layer(x)
 
-    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        key = str(target)
-        if key in self.owner.layer_names:
-            return self.owner.layers[self.owner.layer_names[key]](args[0])
-        module = self.fetch_attr(key)
-        if args and isinstance(args[0], QTensor) and isinstance(module, _INT_MODULES):
+        integer_step.__name__ = name
+        return integer_step
+    module = owner.graph_module.get_submodule(target)
+    on_ints = isinstance(module, _INT_MODULES)
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        if on_ints and args and isinstance(args[0], QTensor):
             return _on_ints(module, args, kwargs)
-        return super().call_module(target, _to_float(args), _to_float(kwargs))
+        return module(*_to_float(args), **_to_float(kwargs))
 
-    def call_function(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        if args and isinstance(args[0], QTensor) and target in _INT_FUNCTIONS:
-            kwargs = {k: v for k, v in kwargs.items() if k != "inplace"}
-            return _on_ints(target, args, kwargs)
-        return super().call_function(target, _to_float(args), _to_float(kwargs))
+    step.__name__ = name
+    return step
 
-    def call_method(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        if args and isinstance(args[0], QTensor) and target in _INT_METHODS:
-            first = args[0]
-            return QTensor(getattr(first.data, str(target))(*args[1:], **kwargs), first.frac_len)
-        if args and isinstance(args[0], QTensor) and target == "size":
-            return args[0].data.size(*args[1:], **kwargs)
-        return super().call_method(target, _to_float(args), _to_float(kwargs))
+
+def _function_step(target: Any) -> Any:
+    on_ints = target in _INT_FUNCTIONS
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        if on_ints and args and isinstance(args[0], QTensor):
+            return _on_ints(target, args, {k: v for k, v in kwargs.items() if k != "inplace"})
+        return target(*_to_float(args), **_to_float(kwargs))
+
+    step.__name__ = f"int_{getattr(target, '__name__', 'fn')}"
+    return step
+
+
+def _method_step(target: str) -> Any:
+    on_ints = target in _INT_METHODS
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        first = args[0]
+        if isinstance(first, QTensor):
+            if on_ints:
+                return QTensor(getattr(first.data, target)(*args[1:], **kwargs), first.frac_len)
+            if target == "size":
+                return first.data.size(*args[1:], **kwargs)
+        args = _to_float(args)
+        return getattr(args[0], target)(*args[1:], **_to_float(kwargs))
+
+    step.__name__ = f"int_{target}"
+    return step
+
+
+def _compile(owner: IntegerModel) -> fx.GraphModule:
+    """The traced graph rewritten so that every node calls its integer-aware step directly: fx generates straight
+    Python code for it, without an interpreter's per-node dispatch (at batch 1 as costly as the integer layers)."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in owner.graph_module.graph.nodes:
+        args = fx.node.map_arg(node.args, env.__getitem__)
+        kwargs = fx.node.map_arg(node.kwargs, env.__getitem__)
+        if node.op == "call_module":
+            env[node] = graph.call_function(_module_step(owner, str(node.target)), args, kwargs)
+        elif node.op == "call_function":
+            env[node] = graph.call_function(_function_step(node.target), args, kwargs)
+        elif node.op == "call_method":
+            env[node] = graph.call_function(_method_step(str(node.target)), args, kwargs)
+        else:  # placeholder, get_attr, output
+            env[node] = graph.node_copy(node, env.__getitem__)
+    return fx.GraphModule(owner.graph_module, graph)
 
 
 def _has_input_format(module: nn.Module) -> bool:
@@ -377,14 +413,10 @@ class IntegerModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, *args: Any) -> Any:
-        # one interpreter per thread, built once: building one walks every submodule (~0.1 ms on a LeNet, about
-        # what its integer layers cost at batch 1); ``run`` keeps its values per call, not across calls
-        interpreters = self.__dict__.setdefault("_interpreters", {})
-        key = threading.get_ident()
-        interpreter = interpreters.get(key)
-        if interpreter is None:
-            interpreter = interpreters[key] = _Interpreter(self)
-        return _to_float(interpreter.run(*args))
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None:  # built on the first call; not a submodule (it holds no state of its own)
+            compiled = self.__dict__["_compiled"] = _compile(self)
+        return _to_float(compiled(*args))
 
 
 def swap_integer_layers_(model: nn.Module) -> nn.Module:
