@@ -406,6 +406,12 @@ def row_dfp8_channel_per_token_mixed_obs(bench: Bench) -> Outcome:
 
 
 @row("minilm")
+def row_dfp8_channel_per_token_mixed_net_obs(bench: Bench) -> Outcome:
+    return _dfp(bench, bits=8, granularity="channel", activations="per_token", max_bits_avg=8.5,
+                mixed_objective="network", weight_rounding="obs")
+
+
+@row("minilm")
 def row_dfp8_channel_per_token_mixed(bench: Bench) -> Outcome:
     return _dfp(bench, bits=8, granularity="channel", activations="per_token", max_bits_avg=8.5)
 
