@@ -205,3 +205,29 @@ def test_obs_weight_rounding_beats_nearest_and_stays_bit_exact(granularity: str)
     assert set(report.obs_rounding) == {"fc1", "fc2", "fc3"}
     assert any(b < a for a, b in report.obs_rounding.values())
     assert outcome["obs"] < outcome["nearest"]
+
+
+class _Embedder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.emb(ids).mean(1))
+
+
+def test_swap_bakes_weight_only_layers_and_stays_bit_exact() -> None:
+    """An embedding in fixed point has a weight format only: the swapped model holds its values (no transform left
+    to re-quantize the table on every call) and computes what the simulation does."""
+    from torch.nn.utils import parametrize
+
+    model = _Embedder()
+    ids = torch.randint(0, 50, (16, 5), generator=torch.Generator().manual_seed(0))
+    quantize_(model, DynamicFixedPoint(bits=6), calib=[ids])
+    simulated = model(ids).detach()
+    engine = swap_integer_layers_(copy.deepcopy(model))
+    assert not parametrize.is_parametrized(engine.emb) and isinstance(engine.fc, IntegerLayer)
+    assert torch.equal(engine.emb.weight, model.emb.weight.detach())
+    with torch.no_grad():
+        assert torch.equal(engine(ids), simulated)

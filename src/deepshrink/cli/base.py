@@ -116,9 +116,8 @@ def train(
 
 def open_baseline(baseline: str, model: str | None) -> Any:
     """``--baseline``: a model file (read into ``--model`` when given), or else a model spec built as it stands."""
-    from ..models import build_from_spec
-
     from ..core.errors import ConfigError
+    from ..models import build_from_spec
 
     if Path(baseline).is_file():
         return open_model(Path(baseline), model)[0]

@@ -240,10 +240,24 @@ def apply_masks_(model: nn.Module) -> None:
                     latent_weight(module, name).mul_(step.mask.to(latent_weight(module, name).dtype))
 
 
+def bake_module_(module: nn.Module) -> nn.Module:
+    """``module`` made its own plain class again, holding its effective tensors as plain parameters (its
+    compression state folded in). Safe on a deep copy: torch's ``remove_parametrizations`` would delete the property
+    from a parametrized class the copy shares with its original."""
+    if parametrize.is_parametrized(module):
+        names = list(_chain_names(module))
+        values = {name: getattr(module, name).detach().clone() for name in names}
+        module.__class__ = module.__class__.__bases__[0]  # the class parametrize derived its class from
+        del module._modules["parametrizations"]
+        for name, value in values.items():
+            module._parameters[name] = nn.Parameter(value, requires_grad=value.is_floating_point())
+    return module
+
+
 def bake_(model: nn.Module) -> nn.Module:
     """Replace every parametrized tensor by its current value (a plain model, state discarded)."""
-    for _, module, name, _ in list(iter_states(model)):
-        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    for module in list(model.modules()):
+        bake_module_(module)
     return model
 
 
@@ -256,13 +270,7 @@ def plain_copy(model: nn.Module) -> nn.Module:
     """
     copy_ = copy.deepcopy(model)
     for module in copy_.modules():
-        if parametrize.is_parametrized(module):
-            names = list(_chain_names(module))
-            values = {name: getattr(module, name).detach().clone() for name in names}
-            module.__class__ = module.__class__.__bases__[0]  # the class parametrize derived its class from
-            del module._modules["parametrizations"]
-            for name, value in values.items():
-                module._parameters[name] = nn.Parameter(value, requires_grad=value.is_floating_point())
+        bake_module_(module)
     return copy_
 
 

@@ -46,7 +46,7 @@ from ..core.kinds import FixedPointKind, StoredWeight, kind_of, stored_from_expo
 from ..core.kinds.fixedpoint import formats
 from ..core.layer_call import channel_axis, layer_call, plain_type
 from ..core.select import layer_type_name
-from ..core.state import get_mask, get_value_transform, latent_weight
+from ..core.state import bake_module_, get_mask, get_value_transform, latent_weight
 from .integer_kernels import Int8Plan
 from .registry import ANY_LOOKUP, LAYER_BUILDERS, register_layer_builder
 
@@ -420,10 +420,15 @@ class IntegerModel(nn.Module):
 
 
 def swap_integer_layers_(model: nn.Module) -> nn.Module:
-    """Replace every fixed-point layer of ``model`` in place by its integer form with float input/output."""
+    """Replace every fixed-point layer of ``model`` in place by its integer form with float input/output; layers
+    with fixed-point weights but no activation formats (embeddings, weight-only layers) keep their module with the
+    weight's values baked in (the transform would otherwise re-quantize the whole table on every call)."""
     targets = [(fqn, m) for fqn, m in model.named_modules() if _has_input_format(m)]
     for fqn, module in targets:
         set_submodule(model, fqn, IntegerLayer.from_module(module, float_io=True))
+    for module in model.modules():
+        if fixed_point_weight(module) is not None:
+            bake_module_(module).requires_grad_(False)
     return model
 
 
