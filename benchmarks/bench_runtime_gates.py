@@ -2,7 +2,9 @@
 
 * ``ternary``: the committed LeNet-5 / ResNet-20 Fashion-MNIST baselines ternarized one-shot with TTQ (the
   method's initial Wp/Wn and threshold; BatchNorms folded into per-channel scales by ``from_model``) run through
-  the runtime against the dense fp32 baseline. Gate: >= 1.5x dense fp32 at batch 1.
+  the runtime against the dense fp32 baseline; ``lenet5-trained``: LeNet-5 with every layer ternary, trained one
+  epoch (``out/bench/onnx/lenet5-ttq-1ep.pt``, made by benchmarks/bench_onnx.py). Gate: >= 1.5x dense fp32 at
+  batch 1.
 * ``dfp``: LeNet-300-100 and LeNet-5 in 8-bit dynamic fixed point (post-training, calibrated on 256 test images)
   run through the integer engine (``IntegerModel``: the fused int8 plan, VNNI where the host has it) against
   torch's dynamic int8 of the float model; the engine's outputs must equal the simulation's bit for bit on 512
@@ -30,13 +32,14 @@ from torch import nn
 from deepshrink.core import atomic_write_text
 from deepshrink.data import load_dataset
 from deepshrink.fixedpoint import DynamicFixedPoint, quantize_
+from deepshrink.io import load_model
 from deepshrink.runtime import IntegerModel, from_model
 from deepshrink.runtime.measure import compare, dynamic_int8, layer_kernels, set_threads
 from deepshrink.ternary import TTQ, ternarize_
 from deepshrink.train import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent
-TERNARY = ["lenet5", "resnet20"]
+TERNARY = ["lenet5", "resnet20", "lenet5-trained"]
 DFP = ["lenet300", "lenet5"]
 
 
@@ -49,10 +52,14 @@ def _time(contenders: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> di
 
 
 def ternary_part(name: str, batches: list[int], repeats: int, images: torch.Tensor) -> dict[str, Any]:
-    dense, _ = load_checkpoint(ROOT / "baselines" / f"{name}-fmnist.pt")
+    dense, _ = load_checkpoint(ROOT / "baselines" / f"{name.removesuffix('-trained')}-fmnist.pt")
     dense.eval()
-    model = copy.deepcopy(dense)
-    ternarize_(model, TTQ())
+    trained = ROOT.parent / "out" / "bench" / "onnx" / f"{name.removesuffix('-trained')}-ttq-1ep.pt"
+    if name.endswith("-trained"):  # every layer ternary, trained one epoch (benchmarks/bench_onnx.py makes it)
+        model = load_model(trained)[0]
+    else:
+        model = copy.deepcopy(dense)
+        ternarize_(model, TTQ())
     model.eval()
     runtime = from_model(model, example=images[:1])
     with torch.inference_mode():
