@@ -231,3 +231,15 @@ def test_swap_bakes_weight_only_layers_and_stays_bit_exact() -> None:
     assert torch.equal(engine.emb.weight, model.emb.weight.detach())
     with torch.no_grad():
         assert torch.equal(engine(ids), simulated)
+
+
+def test_activation_widening_within_its_budget_stays_bit_exact() -> None:
+    model = randomize_(TinyCNN(), 3, 1.0)
+    calib = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    report = quantize_(model, DynamicFixedPoint(bits=4, max_act_bits_avg=8.0, wide_bits=16), calib=calib)
+    assert report.act_widened and report.average_act_bits <= 8.0 and report.average_bits == 4.0
+    widened = {r.name: r for r in report.layers}
+    assert all(widened[n].act_in is not None and widened[n].act_in.bits == 16 for n in report.act_widened)
+    assert torch.equal(IntegerModel(model)(calib), model(calib))
+    with pytest.raises(ConfigError, match="max_act_bits_avg"):
+        DynamicFixedPoint(max_act_bits_avg=0)

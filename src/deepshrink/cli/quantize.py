@@ -61,6 +61,10 @@ def quantize(
     max_bits_avg: Annotated[float | None, typer.Option("--max-bits-avg", help="Mixed precision: widen the costliest "
                                                        "layers to --wide-bits within this average weight width.")] = None,
     wide_bits: Annotated[int, typer.Option("--wide-bits", help="Width of widened layers.")] = 16,
+    max_act_bits_avg: Annotated[float | None, typer.Option("--max-act-bits-avg", help="Also widen single layers' "
+                                                           "activations to --wide-bits (those the network output "
+                                                           "gains most from) within this average activation "
+                                                           "width.")] = None,
     mixed_objective: Annotated[str, typer.Option("--mixed-objective", help="What mixed precision widens by: layer "
                                                  "(each layer's own error) | network (the network output's error, "
                                                  "one calibration pass per layer).")] = "layer",
@@ -121,7 +125,7 @@ def quantize(
                                granularity=granularity, activations=activations, max_bits_avg=max_bits_avg,
                                wide_bits=wide_bits, mixed_objective=mixed_objective,
                                bias_correction=bias_correction, equalize=equalize, rounding=rounding,
-                               weight_rounding=weight_rounding,
+                               weight_rounding=weight_rounding, max_act_bits_avg=max_act_bits_avg,
                                quantize_outputs=activations == "static")
     batches = calibration_batches(source.split("val"), calib)
     test_set = source.split("test") if evaluate_after else None

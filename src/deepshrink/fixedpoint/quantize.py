@@ -20,7 +20,7 @@ from ..core.select import Selector, layer_kind, layer_type_name, select_layers
 from ..core.state import get_mask, latent_weight, set_value_transform
 from ..train.recovery import correct_biases_
 from .equalize import equalize_
-from .mixed import average_bits, network_gains, widen_for_budget
+from .mixed import average_bits, network_gains, widen_activations_for_budget, widen_for_budget
 from .obs_rounding import obs_round_
 from .search import (
     channel_weight_error,
@@ -64,6 +64,9 @@ class DynamicFixedPoint:
     into its bias. ``equalize``: cross-layer equalisation of consecutive layers' channel ranges first.
     ``rounding``: ``"half_up"`` (the paper's; what the C backend computes) or ``"half_even"`` (ONNX's
     ``QuantizeLinear`` rule: an ONNX Q/DQ export then computes bit for bit what deepshrink computes).
+    ``max_act_bits_avg``: also widen the activations (input and output formats) of single layers to ``wide_bits``,
+    those whose widening lowers the network output's error most (one calibration pass per candidate layer), while
+    the average activation width over the layers stays within this budget (weights keep their widths).
     ``weight_rounding="obs"``: weights rounded to their grid column by column with each column's error compensated
     on the rest through the inverse input Hessian (GPTQ, Frantar et al. 2022; :mod:`.obs_rounding`) instead of
     to the nearest grid point: the layer's output error, not its weight error, is what it minimises.
@@ -85,6 +88,7 @@ class DynamicFixedPoint:
     equalize: bool = False
     rounding: str = "half_up"
     weight_rounding: str = "nearest"
+    max_act_bits_avg: float | None = None
 
     def __post_init__(self) -> None:
         check_rounding(self.rounding)
@@ -105,8 +109,12 @@ class DynamicFixedPoint:
             raise ConfigError("static=True is the paper's one-format baseline: per-layer granularity and static "
                               "activations only, no mixed precision")
         check_bits(self.wide_bits, "wide_bits")
-        if self.max_bits_avg is not None and not float(self.max_bits_avg) > 0:
-            raise ConfigError(f"max_bits_avg must be > 0, got {self.max_bits_avg}")
+        for key in ("max_bits_avg", "max_act_bits_avg"):
+            value = getattr(self, key)
+            if value is not None and not float(value) > 0:
+                raise ConfigError(f"{key} must be > 0, got {value}")
+        if self.static and self.max_act_bits_avg is not None:
+            raise ConfigError("static=True is the paper's one-format baseline: no mixed activation widths")
         if isinstance(self.bits, Mapping):
             unknown = set(self.bits) - {"conv", "fc"}
             if unknown or not self.bits:
@@ -187,6 +195,8 @@ class FixedPointReport:
     equalized: list[tuple[str, str]] = field(default_factory=list)
     bias_corrected: dict[str, float] = field(default_factory=dict)
     average_bits: float = 0.0
+    act_widened: list[str] = field(default_factory=list)
+    average_act_bits: float = 0.0
     obs_rounding: dict[str, tuple[float, float]] = field(default_factory=dict)
     """Per OBS-rounded layer: its relative output error on the calibration inputs, nearest -> OBS rounding."""
 
@@ -196,6 +206,7 @@ class FixedPointReport:
                 "equalized": [list(p) for p in self.equalized], "bias_corrected": dict(self.bias_corrected),
                 "average_weight_bits": round(self.average_bits, 4),
                 "obs_rounding": {n: [round(a, 8), round(b, 8)] for n, (a, b) in self.obs_rounding.items()},
+                "average_act_bits": round(self.average_act_bits, 4), "act_widened": list(self.act_widened),
                 "widened": [r.name for r in self.layers if r.widened]}
 
     def __str__(self) -> str:
@@ -323,8 +334,8 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
     ref_in, ref_out = capture(reference, ref_modules, batches, inputs=config.static)
     clips = {} if config.static else _clipped_outputs(reference, modules, batches[0])
     network_objective = config.max_bits_avg is not None and config.mixed_objective == "network"
-    final = ([output_tensors(run_model(reference, b)) for b in batches] if config.static or network_objective
-             else [])
+    needs_final = config.static or network_objective or config.max_act_bits_avg is not None
+    final = [output_tensors(run_model(reference, b)) for b in batches] if needs_final else []
     del reference, ref_modules
 
     # weight stage
@@ -389,12 +400,26 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
         if widened:
             with parametrize.cached():  # a fresh cache: the widened layers' weights changed
                 greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span, clips)
+    act_widened: list[str] = []
+    if config.max_act_bits_avg is not None:  # activations alone, by what the network output gains
+        wide_act = max(config.wide_bits, config.activation_bits)
+        candidates = [n for n in computed if n not in per_token and act_bits[n] < wide_act]
+        gains = network_gains(model, modules, candidates, batches, final, None)
+        act_widened = widen_activations_for_budget(gains, {n: act_bits[n] for n in computed if n not in per_token},
+                                                   wide_act, float(config.max_act_bits_avg))
+        for name in act_widened:
+            act_bits[name] = wide_act
+        if act_widened:
+            with parametrize.cached():
+                greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span, clips)
     bias_corrected = correct_biases_(model, computed, modules, ref_out, batches) if config.bias_correction else {}
     model.train(was_training)
 
     report = FixedPointReport(static=config.static, skipped=[*selection.skipped, *float_bns], folded=list(folded),
                               equalized=equalized, bias_corrected=bias_corrected,
-                              average_bits=average_bits(bits, modules), obs_rounding=obs_errors)
+                              average_bits=average_bits(bits, modules), obs_rounding=obs_errors,
+                              act_widened=act_widened,
+                              average_act_bits=sum(act_bits.values()) / max(len(act_bits), 1))
     for name in [*order, *[n for n in modules if n not in order]]:
         fp = fixed_point_of(modules[name])
         assert fp is not None
