@@ -243,3 +243,18 @@ def test_activation_widening_within_its_budget_stays_bit_exact() -> None:
     assert torch.equal(IntegerModel(model)(calib), model(calib))
     with pytest.raises(ConfigError, match="max_act_bits_avg"):
         DynamicFixedPoint(max_act_bits_avg=0)
+
+
+def test_a_copied_integer_model_runs_its_own_layers() -> None:
+    model = randomize_(TinyCNN(), 1, 1.0)
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    quantize_(model, DynamicFixedPoint(bits=8), calib=x)
+    engine = IntegerModel(model)
+    expected = engine(x)  # compiles
+    clone = copy.deepcopy(engine)
+    with torch.no_grad():
+        for layer in clone.layers.values():
+            layer.weight_int.zero_()
+            layer.__dict__.pop("_plan", None)  # rebuilt from the zeroed weights
+    assert torch.equal(engine(x), expected)
+    assert not torch.equal(clone(x), expected)  # the copy's steps call the copy's (zeroed) layers

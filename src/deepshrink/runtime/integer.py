@@ -413,9 +413,10 @@ class IntegerModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, *args: Any) -> Any:
-        compiled = self.__dict__.get("_compiled")
-        if compiled is None:  # built on the first call; not a submodule (it holds no state of its own)
-            compiled = self.__dict__["_compiled"] = _compile(self)
+        owner, compiled = self.__dict__.get("_compiled", (None, None))
+        if owner != id(self):  # built on the first call, and again in a copy (its steps must call the copy's own
+            compiled = _compile(self)  # layers); not a submodule: it holds no state of its own
+            self.__dict__["_compiled"] = (id(self), compiled)
         return _to_float(compiled(*args))
 
 
