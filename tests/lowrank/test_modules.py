@@ -63,7 +63,7 @@ def test_full_rank_response_fit_equals_original(bias: bool) -> None:
     fac = pca_fit(y, 6)
     model = Wrap(copy.deepcopy(conv))
     ref = model(x)
-    replace_conv_(model, "conv", *_to_conv(conv, fac))
+    replace_conv_(model, "conv", *_to_conv(conv.weight, conv.bias, fac))
     torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-4)
 
 

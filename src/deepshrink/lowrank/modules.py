@@ -1,9 +1,11 @@
 """Factorised layers as plain modules, and the replayable structural edits that create them.
 
-A conv with ``d`` filters of ``k x k x c`` becomes ``nn.Sequential(conv k x k: c -> d', conv 1x1: d' -> d)``;
+A conv with ``d`` filters of ``k x k x c`` becomes ``nn.Sequential(conv k x k: c -> d', conv 1x1: d' -> d)``
+(3-D: ``nn.Sequential(conv k x 1: c -> s, conv 1 x k: s -> d', conv 1x1: d' -> d)``);
 a Linear ``in -> out`` becomes ``nn.Sequential(Linear in -> r (no bias), Linear r -> out)``. Both are ordinary
 ``nn.Conv2d``/``nn.Linear`` modules, so they train, trace, save, export and compose with every other technique.
-The edits ``lowrank_conv`` / ``lowrank_linear`` record ``{layer, rank}`` so checkpoints and ``.dsz`` files
+The edits ``lowrank_conv`` / ``lowrank_conv3d`` / ``lowrank_linear`` record ``{layer, rank}`` (3-D: and
+``spatial_rank``) so checkpoints and ``.dsz`` files
 rebuild the factorised structure before loading the weights.
 """
 
@@ -18,6 +20,7 @@ from torch.nn.utils import parametrize
 from ..core.edits import record_edit, register_edit, set_submodule
 from ..core.errors import UnsupportedLayerError
 from ..core.layer_call import plain_type
+from .spatial import empty_spatial_pair
 
 
 def _check_plain(module: nn.Module, fqn: str, kind: type[nn.Module]) -> None:
@@ -53,6 +56,13 @@ def empty_conv_pair(conv: nn.Conv2d, rank: int) -> nn.Sequential:
                       bias=False, padding_mode=conv.padding_mode, device=device, dtype=dtype)
     second = nn.Conv2d(rank, conv.out_channels, 1, bias=True, device=device, dtype=dtype)
     return nn.Sequential(first, second)
+
+
+def empty_conv_triple(conv: nn.Conv2d, spatial_rank: int, rank: int) -> nn.Sequential:
+    """The 3-D factorised structure of ``conv``: ``k x 1`` (``s`` filters), ``1 x k`` (``rank``), 1x1 with bias."""
+    vertical, horizontal = empty_spatial_pair(conv, spatial_rank, rank)
+    pointwise = nn.Conv2d(rank, conv.out_channels, 1, bias=True, device=conv.weight.device, dtype=conv.weight.dtype)
+    return nn.Sequential(vertical, horizontal, pointwise)
 
 
 def empty_linear_pair(linear: nn.Linear, rank: int) -> nn.Sequential:
@@ -96,6 +106,28 @@ def replace_conv_(model: nn.Module, fqn: str, first: Tensor, second: Tensor, bia
 
 
 @torch.no_grad()
+def replace_conv3d_(model: nn.Module, fqn: str, conv: nn.Conv2d, vertical: Tensor, horizontal: Tensor,
+                    pointwise: Tensor, bias: Tensor) -> nn.Sequential:
+    """Put the 3-D factorisation of ``conv`` (the original layer at ``fqn``) in its place and record the edit.
+
+    ``vertical`` is ``(s, c, kh, 1)``, ``horizontal`` ``(r, s, 1, kw)``, ``pointwise`` ``(d, r)``; the triple
+    computes ``pointwise @ (horizontal * (vertical * x)) + bias``.
+    """
+    check_conv(conv, fqn)
+    triple = empty_conv_triple(conv, vertical.shape[0], horizontal.shape[0])
+    for layer, weight in zip(triple, (vertical, horizontal, pointwise), strict=True):
+        assert isinstance(layer, nn.Conv2d)
+        layer.weight.copy_(weight.reshape(layer.weight.shape))
+    last = triple[2]
+    assert isinstance(last, nn.Conv2d) and last.bias is not None
+    last.bias.copy_(bias)
+    triple.train(conv.training)
+    set_submodule(model, fqn, triple)
+    record_edit(model, "lowrank_conv3d", layer=fqn, spatial_rank=int(vertical.shape[0]), rank=int(horizontal.shape[0]))
+    return triple
+
+
+@torch.no_grad()
 def replace_linear_(
     model: nn.Module, fqn: str, first: Tensor, second: Tensor, bias: Tensor | None = None
 ) -> nn.Sequential:
@@ -118,11 +150,28 @@ def replace_linear_(
     return pair
 
 
+def _bounded(params: dict, key: str, limit: int) -> int:
+    """``params[key]`` as a rank in ``[1, limit]`` (a file's edit never allocates more than the layer it replaces)."""
+    value = params[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
+        raise ValueError(f"{key} {value!r} is not an integer in [1, {limit}]")
+    return value
+
+
 @register_edit("lowrank_conv")
 def _replay_conv(model: nn.Module, params: dict) -> None:
     fqn = str(params["layer"])
     conv = check_conv(model.get_submodule(fqn), fqn)
-    set_submodule(model, fqn, empty_conv_pair(conv, int(params["rank"])))
+    set_submodule(model, fqn, empty_conv_pair(conv, _bounded(params, "rank", conv.out_channels)))
+
+
+@register_edit("lowrank_conv3d")
+def _replay_conv3d(model: nn.Module, params: dict) -> None:
+    fqn = str(params["layer"])
+    conv = check_conv(model.get_submodule(fqn), fqn)
+    kh, kw = conv.kernel_size
+    spatial = _bounded(params, "spatial_rank", min(conv.in_channels * kh, conv.out_channels * kw))
+    set_submodule(model, fqn, empty_conv_triple(conv, spatial, _bounded(params, "rank", conv.out_channels)))
 
 
 @register_edit("lowrank_linear")
@@ -131,4 +180,5 @@ def _replay_linear(model: nn.Module, params: dict) -> None:
     linear = model.get_submodule(fqn)
     _check_plain(linear, fqn, nn.Linear)
     assert isinstance(linear, nn.Linear)
-    set_submodule(model, fqn, empty_linear_pair(linear, int(params["rank"])))
+    limit = max(linear.in_features, linear.out_features)
+    set_submodule(model, fqn, empty_linear_pair(linear, _bounded(params, "rank", limit)))

@@ -11,6 +11,10 @@ with bias, in network order. Methods:
   original one, so errors do not accumulate (sec. 3.3; the paper's best);
 * ``linear-asymmetric``: the asymmetric target with the linear solver (an ablation).
 
+``decomposition="3d"`` (the TPAMI version's 3-D decomposition): each ``k x k`` conv is first split spatially into
+``k x 1`` and ``1 x k`` convs (:mod:`.spatial`), then the ``1 x k`` conv is channel-decomposed by the method above,
+its responses reconstructed from the approximated network's input (so the fit also absorbs the spatial error).
+
 Ranks come from a whole-model conv-FLOP ``speedup`` by the paper's greedy rule (:mod:`.ranks`), or are given.
 Fold BatchNorm first (:func:`deepshrink.fold_batchnorm_`) so each conv's output is the pre-ReLU response.
 """
@@ -21,18 +25,26 @@ import contextlib
 import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from ..core.edits import set_submodule
 from ..core.errors import ConfigError, UnsupportedLayerError
 from ..core.graph import is_relu, trace_calls
 from ..core.select import Selector, select_layers
 from .fit import Factors, linear_fit, nonlinear_fit, response_eigenvalues
-from .modules import check_conv, replace_conv_
-from .ranks import LayerCost, select_ranks
+from .modules import check_conv, replace_conv3d_, replace_conv_
+from .ranks import LayerCost, SpatialCost, select_ranks_3d
+from .spatial import (
+    column_moments,
+    empty_spatial_pair,
+    spatial_factors,
+    spatial_singular_values,
+    spatial_supported,
+)
 from .svd import svd_conv_
 
 METHODS = ("svd", "linear", "nonlinear", "asymmetric", "linear-asymmetric")
@@ -54,10 +66,23 @@ class ZhangLowRank:
     """``(lambda, iterations)`` stages of the nonlinear solver."""
     batch_size: int = 100
     seed: int = 0
+    decomposition: str = "channel"
+    """``"channel"`` (CVPR: ``k x k`` with ``d'`` filters, then 1x1) or ``"3d"`` (TPAMI: ``k x 1``, ``1 x k``, 1x1;
+    layers without a spatial extent stay channel-decomposed). With ``ranks``, a 3-D layer's rank is its channel
+    rank and ``spatial_ranks`` gives its spatial rank."""
+    spatial_ranks: Mapping[str, int] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.decomposition not in ("channel", "3d"):
+            raise ConfigError(f"decomposition must be 'channel' or '3d', got {self.decomposition!r}")
+        if self.decomposition == "3d" and self.method == "svd":
+            raise ConfigError("decomposition='3d' fits the channel step to responses: use a response method, not svd")
+        if (self.spatial_ranks is not None) != (self.decomposition == "3d" and self.ranks is not None):
+            raise ConfigError("spatial_ranks go with decomposition='3d' and explicit ranks, and only then")
+        if self.spatial_ranks is not None and any(int(r) < 1 for r in self.spatial_ranks.values()):
+            raise ConfigError(f"every spatial rank must be >= 1, got {dict(self.spatial_ranks)}")
         if self.ranks is None and (self.speedup is None or not self.speedup >= 1.0):
             raise ConfigError(f"speedup must be >= 1 (or give ranks), got {self.speedup}")
         if self.ranks is not None and any(int(r) < 1 for r in self.ranks.values()):
@@ -82,6 +107,8 @@ class LowRankReport:
 
     method: str
     ranks: dict[str, int | None] = field(default_factory=dict)
+    spatial_ranks: dict[str, int] = field(default_factory=dict)
+    """3-D layers: the number of ``k x 1`` filters (their channel rank is in ``ranks``)."""
     energy: dict[str, float] = field(default_factory=dict)
     macs_before: int = 0
     macs_after: int = 0
@@ -93,7 +120,7 @@ class LowRankReport:
         return self.macs_before / max(self.macs_after, 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "ranks": self.ranks, "energy": self.energy, "macs_before": self.macs_before,
+        return {"method": self.method, "ranks": self.ranks, "spatial_ranks": self.spatial_ranks, "energy": self.energy, "macs_before": self.macs_before,
                 "macs_after": self.macs_after, "speedup": round(self.speedup, 4), "errors": self.errors,
                 "skipped": self.skipped}
 
@@ -198,13 +225,62 @@ def collect_responses(
     return {n: torch.cat(c) for n, c in chunks.items()}
 
 
-def _to_conv(conv: nn.Conv2d, fac: Factors) -> tuple[Tensor, Tensor, Tensor]:
-    weight = conv.weight.detach().double()
-    bias0 = conv.bias.detach().double() if conv.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+def _to_conv(filters: Tensor, bias: Tensor | None, fac: Factors) -> tuple[Tensor, Tensor, Tensor]:
+    """``(Q^T filters, P, P Q^T bias + b)``: the reduced filters, the 1x1 matrix and its bias."""
+    weight = filters.detach().double()
+    bias0 = bias.detach().double() if bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
     p, qt, b = fac.p.double(), fac.qt.double(), fac.b.double()
     first = (qt @ weight.reshape(weight.shape[0], -1)).reshape(qt.shape[0], *weight.shape[1:])
-    dtype = conv.weight.dtype
+    dtype = filters.dtype
     return first.to(dtype), p.to(dtype), (p @ (qt @ bias0) + b).to(dtype)
+
+
+@torch.no_grad()
+def _spatial_pair(conv: nn.Conv2d, vertical: Tensor, horizontal: Tensor) -> nn.Sequential:
+    """The spatial split alone (the original's bias on the ``1 x k`` conv): what the channel fit reads."""
+    pair = empty_spatial_pair(conv, vertical.shape[0])
+    first, last = pair[0], pair[1]
+    assert isinstance(first, nn.Conv2d) and isinstance(last, nn.Conv2d)
+    first.weight.copy_(vertical)
+    last.weight.copy_(horizontal)
+    if conv.bias is not None:
+        last.bias = nn.Parameter(conv.bias.detach().clone())
+    return pair.train(conv.training)
+
+
+def _layer_cost(conv: nn.Conv2d, probe: tuple[tuple[int, ...], int], spatial: bool) -> LayerCost | SpatialCost:
+    """The conv's MACs per input, unfactorised and as a function of its rank(s)."""
+    (d, height, width), macs = probe
+    if not spatial:
+        return LayerCost(d, macs, (conv.weight[0].numel() + d) * height * width)
+    c, (kh, kw), (sw, dw, pw) = conv.in_channels, conv.kernel_size, (conv.stride[1], conv.dilation[1], conv.padding[1])
+    vertical_width = (width - 1) * sw + dw * (kw - 1) + 1 - 2 * int(pw)  # the k x 1 conv runs on every input column
+    return SpatialCost(d, min(c * kh, d * kw), macs, c * kh * height * vertical_width, kw * height * width,
+                       d * height * width)
+
+
+def _choose_ranks(config: ZhangLowRank, order: list[str], costs: dict[str, LayerCost | SpatialCost],
+                  eigen: dict[str, Tensor], moments: dict[str, Tensor], convs: dict[str, nn.Conv2d],
+                  macs_before: int) -> tuple[dict[str, int | None], dict[str, int]]:
+    """``(channel rank or None per layer, spatial rank per 3-D layer)``, given or by the greedy rule."""
+    spatial = set(moments)
+    if config.ranks is not None:
+        ranks: dict[str, int | None] = {n: (min(int(config.ranks[n]), costs[n].filters) if n in config.ranks else None)
+                                        for n in order}
+        given = config.spatial_ranks or {}
+        unknown = set(given) - (spatial & {n for n in order if ranks[n] is not None})
+        if unknown:
+            raise ConfigError(f"spatial_ranks name layers without a rank or a spatial extent: {sorted(unknown)}")
+        missing = {n for n in spatial if ranks[n] is not None} - set(given)
+        if missing:
+            raise ConfigError(f"decomposition='3d' needs a spatial rank for {sorted(missing)}")
+        return ranks, {n: min(int(r), cast(SpatialCost, costs[n]).spatial_max) for n, r in given.items()}
+    assert config.speedup is not None
+    fixed = macs_before - sum(c.original for c in costs.values())
+    energies = {n: spatial_singular_values(convs[n], moments[n]) for n in spatial}
+    chosen = select_ranks_3d(eigen, costs, energies, int(macs_before / config.speedup), fixed)
+    spatial_ranks = {n: r[0] for n, r in chosen.items() if n in spatial and r is not None}
+    return {n: (r[1] if isinstance(r, tuple) else r) for n, r in chosen.items()}, spatial_ranks
 
 
 def lowrank_conv_(
@@ -249,19 +325,12 @@ def lowrank_conv_(
         eigen = {n: response_eigenvalues(targets[n]) for n in order}
         if cache is not None:
             cache.update(key=key, targets=targets, eigen=eigen)
-    costs = {}
-    for n in order:
-        conv = model.get_submodule(n)
-        assert isinstance(conv, nn.Conv2d)
-        shape, macs = probe[n]
-        costs[n] = LayerCost(conv.out_channels, macs, (conv.weight[0].numel() + conv.out_channels) * shape[1] * shape[2])
-    if config.ranks is not None:
-        ranks: dict[str, int | None] = {n: (min(int(config.ranks[n]), costs[n].filters) if n in config.ranks else None)
-                                        for n in order}
-    else:
-        assert config.speedup is not None
-        fixed = report.macs_before - sum(c.original for c in costs.values())
-        ranks = select_ranks(eigen, costs, int(report.macs_before / config.speedup), fixed)
+    convs = {n: cast(nn.Conv2d, model.get_submodule(n)) for n in order}
+    spatial = {n for n, c in convs.items() if config.decomposition == "3d" and spatial_supported(c)}
+    costs = {n: _layer_cost(c, probe[n], n in spatial) for n, c in convs.items()}
+    moments = column_moments(copy.deepcopy(model), [n for n in order if n in spatial], images, config.positions,
+                             config.batch_size, config.seed + 2) if spatial else {}
+    ranks, spatial_ranks = _choose_ranks(config, order, costs, eigen, moments, convs, report.macs_before)
     relu = relu_followed(model, images[:1].to(_device(model))) if config.nonlinear else set()
     for n in order:
         rank = ranks[n]
@@ -270,11 +339,16 @@ def lowrank_conv_(
         report.energy[n] = float(eigen[n][:rank].sum()) / total if rank is not None and total > 0 else 1.0
         if rank is None:
             continue
-        conv = model.get_submodule(n)
+        conv = convs[n]
         assert isinstance(conv, nn.Conv2d)
         if config.method == "svd":
             svd_conv_(model, n, rank)
             continue
+        vertical = None
+        if n in spatial_ranks:  # 3-D: the spatial split first, so the channel fit sees (and absorbs) its error
+            report.spatial_ranks[n] = spatial_ranks[n]
+            vertical, horizontal = spatial_factors(conv, spatial_ranks[n], moments[n])
+            set_submodule(model, n, _spatial_pair(conv, vertical, horizontal))
         y = targets[n]
         yhat = collect_responses(model, [n], images, positions, config.batch_size)[n] if config.asymmetric else y
         if config.nonlinear and n in relu:
@@ -285,6 +359,10 @@ def lowrank_conv_(
             fac = linear_fit(y, yhat, rank, asymmetric=config.asymmetric)
         norm = float((torch.relu(y) if config.nonlinear and n in relu else y).double().pow(2).sum(1).mean())
         report.errors[n] = {"initial": fac.initial_error / max(norm, 1e-300), "final": fac.error / max(norm, 1e-300)}
-        replace_conv_(model, n, *_to_conv(conv, fac))
+        if vertical is None:
+            replace_conv_(model, n, *_to_conv(conv.weight, conv.bias, fac))
+        else:
+            set_submodule(model, n, conv)
+            replace_conv3d_(model, n, conv, vertical, *_to_conv(horizontal, conv.bias, fac))
     report.macs_after = conv_macs(model, images)
     return report
