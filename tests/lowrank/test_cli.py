@@ -44,3 +44,18 @@ def test_lowrank_cli_needs_something_to_do(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["linear"]["ranks"]["fc1"] < 64 and report["linear"]["params_after"] < report["linear"]["params_before"]
+
+
+def test_lowrank_cli_3d_decomposition(tmp_path) -> None:
+    torch.manual_seed(0)
+    ckpt, out = tmp_path / "vgg.pt", tmp_path / "vgg-3d.pt"
+    save_checkpoint(ckpt, build_model("vgg", in_channels=1, num_classes=10, widths=(8, 8, 16, 16)), meta={"dataset": "digits"})
+    result = runner.invoke(app, ["lowrank", str(ckpt), "--speedup", "2", "--decomposition", "3d", "--images", "40",
+                                 "--out", str(out), "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["conv"]["speedup"] >= 2.0 and report["conv"]["spatial_ranks"]
+    model, _ = load_model(out)
+    assert any(isinstance(m, torch.nn.Sequential) and len(m) == 3 for m in model.modules())
+    result = runner.invoke(app, ["lowrank", str(ckpt), "--speedup", "2", "--decomposition", "4d", "--out", str(out)])
+    assert result.exit_code != 0 and "decomposition" in str(result.exception)
