@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepshrink.core import atomic_write_text, fold_batchnorm_, replay_edits
+from deepshrink.core import atomic_write_text, fold_batchnorm_, recorded_edits, replay_edits
 from deepshrink.data import load_dataset
 from deepshrink.lowrank import ZhangLowRank, conv_macs, lowrank_conv_
 from deepshrink.train import TrainConfig, evaluate, fit, load_checkpoint
@@ -64,12 +64,14 @@ def run_speedup(base: nn.Module, speedup: float, args: argparse.Namespace, test:
     for method in args.methods:
         model = copy.deepcopy(base)
         start = time.perf_counter()
-        config = ZhangLowRank(speedup=speedup, method=method, images=args.images, seed=args.seed)
+        config = ZhangLowRank(speedup=speedup, method=method, images=args.images, seed=args.seed,
+                              decomposition=args.decomposition)
         report = lowrank_conv_(model, config, val, cache=CACHE)
         seconds = time.perf_counter() - start
         acc = evaluate(model, test)["accuracy"]
         row["methods"][method] = {"top1": acc, "fit_seconds": round(seconds, 1), "errors": report.errors}
-        row.update(ranks=report.ranks, energy=report.energy, macs_before=report.macs_before, macs_after=report.macs_after)
+        row.update(ranks=report.ranks, spatial_ranks=report.spatial_ranks, energy=report.energy,
+                   macs_before=report.macs_before, macs_after=report.macs_after, edits=recorded_edits(model))
         print(f"  {speedup}x {method:<18} top-1 {acc:.4f}  (fit {seconds:.0f}s)  ranks {list(report.ranks.values())}", flush=True)
         fitted[method] = model
     if args.finetune_epochs > 0:
@@ -96,28 +98,39 @@ def run_speedup(base: nn.Module, speedup: float, args: argparse.Namespace, test:
     return row
 
 
-def latency_only(args: argparse.Namespace) -> None:
-    """Re-time the conv stacks from the recorded ranks (timing depends on the structure only).
+def _stacks(base: nn.Module, results: dict, prefix: str = "") -> dict[str, nn.Module]:
+    """The factorised conv stacks of a results file, rebuilt from its recorded edits (or ranks, older files)."""
+    stacks = {}
+    for key, row in sorted(results["speedups"].items(), key=lambda kv: float(kv[0])):
+        model = copy.deepcopy(base)
+        replay_edits(model, row.get("edits") or [{"op": "lowrank_conv", "layer": n, "rank": r}
+                                                 for n, r in row["ranks"].items() if r is not None])
+        stacks[prefix + key] = model.features
+    return stacks
 
-    Batch 1 and 32, in the default (NCHW) and the channels-last memory layout, original and factorised alike.
+
+def latency_only(args: argparse.Namespace) -> None:
+    """Re-time the conv stacks from the recorded structures (timing depends on the structure only).
+
+    Batch 1 and 32, in the default (NCHW) and the channels-last memory layout, original and factorised alike;
+    ``--also`` adds the stacks of other result files (e.g. the 3-D decomposition) to the same interleaved runs.
     """
     results = json.loads(args.out.read_text())
     base, _ = load_checkpoint(args.ckpt)
     base.eval()
     fold_batchnorm_(base, torch.zeros(1, 1, 28, 28))
-    stacks: dict[str, nn.Module] = {"original": base.features}
-    for key, row in sorted(results["speedups"].items(), key=lambda kv: float(kv[0])):
-        model = copy.deepcopy(base)
-        replay_edits(model, [{"op": "lowrank_conv", "layer": n, "rank": r}
-                             for n, r in row["ranks"].items() if r is not None])
-        stacks[key] = model.features
+    stacks: dict[str, nn.Module] = {"original": base.features, **_stacks(base, results)}
+    macs = {k: r["macs_before"] / r["macs_after"] for k, r in results["speedups"].items()}
+    for extra in args.also or []:
+        other = json.loads(extra.read_text())
+        stacks.update(_stacks(base, other, f"{extra.stem}:"))
+        macs.update({f"{extra.stem}:{k}": r["macs_before"] / r["macs_after"] for k, r in other["speedups"].items()})
     out: dict[str, Any] = {"threads": args.threads, "repeats": args.repeats}
     for layout, batch in itertools.product(("contiguous", "channels_last"), (1, 32)):
         lat = latency(stacks, batch, args.repeats, channels_last=layout == "channels_last")
         out[f"{layout}_batch{batch}"] = {k: v * 1e3 for k, v in lat.items()}
-        for key in results["speedups"]:
-            row = results["speedups"][key]
-            print(f"{layout} batch {batch:>2}: {float(key):g}x MACs ({row['macs_before'] / row['macs_after']:.2f}x): "
+        for key in macs:
+            print(f"{layout} batch {batch:>2}: {key} MACs ({macs[key]:.2f}x): "
                   f"{lat['original'] * 1e3:.2f} -> {lat[key] * 1e3:.2f} ms ({lat['original'] / lat[key]:.2f}x)")
     results["latency_rerun"] = out
     atomic_write_text(args.out, json.dumps(results, indent=1))
@@ -133,7 +146,9 @@ def table(results: dict) -> str:
         cells = [f"{row['methods'][m]['top1']:.4f}" if m in row["methods"] else "-" for m in methods]
         ft = row["methods"].get("asymmetric", {}).get("top1_finetuned")
         ratio = row["macs_before"] / row["macs_after"]
-        ranks = "/".join("-" if r is None else str(r) for r in row["ranks"].values())
+        spatial = row.get("spatial_ranks", {})
+        ranks = "/".join("-" if r is None else (f"{spatial[n]}:{r}" if n in spatial else str(r))
+                         for n, r in row["ranks"].items())
         lat = row["latency"]
         cells.append(f"{ft:.4f}" if ft is not None else "-")
         cells.append(f"{lat['speedup']:.2f}x ({lat['original_ms']:.1f} -> {lat['factorised_ms']:.1f} ms)")
@@ -158,6 +173,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "results/lowrank.json")
     parser.add_argument("--table", action="store_true", help="only print the markdown table from --out")
     parser.add_argument("--latency-only", action="store_true", help="re-time the conv stacks from the ranks in --out")
+    parser.add_argument("--decomposition", choices=["channel", "3d"], default="channel",
+                        help="3d: the TPAMI k x 1, 1 x k, 1x1 decomposition (write it to its own --out)")
+    parser.add_argument("--also", type=Path, nargs="+", default=None,
+                        help="with --latency-only: also time the stacks of these result files in the same runs")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="combine the speedups of these result files into --out and print the table")
     args = parser.parse_args()
@@ -183,6 +202,7 @@ def main() -> None:
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {"speedups": {}}
     results.update(checkpoint=str(args.ckpt.relative_to(ROOT.parent)) if args.ckpt.is_relative_to(ROOT.parent) else str(args.ckpt),
                    threads=args.threads, seed=args.seed, torch=torch.__version__, calib_images=args.images,
+                   decomposition=args.decomposition,
                    finetune={"epochs": args.finetune_epochs, "lr": args.lr, "limit": args.finetune_limit},
                    baseline_top1=evaluate(base, test)["accuracy"], baseline_recorded=meta.get("test_accuracy"))
     print(f"baseline (BN folded) top-1 {results['baseline_top1']:.4f}")
