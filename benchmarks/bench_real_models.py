@@ -550,13 +550,10 @@ class _Sentences(torch.utils.data.Dataset):
 def _minilm_distill(bench: Bench, epochs: int, lr: float, dropout: bool = True) -> Outcome:
     outcome = _prune(bench, OBSPrune(sparsity=0.5), bn=False)
     model = outcome.model
-    if not dropout:
-        for m in model.modules():
-            if isinstance(m, nn.Dropout):
-                m.p = 0.0
     sentences = _Sentences(rm.tokenize(rm.human_sentences("calib", 512)))
     start = time.perf_counter()
-    config = TrainConfig(epochs=epochs, lr=lr, optimizer="adam", weight_decay=0.0, batch_size=16, schedule="cosine")
+    config = TrainConfig(epochs=epochs, lr=lr, optimizer="adam", weight_decay=0.0, batch_size=16, schedule="cosine",
+                         dropout=dropout)
     fit(model, sentences, config, loss_fn=DistillationLoss(bench.fresh(), alpha=1.0, target="outputs"), quiet=True)
     outcome.info.update(distill_s=round(time.perf_counter() - start, 1), distill_sentences=512, distill_epochs=epochs,
                         distill_lr=lr, dropout=dropout)

@@ -72,6 +72,27 @@ def test_config_validation() -> None:
         TrainConfig(optimizer="lbfgs")
     with pytest.raises(ConfigError, match="lr"):
         TrainConfig(lr=0)
+    with pytest.raises(ConfigError, match="dropout"):
+        TrainConfig(dropout="no")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("dropout", [True, False])
+def test_dropout_false_keeps_dropout_off_while_training(dropout: bool) -> None:
+    class Probe(torch.nn.Module):
+        """Records whether its dropout was active on each training step."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.drop, self.seen = torch.nn.Linear(4, 2), torch.nn.Dropout(0.5), []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen.append(self.drop.training)
+            return self.drop(self.linear(x))
+
+    model = Probe()
+    data = torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,)))
+    fit(model, data, TrainConfig(epochs=1, batch_size=4, dropout=dropout), quiet=True)
+    assert model.seen == [dropout, dropout] and model.training
 
 
 def test_recalibrate_batchnorm_changes_running_stats() -> None:

@@ -46,8 +46,13 @@ class TrainConfig:
     schedule: str = "cosine"
     batch_size: int = 128
     seed: int = 0
+    dropout: bool = True
+    """``False``: dropout layers stay off while training (a label-free distillation on a few hundred calibration
+    samples follows its teacher more closely without the noise: MiniLM after 50% OBS, cosine 0.948 -> 0.955)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.dropout, bool):
+            raise ConfigError(f"dropout must be true or false, got {self.dropout!r}")
         if self.epochs < 0:
             raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
         if not self.lr > 0:
@@ -139,6 +144,10 @@ def fit(
         if sampler is not None:
             sampler.set_epoch(epoch)
         runner.train()
+        if not config.dropout:
+            for module in model.modules():
+                if isinstance(module, nn.modules.dropout._DropoutNd):
+                    module.eval()
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         batches = _progress(loader, f"epoch {epoch + 1}/{config.epochs}", show)
         for batch in batches:
