@@ -22,6 +22,7 @@ from deepshrink.core.fixed_point import to_int
 from deepshrink.export import to_c
 from deepshrink.export.c import toolchain
 from deepshrink.fixedpoint import DynamicFixedPoint, quantize_
+from deepshrink.lowrank import ZhangLowRank, lowrank_
 from deepshrink.prune import MagnitudePrune, prune_
 from deepshrink.runtime import IntegerModel, from_model
 from deepshrink.share import WeightSharing, share_weights_
@@ -175,6 +176,24 @@ def test_float_models_match_runtime(tmp_path: Path) -> None:
     assert any("2-bit codes" in layer["weight"] or "1-bit codes" in layer["weight"] for layer in report["layers"])
     source = (tmp_path / "shared" / "model.c").read_text()
     assert "bn_after_add" in source and "avgpool" in source  # the unfoldable BN runs as an affine op
+
+
+@needs_cc
+def test_3d_lowrank_model_runs_in_c_float_and_fixed_point(tmp_path: Path) -> None:
+    """k x 1, 1 x k and 1x1 convs (the 3-D low-rank form): non-square kernels and paddings, float and integer."""
+    torch.manual_seed(5)
+    x = torch.randn(24, 2, 8, 8)
+    model = _randomize_bn(FloatOpsCNN(), 5)
+    lowrank_(model, x, conv=ZhangLowRank(decomposition="3d", ranks={"conv": 4}, spatial_ranks={"conv": 3}, images=24),
+             select=["conv"])
+    assert [m.kernel_size for m in cast(nn.Sequential, model.conv)] == [(3, 1), (1, 3), (1, 1)]
+    _assert_close(model, x, tmp_path / "float")
+    plain = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 5, (3, 2), stride=(1, 2)), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(5 * 6 * 4, 3)).eval()
+    lowrank_(plain, x, conv=ZhangLowRank(decomposition="3d", ranks={"0": 5, "2": 4}, spatial_ranks={"0": 4, "2": 3},
+                                         images=24))
+    quantize_(plain, DynamicFixedPoint(bits=8), calib=[x])
+    _assert_bit_exact(plain, x, tmp_path / "integer")
 
 
 @needs_cc

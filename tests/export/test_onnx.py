@@ -30,7 +30,7 @@ from deepshrink.core.kinds import StoredWeight, stored_from_export
 from deepshrink.export import to_onnx
 from deepshrink.export.onnx.encodings import ENCODERS, Target, check_exact, encode, gap_stream
 from deepshrink.fixedpoint import DynamicFixedPoint, quantize_
-from deepshrink.lowrank import SVDLinear, lowrank_
+from deepshrink.lowrank import SVDLinear, ZhangLowRank, lowrank_
 from deepshrink.prune import MagnitudePrune, prune_
 from deepshrink.runtime import IntegerModel
 from deepshrink.share import WeightSharing, share_weights_
@@ -174,7 +174,11 @@ def test_pruned_ternary_and_lowrank_models_match(tmp_path: Path) -> None:
     ternarize_(ternary, TTQ())
     factorised = small()
     lowrank_(factorised, X, linear=SVDLinear(rank=4))
-    for name, model in (("pruned", pruned), ("ternary", ternary), ("lowrank", factorised)):
+    spatial = small()  # the 3-D decomposition: 5x1, 1x5 and 1x1 convs
+    lowrank_(spatial, X, conv=ZhangLowRank(decomposition="3d", ranks={"conv1": 4}, spatial_ranks={"conv1": 3},
+                                           images=16), select=["conv1"])
+    assert [m.kernel_size for m in spatial.conv1] == [(5, 1), (1, 5), (1, 1)]
+    for name, model in (("pruned", pruned), ("ternary", ternary), ("3d", spatial), ("lowrank", factorised)):
         report, out, ops = export_and_run(model, tmp_path / f"{name}.onnx")
         np.testing.assert_allclose(out, reference(model), rtol=0, atol=1e-5, err_msg=name)
         assert not DECODE_OPS & set(ops), name
