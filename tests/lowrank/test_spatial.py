@@ -102,3 +102,17 @@ def test_3d_config_is_checked() -> None:
         ZhangLowRank(decomposition="3d", ranks={"0": 2})
     with pytest.raises(ConfigError, match="spatial_ranks"):
         ZhangLowRank(spatial_ranks={"0": 2})
+
+
+def test_3d_ranks_must_name_factorised_spatial_layers() -> None:
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 1), nn.ReLU())
+    x = torch.randn(8, 2, 6, 6)
+    with pytest.raises(ConfigError, match="without a rank or a spatial extent"):
+        lowrank_conv_(copy.deepcopy(model), ZhangLowRank(decomposition="3d", ranks={"0": 2}, spatial_ranks={"0": 2, "2": 1},
+                                                         images=8), x)
+    with pytest.raises(ConfigError, match="needs a spatial rank"):
+        lowrank_conv_(copy.deepcopy(model), ZhangLowRank(decomposition="3d", ranks={"0": 2, "2": 2},
+                                                         spatial_ranks={}, images=8), x)
+    # a 1x1 conv has no spatial extent: with a speedup it is channel-decomposed, the 3x3 one split in 3-D
+    report = lowrank_conv_(model, ZhangLowRank(speedup=1.5, decomposition="3d", images=8, schedule=FAST), x)
+    assert set(report.spatial_ranks) <= {"0"}
