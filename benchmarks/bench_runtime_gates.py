@@ -9,6 +9,11 @@
   run through the integer engine (``IntegerModel``: the fused int8 plan, VNNI where the host has it) against
   torch's dynamic int8 of the float model; the engine's outputs must equal the simulation's bit for bit on 512
   test images. Gate: >= 1.0x torch dynamic int8 at batch 1, bit-exact.
+* ``minilm``: all-MiniLM-L6-v2 in 8-bit DFP (``out/bench/onnx/minilm-dfp8.pt``, made by benchmarks/bench_onnx.py)
+  through ``runtime.from_model`` (integer Linears, float ops between them) against torch's dynamic int8 of the
+  float model, the two alone in the interleaved rounds (a run that also interleaves 90 MB fp32 models evicts
+  their weights from the caches between calls: benchmarks/bench_onnx.py --speed); one human-written sentence
+  per batch row, outputs compared with the simulation on 64 sentences. Needs ``.[real]``.
 
 Every row: medians of interleaved rounds, the threads stated, the kernel each runtime layer ran. About one
 minute per thread count and part:
@@ -91,19 +96,47 @@ def dfp_part(name: str, batches: list[int], repeats: int, images: torch.Tensor) 
     return rows
 
 
+def minilm_part(name: str, batches: list[int], repeats: int, images: torch.Tensor) -> dict[str, Any]:
+    import bench_onnx as bo  # the cached DFP model and torch's dynamic int8, as the ONNX benchmark makes them
+    import real_models as rm
+
+    calib_texts = rm.human_sentences("calib", 64)
+    base = rm.minilm()
+    model = bo.minilm_dfp([rm.tokenize(calib_texts[i:i + 32]) for i in range(0, 64, 32)])
+    runtime, int8 = from_model(model), dynamic_int8(copy.deepcopy(base))
+    texts = rm.human_sentences("eval", 64)
+    check = rm.tokenize(texts)
+    with torch.inference_mode():
+        diff = float((runtime(check) - model(check)).abs().max())
+    rows: dict[str, Any] = {"max_abs_diff_vs_simulation": diff, "checked_sentences": len(texts)}
+    for batch in batches:
+        x = rm.tokenize(texts[:batch])
+        with torch.inference_mode():
+            for m in (runtime, int8):
+                m(x)
+            timings = compare({"runtime": lambda x=x: runtime(x), "dynamic_int8": lambda x=x: int8(x)}, repeats=repeats,
+                              budget_s=30.0)
+        t = {k: round(v["median_ms"], 4) for k, v in timings.items()}
+        rows[f"batch{batch}"] = {"timings_ms": t, "speedup_vs_int8": t["dynamic_int8"] / t["runtime"],
+                                 "tokens": int(x["input_ids"].shape[1])}
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--parts", nargs="+", default=["ternary", "dfp"], choices=["ternary", "dfp"])
+    parser.add_argument("--parts", nargs="+", default=["ternary", "dfp"], choices=["ternary", "dfp", "minilm"])
     parser.add_argument("--repeats", type=int, default=100)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "runtime-gates.json")
     args = parser.parse_args()
     torch.manual_seed(0)
     images = load_dataset("fashion-mnist", "test").tensors[0][:1024].contiguous()
-    parts = {"ternary": (TERNARY, ternary_part), "dfp": (DFP, dfp_part)}
+    parts = {"ternary": (TERNARY, ternary_part), "dfp": (DFP, dfp_part), "minilm": (["minilm"], minilm_part)}
+    previous = json.loads(args.out.read_text()) if args.out.is_file() else {}
     result: dict[str, Any] = {"benchmark": "runtime-gates", "loadavg_start": os.getloadavg(),
-                              "torch": torch.__version__, "numba": numba.__version__, "runs": {}}
+                              "torch": torch.__version__, "numba": numba.__version__,
+                              "runs": previous.get("runs", {})}  # rows of parts not rerun are kept
     for threads in args.threads:
         set_threads(threads)
         for part in args.parts:
