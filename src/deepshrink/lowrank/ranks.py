@@ -135,9 +135,9 @@ def select_ranks_3d(
 ) -> dict[str, Any]:
     """The greedy with 3-D layers: a :class:`SpatialCost` layer gets ``(spatial rank, channel rank)`` or ``None``.
 
-    Its objective adds the log of the kept weight energy of the spatial split (``spatial_energy[l]``: squared
-    singular values of its tap matrix) to the log of the kept response energy, as the paper's product rule does
-    across layers; steps lower either rank.
+    Its objective adds the log of the energy its spatial split keeps (``spatial_energy[l]``: squared singular values
+    of its response-weighted tap matrix, :func:`~.spatial.spatial_singular_values`) to the log of the kept response
+    energy, as the paper's product rule does across layers; each step lowers one of the two ranks.
     """
     if set(eigenvalues) != set(costs) or not set(spatial_energy) <= set(costs):
         raise ConfigError("select_ranks needs eigenvalues and costs for the same layers")

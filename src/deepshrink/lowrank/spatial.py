@@ -6,11 +6,11 @@ A conv with ``d`` filters of ``c x kh x kw`` is the sum over its taps; reshaped 
 (``d`` filters of ``s x 1 x kw``, from ``B``): Jaderberg et al.'s scheme 2, whose best weight approximation is
 this truncated SVD (Tai et al. 2016). Given the second moment ``S`` of the input's ``c kh`` vertical columns on
 calibration data, the split is fitted to the layer's *responses* instead: with ``S = L L^T`` and the columns of
-different horizontal offsets taken as uncorrelated, the response error is ``||L^T (M - M_s)||^2``, minimised by the
-truncated SVD of ``L^T M`` (whose squared singular values are then response energies, in the same units as the
-channel step's eigenvalues, which the rank selection compares them with). Stride, padding and dilation split by
-axis, so at full rank the pair computes the original conv exactly. The channel decomposition (:mod:`.zhang`) then reconstructs the horizontal
-conv's responses asymmetrically, which also absorbs the spatial step's error.
+different horizontal offsets taken as uncorrelated, the response error is ``||L^T (M - M_s)||^2``, minimised by
+the truncated SVD of ``L^T M``, whose squared singular values are then response energies (the units of the
+channel step's eigenvalues, which the rank selection weighs them against). Stride, padding and dilation split by
+axis, so at full rank the pair computes the original conv exactly. The channel decomposition (:mod:`.zhang`)
+then reconstructs the horizontal conv's responses asymmetrically, which also absorbs the spatial step's error.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _matrix(weight: Tensor) -> Tensor:
     return weight.permute(1, 2, 0, 3).reshape(c * kh, d * kw)
 
 
-def _whitener(conv: nn.Conv2d, moment: Tensor | None) -> Tensor | None:
+def _whitener(moment: Tensor | None) -> Tensor | None:
     """``L`` with ``L L^T = moment`` (ridge-regularised), or ``None`` for the weight-space split."""
     if moment is None:
         return None
@@ -49,7 +49,7 @@ def _whitener(conv: nn.Conv2d, moment: Tensor | None) -> Tensor | None:
 def spatial_singular_values(conv: nn.Conv2d, moment: Tensor | None = None) -> Tensor:
     """Squared singular values of the conv's (response-weighted) tap matrix, largest first: the energy kept per rank."""
     matrix = _matrix(conv.weight.detach().double())
-    root = _whitener(conv, moment)
+    root = _whitener(moment)
     return torch.linalg.svdvals(matrix if root is None else root.T @ matrix) ** 2
 
 
@@ -57,7 +57,7 @@ def spatial_factors(conv: nn.Conv2d, rank: int, moment: Tensor | None = None) ->
     """``(vertical (s, c, kh, 1), horizontal (d, s, 1, kw))`` filters of the best rank-``s`` split of ``conv``."""
     weight = conv.weight.detach().double()
     d, c, kh, kw = weight.shape
-    root = _whitener(conv, moment)
+    root = _whitener(moment)
     matrix = _matrix(weight)
     u, s, vh = torch.linalg.svd(matrix if root is None else root.T @ matrix, full_matrices=False)
     rank = min(rank, s.shape[0])

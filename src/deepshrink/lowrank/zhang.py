@@ -120,9 +120,9 @@ class LowRankReport:
         return self.macs_before / max(self.macs_after, 1)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "ranks": self.ranks, "spatial_ranks": self.spatial_ranks, "energy": self.energy, "macs_before": self.macs_before,
-                "macs_after": self.macs_after, "speedup": round(self.speedup, 4), "errors": self.errors,
-                "skipped": self.skipped}
+        return {"method": self.method, "ranks": self.ranks, "spatial_ranks": self.spatial_ranks,
+                "energy": self.energy, "macs_before": self.macs_before, "macs_after": self.macs_after,
+                "speedup": round(self.speedup, 4), "errors": self.errors, "skipped": self.skipped}
 
 
 class _Stop(Exception):
