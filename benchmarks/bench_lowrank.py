@@ -65,7 +65,7 @@ def run_speedup(base: nn.Module, speedup: float, args: argparse.Namespace, test:
         model = copy.deepcopy(base)
         start = time.perf_counter()
         config = ZhangLowRank(speedup=speedup, method=method, images=args.images, seed=args.seed,
-                              decomposition=args.decomposition)
+                              decomposition=args.decomposition, rank_rule=args.rank_rule)
         report = lowrank_conv_(model, config, val, cache=CACHE)
         seconds = time.perf_counter() - start
         acc = evaluate(model, test)["accuracy"]
@@ -175,6 +175,8 @@ def main() -> None:
     parser.add_argument("--latency-only", action="store_true", help="re-time the conv stacks from the ranks in --out")
     parser.add_argument("--decomposition", choices=["channel", "3d"], default="channel",
                         help="3d: the TPAMI k x 1, 1 x k, 1x1 decomposition (write it to its own --out)")
+    parser.add_argument("--rank-rule", choices=["energy", "sensitivity"], default="energy",
+                        help="sensitivity: ranks by the measured output change (write it to its own --out)")
     parser.add_argument("--also", type=Path, nargs="+", default=None,
                         help="with --latency-only: also time the stacks of these result files in the same runs")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
@@ -202,7 +204,7 @@ def main() -> None:
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {"speedups": {}}
     results.update(checkpoint=str(args.ckpt.relative_to(ROOT.parent)) if args.ckpt.is_relative_to(ROOT.parent) else str(args.ckpt),
                    threads=args.threads, seed=args.seed, torch=torch.__version__, calib_images=args.images,
-                   decomposition=args.decomposition,
+                   decomposition=args.decomposition, rank_rule=args.rank_rule,
                    finetune={"epochs": args.finetune_epochs, "lr": args.lr, "limit": args.finetune_limit},
                    baseline_top1=evaluate(base, test)["accuracy"], baseline_recorded=meta.get("test_accuracy"))
     print(f"baseline (BN folded) top-1 {results['baseline_top1']:.4f}")

@@ -116,3 +116,31 @@ def test_3d_ranks_must_name_factorised_spatial_layers() -> None:
     # a 1x1 conv has no spatial extent: with a speedup it is channel-decomposed, the 3x3 one split in 3-D
     report = lowrank_conv_(model, ZhangLowRank(speedup=1.5, decomposition="3d", images=8, schedule=FAST), x)
     assert set(report.spatial_ranks) <= {"0"}
+
+
+def test_sensitivity_ranks_follow_the_measured_losses() -> None:
+    from deepshrink.lowrank.sensitivity import rank_grid, select_ranks_by_sensitivity
+
+    cost = LayerCost(16, 16 * 16 * 9 * 100, (16 * 9 + 16) * 100)
+    grid = rank_grid(cost, 6)
+    assert grid == sorted(set(grid), reverse=True) and grid[0] == cost.break_even and grid[-1] >= 1
+    fragile = {r: 100.0 / r for r in grid}  # the output moves a lot when this layer loses rank
+    robust = {r: 1.0 / r for r in grid}
+    budget = cost.original  # two layers' worth of MACs down to one
+    ranks = select_ranks_by_sensitivity({"a": fragile, "b": robust}, {"a": cost, "b": cost}, budget)
+    assert cost.cost(ranks["a"]) + cost.cost(ranks["b"]) <= budget
+    assert ranks["b"] is not None and (ranks["a"] is None or ranks["a"] > ranks["b"])
+
+
+def test_sensitivity_rule_on_a_small_vgg() -> None:
+    model = build_model("vgg", in_channels=1, num_classes=10, widths=(8, 8, 16, 16)).eval()
+    images = torch.randn(40, 1, 8, 8)
+    fold_batchnorm_(model, images[:1])
+    reference = model(images).detach()
+    report = lowrank_conv_(model, ZhangLowRank(speedup=2, rank_rule="sensitivity", images=40, schedule=FAST), images)
+    assert report.macs_before >= 2 * report.macs_after
+    assert model(images).shape == reference.shape
+    with pytest.raises(ConfigError, match="rank_rule"):
+        ZhangLowRank(rank_rule="magic")
+    with pytest.raises(ConfigError, match="channel"):
+        ZhangLowRank(rank_rule="sensitivity", decomposition="3d")

@@ -46,6 +46,7 @@ def lowrank_cmd(
     speedup: Annotated[float | None, typer.Option("--speedup", help="Whole-model conv FLOP reduction, e.g. 2, 3, 4.")] = None,
     method: Annotated[str, typer.Option("--method", help="svd | linear | nonlinear | asymmetric | linear-asymmetric")] = "asymmetric",
     decomposition: Annotated[str, typer.Option("--decomposition", help="channel (k x k then 1x1) | 3d (k x 1, 1 x k, 1x1: the TPAMI version)")] = "channel",
+    rank_rule: Annotated[str, typer.Option("--rank-rule", help="energy (the paper's: kept PCA energy) | sensitivity (measured output change per layer and rank)")] = "energy",
     linear_energy: Annotated[float | None, typer.Option("--linear-energy", help="SVD of Linear layers keeping this fraction of sigma^2.")] = None,
     linear_ratio: Annotated[float | None, typer.Option("--linear-ratio", help="SVD of Linear layers to this fraction of their weights.")] = None,
     linear_response: Annotated[bool, typer.Option("--linear-response", help="Linear layers by PCA of their outputs on val images (Zhang's linear reconstruction) instead of weight SVD.")] = False,
@@ -92,8 +93,8 @@ def lowrank_cmd(
     if speedup is not None and not any(isinstance(m, nn.Conv2d) for m in model.modules()):
         raise ConfigError(f"{path or model_spec}: --speedup needs conv layers; use --linear-energy or --linear-ratio "
                           "for Linear ones")
-    conv = (ZhangLowRank(speedup=speedup, method=method, images=images, seed=seed, decomposition=decomposition)
-            if speedup is not None else None)
+    conv = (ZhangLowRank(speedup=speedup, method=method, images=images, seed=seed, decomposition=decomposition,
+                         rank_rule=rank_rule) if speedup is not None else None)
     linear = (SVDLinear(energy=linear_energy, param_ratio=linear_ratio)
               if linear_energy is not None or linear_ratio is not None else None)
     result: dict = {"file": str(path or model_spec), "dataset": source.name, "quality_before": before,

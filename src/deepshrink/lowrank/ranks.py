@@ -100,7 +100,7 @@ def _spatial_moves(cost: SpatialCost, spatial: Tensor, channel: Tensor, ranks: t
     return [(c, cost.cost(ranks) - cost.cost(c), here - log_energy(c)) for c in candidates]
 
 
-def _greedy(moves: dict[str, Any], total: int, budget: int) -> dict[str, Any]:
+def greedy(moves: dict[str, Any], total: int, budget: int) -> dict[str, Any]:
     """Apply the move losing the least log-energy per MAC saved until ``total <= budget``."""
     state: dict[str, Any] = {k: None for k in moves}
     while total > budget:
@@ -149,4 +149,4 @@ def select_ranks_3d(
             moves[name] = partial(_spatial_moves, cost, spatial, cumulative[name])
         else:
             moves[name] = partial(_channel_moves, cost, cumulative[name])
-    return _greedy(moves, fixed + sum(c.original for c in costs.values()), budget)
+    return greedy(moves, fixed + sum(c.original for c in costs.values()), budget)

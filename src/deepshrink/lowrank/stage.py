@@ -20,7 +20,7 @@ from .zhang import ZhangLowRank
 
 __all__ = ["LOWRANK_KEYS", "build_lowrank"]
 
-_CONV_KEYS = {"speedup", "method", "images", "positions", "select", "decomposition"}
+_CONV_KEYS = {"speedup", "method", "images", "positions", "select", "decomposition", "rank_rule"}
 _LINEAR_KEYS = {"linear_energy", "linear_ratio", "response", "linear_select"}
 LOWRANK_KEYS = frozenset(_CONV_KEYS | _LINEAR_KEYS)
 
@@ -31,9 +31,10 @@ def build_lowrank(options: Mapping[str, Any]) -> StageFn:
     if "speedup" in options:
         conv = ZhangLowRank(speedup=float(options["speedup"]), method=str(options.get("method", "asymmetric")),
                             images=int(options.get("images", 3000)), positions=int(options.get("positions", 10)),
-                            decomposition=str(options.get("decomposition", "channel")))
+                            decomposition=str(options.get("decomposition", "channel")),
+                            rank_rule=str(options.get("rank_rule", "energy")))
     elif set(options) & (_CONV_KEYS - {"speedup"}):
-        raise ConfigError("method/images/positions/select/decomposition need speedup")
+        raise ConfigError("method/images/positions/select/decomposition/rank_rule need speedup")
     linear = None
     if "linear_energy" in options or "linear_ratio" in options:
         linear = SVDLinear(energy=options.get("linear_energy"), param_ratio=options.get("linear_ratio"))

@@ -38,6 +38,7 @@ from ..core.select import Selector, select_layers
 from .fit import Factors, linear_fit, nonlinear_fit, response_eigenvalues
 from .modules import check_conv, replace_conv3d_, replace_conv_
 from .ranks import LayerCost, SpatialCost, select_ranks_3d
+from .sensitivity import select_ranks_by_sensitivity, sensitivity_losses
 from .spatial import (
     column_moments,
     empty_spatial_pair,
@@ -48,6 +49,8 @@ from .spatial import (
 from .svd import svd_conv_
 
 METHODS = ("svd", "linear", "nonlinear", "asymmetric", "linear-asymmetric")
+SENSITIVITY_IMAGES = 500
+"""Calibration images whose outputs the sensitivity rule compares."""
 
 
 @dataclass(frozen=True)
@@ -71,8 +74,16 @@ class ZhangLowRank:
     layers without a spatial extent stay channel-decomposed). With ``ranks``, a 3-D layer's rank is its channel
     rank and ``spatial_ranks`` gives its spatial rank."""
     spatial_ranks: Mapping[str, int] | None = None
+    rank_rule: str = "energy"
+    """How ranks follow from ``speedup``: ``"energy"`` (the paper's greedy on kept PCA energy) or ``"sensitivity"``
+    (each layer factorised alone on a grid of ranks, the network output's change measured; :mod:`.sensitivity`;
+    channel decomposition only)."""
 
     def __post_init__(self) -> None:
+        if self.rank_rule not in ("energy", "sensitivity"):
+            raise ConfigError(f"rank_rule must be 'energy' or 'sensitivity', got {self.rank_rule!r}")
+        if self.rank_rule == "sensitivity" and self.decomposition != "channel":
+            raise ConfigError("rank_rule='sensitivity' measures channel decompositions: use decomposition='channel'")
         if self.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.decomposition not in ("channel", "3d"):
@@ -261,7 +272,8 @@ def _layer_cost(conv: nn.Conv2d, probe: tuple[tuple[int, ...], int], spatial: bo
 
 def _choose_ranks(config: ZhangLowRank, order: list[str], costs: dict[str, LayerCost | SpatialCost],
                   eigen: dict[str, Tensor], moments: dict[str, Tensor], convs: dict[str, nn.Conv2d],
-                  macs_before: int) -> tuple[dict[str, int | None], dict[str, int]]:
+                  macs_before: int, sensitivity: dict[str, dict[int, float]] | None = None,
+                  ) -> tuple[dict[str, int | None], dict[str, int]]:
     """``(channel rank or None per layer, spatial rank per 3-D layer)``, given or by the greedy rule."""
     spatial = set(moments)
     if config.ranks is not None:
@@ -277,6 +289,9 @@ def _choose_ranks(config: ZhangLowRank, order: list[str], costs: dict[str, Layer
         return ranks, {n: min(int(r), cast(SpatialCost, costs[n]).spatial_max) for n, r in given.items()}
     assert config.speedup is not None
     fixed = macs_before - sum(c.original for c in costs.values())
+    if sensitivity is not None:
+        return select_ranks_by_sensitivity(sensitivity, cast(dict[str, LayerCost], costs),
+                                           int(macs_before / config.speedup), fixed), {}
     energies = {n: spatial_singular_values(convs[n], moments[n]) for n in spatial}
     chosen = select_ranks_3d(eigen, costs, energies, int(macs_before / config.speedup), fixed)
     spatial_ranks = {n: r[0] for n, r in chosen.items() if n in spatial and r is not None}
@@ -330,7 +345,10 @@ def lowrank_conv_(
     costs = {n: _layer_cost(c, probe[n], n in spatial) for n, c in convs.items()}
     moments = column_moments(copy.deepcopy(model), [n for n in order if n in spatial], images, config.positions,
                              config.batch_size, config.seed + 2) if spatial else {}
-    ranks, spatial_ranks = _choose_ranks(config, order, costs, eigen, moments, convs, report.macs_before)
+    sensitivity = (sensitivity_losses(model, order, cast(dict[str, LayerCost], costs), targets,
+                                      images[:SENSITIVITY_IMAGES], batch_size=config.batch_size)
+                   if config.rank_rule == "sensitivity" and config.ranks is None else None)
+    ranks, spatial_ranks = _choose_ranks(config, order, costs, eigen, moments, convs, report.macs_before, sensitivity)
     relu = relu_followed(model, images[:1].to(_device(model))) if config.nonlinear else set()
     for n in order:
         rank = ranks[n]
