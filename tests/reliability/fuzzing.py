@@ -346,7 +346,10 @@ def mutate_checkpoint(data: bytes, rng: Random) -> bytes:
     except Exception:
         return mutate_zip(data, rng)
     out = io.BytesIO()
-    torch.save(_mutate_payload(payload, rng), out)
+    try:  # a byte-mutated file can unpickle to objects torch.save cannot write back (e.g. a tensor whose
+        torch.save(_mutate_payload(payload, rng), out)  # backward hooks became a class): mutate the members instead
+    except Exception:
+        return mutate_zip(data, rng)
     return out.getvalue()
 
 
