@@ -21,7 +21,6 @@ from deepshrink.lowrank import (
     svd_conv_,
     svd_linear_,
 )
-from deepshrink.lowrank.zhang import _to_conv
 
 
 class Wrap(nn.Module):
@@ -63,7 +62,7 @@ def test_full_rank_response_fit_equals_original(bias: bool) -> None:
     fac = pca_fit(y, 6)
     model = Wrap(copy.deepcopy(conv))
     ref = model(x)
-    replace_conv_(model, "conv", *_to_conv(conv.weight, conv.bias, fac))
+    replace_conv_(model, "conv", *fac.conv_weights(conv.weight, conv.bias))
     torch.testing.assert_close(model(x), ref, atol=1e-5, rtol=1e-4)
 
 

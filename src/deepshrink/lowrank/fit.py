@@ -37,6 +37,16 @@ class Factors:
     def apply(self, yhat: Tensor) -> Tensor:
         return (yhat.to(self.qt.dtype) @ self.qt.T) @ self.p.T + self.b
 
+    def conv_weights(self, filters: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """``(Q^T filters, P, P Q^T bias + b)`` for the conv ``filters`` whose responses were fitted: the reduced
+        filters, the 1x1 matrix and its bias, in the filters' dtype."""
+        weight = filters.detach().double()
+        bias0 = bias.detach().double() if bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
+        p, qt, b = self.p.double(), self.qt.double(), self.b.double()
+        first = (qt @ weight.reshape(weight.shape[0], -1)).reshape(qt.shape[0], *weight.shape[1:])
+        dtype = filters.dtype
+        return first.to(dtype), p.to(dtype), (p @ (qt @ bias0) + b).to(dtype)
+
 
 def _top_eigenvectors(cov: Tensor, rank: int) -> Tensor:
     _, vecs = torch.linalg.eigh(cov)

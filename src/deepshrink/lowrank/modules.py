@@ -85,23 +85,27 @@ def _halves(pair: nn.Sequential, kind: type[_M]) -> tuple[_M, _M]:
 
 
 @torch.no_grad()
-def replace_conv_(model: nn.Module, fqn: str, first: Tensor, second: Tensor, bias: Tensor) -> nn.Sequential:
-    """Swap the conv at ``fqn`` for ``conv(first) -> conv1x1(second) + bias`` and record the edit.
+def conv_pair(conv: nn.Conv2d, first: Tensor, second: Tensor, bias: Tensor) -> nn.Sequential:
+    """``conv(first) -> conv1x1(second) + bias`` in ``conv``'s geometry (no edit recorded: see :func:`replace_conv_`).
 
     ``first`` is ``(r, c, k, k)`` (the ``r`` reduced filters), ``second`` is ``(d, r)`` (the matrix ``P``) and
     ``bias`` has ``d`` entries; the pair computes ``second @ (first * x) + bias``.
     """
-    conv = check_conv(model.get_submodule(fqn), fqn)
-    rank = first.shape[0]
-    pair = empty_conv_pair(conv, rank)
+    pair = empty_conv_pair(conv, first.shape[0])
     reduce, expand = _halves(pair, nn.Conv2d)
     reduce.weight.copy_(first.reshape(reduce.weight.shape))
     expand.weight.copy_(second.reshape(expand.weight.shape))
     assert expand.bias is not None
     expand.bias.copy_(bias)
-    pair.train(conv.training)
+    return pair.train(conv.training)
+
+
+def replace_conv_(model: nn.Module, fqn: str, first: Tensor, second: Tensor, bias: Tensor) -> nn.Sequential:
+    """Swap the conv at ``fqn`` for :func:`conv_pair` of it and record the edit."""
+    conv = check_conv(model.get_submodule(fqn), fqn)
+    pair = conv_pair(conv, first, second, bias)
     set_submodule(model, fqn, pair)
-    record_edit(model, "lowrank_conv", layer=fqn, rank=int(rank))
+    record_edit(model, "lowrank_conv", layer=fqn, rank=int(first.shape[0]))
     return pair
 
 

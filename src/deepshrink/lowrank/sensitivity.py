@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..core.edits import set_submodule
 from ..core.errors import ConfigError
 from .fit import linear_fit
-from .modules import empty_conv_pair
+from .modules import conv_pair
 from .ranks import LayerCost, greedy
 
 __all__ = ["rank_grid", "select_ranks_by_sensitivity", "sensitivity_losses"]
@@ -33,19 +33,9 @@ def rank_grid(cost: LayerCost, points: int) -> list[int]:
     return sorted({max(1, round(top * f)) for f in fractions}, reverse=True)
 
 
-@torch.no_grad()
 def _factorised(conv: nn.Conv2d, responses: Tensor, rank: int) -> nn.Sequential:
     fac = linear_fit(responses, responses, rank, asymmetric=True)
-    weight = conv.weight.detach().double()
-    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
-    pair = empty_conv_pair(conv, rank)
-    first, second = pair[0], pair[1]
-    assert isinstance(first, nn.Conv2d) and isinstance(second, nn.Conv2d) and second.bias is not None
-    qt, p = fac.qt.double(), fac.p.double()
-    first.weight.copy_((qt @ weight.reshape(weight.shape[0], -1)).reshape(first.weight.shape))
-    second.weight.copy_(p.reshape(second.weight.shape))
-    second.bias.copy_(p @ (qt @ bias) + fac.b.double())
-    return pair.eval()
+    return conv_pair(conv, *fac.conv_weights(conv.weight, conv.bias)).eval()
 
 
 def _output(model: nn.Module, images: Tensor, batch_size: int) -> Tensor:

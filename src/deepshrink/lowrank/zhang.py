@@ -35,7 +35,7 @@ from ..core.edits import set_submodule
 from ..core.errors import ConfigError, UnsupportedLayerError
 from ..core.graph import is_relu, trace_calls
 from ..core.select import Selector, select_layers
-from .fit import Factors, linear_fit, nonlinear_fit, response_eigenvalues
+from .fit import linear_fit, nonlinear_fit, response_eigenvalues
 from .modules import check_conv, replace_conv3d_, replace_conv_
 from .ranks import LayerCost, SpatialCost, select_ranks_3d
 from .sensitivity import select_ranks_by_sensitivity, sensitivity_losses
@@ -236,16 +236,6 @@ def collect_responses(
     return {n: torch.cat(c) for n, c in chunks.items()}
 
 
-def _to_conv(filters: Tensor, bias: Tensor | None, fac: Factors) -> tuple[Tensor, Tensor, Tensor]:
-    """``(Q^T filters, P, P Q^T bias + b)``: the reduced filters, the 1x1 matrix and its bias."""
-    weight = filters.detach().double()
-    bias0 = bias.detach().double() if bias is not None else torch.zeros(weight.shape[0], dtype=torch.float64)
-    p, qt, b = fac.p.double(), fac.qt.double(), fac.b.double()
-    first = (qt @ weight.reshape(weight.shape[0], -1)).reshape(qt.shape[0], *weight.shape[1:])
-    dtype = filters.dtype
-    return first.to(dtype), p.to(dtype), (p @ (qt @ bias0) + b).to(dtype)
-
-
 @torch.no_grad()
 def _spatial_pair(conv: nn.Conv2d, vertical: Tensor, horizontal: Tensor) -> nn.Sequential:
     """The spatial split alone (the original's bias on the ``1 x k`` conv): what the channel fit reads."""
@@ -378,9 +368,9 @@ def lowrank_conv_(
         norm = float((torch.relu(y) if config.nonlinear and n in relu else y).double().pow(2).sum(1).mean())
         report.errors[n] = {"initial": fac.initial_error / max(norm, 1e-300), "final": fac.error / max(norm, 1e-300)}
         if vertical is None:
-            replace_conv_(model, n, *_to_conv(conv.weight, conv.bias, fac))
+            replace_conv_(model, n, *fac.conv_weights(conv.weight, conv.bias))
         else:
             set_submodule(model, n, conv)
-            replace_conv3d_(model, n, conv, vertical, *_to_conv(horizontal, conv.bias, fac))
+            replace_conv3d_(model, n, conv, vertical, *fac.conv_weights(horizontal, conv.bias))
     report.macs_after = conv_macs(model, images)
     return report
