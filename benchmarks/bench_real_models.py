@@ -414,6 +414,20 @@ def row_dfp8_channel_mixed_obs_a9(bench: Bench) -> Outcome:
 
 
 @row("effnet", "minilm")
+def row_dfp8_channel_mixed_obs_unsigned(bench: Bench) -> Outcome:
+    """``dfp8_channel_mixed_obs`` with unsigned formats for non-negative activations (ReLU6 outputs): W8A8."""
+    return _dfp(bench, bits=8, granularity="channel", max_bits_avg=8.5, weight_rounding="obs",
+                unsigned_activations=True)
+
+
+@row("effnet")
+def row_dfp8_channel_mixed_obs_unsigned_act9(bench: Bench) -> Outcome:
+    """The unsigned row, plus 16-bit activations where the network output gains most, 9 bits on average."""
+    return _dfp(bench, bits=8, granularity="channel", max_bits_avg=8.5, weight_rounding="obs",
+                unsigned_activations=True, max_act_bits_avg=9.0)
+
+
+@row("effnet", "minilm")
 def row_dfp8_channel_mixed_obs_act9(bench: Bench) -> Outcome:
     """Static activations: weights mixed 8.5 bits (OBS-rounded), activations of the layers the network output
     gains most from at 16 bits within 9 bits on average."""

@@ -96,8 +96,8 @@ def _build_run(model: nn.Module, x: torch.Tensor, out: Path, **options: Any) -> 
     in_t = header.split("typedef ")[1].split()[0]
     out_t = header.split("typedef ")[2].split()[0]
     if report["arithmetic"] == "integer":
-        bits = 8 if in_t == "int8_t" else 16
-        inputs = to_int(x, bits, report["input_frac_len"]).numpy()
+        lo, hi = (int(re.search(rf"#define DS_INPUT_{k} \(?(-?\d+)", header)[1]) for k in ("MIN", "MAX"))  # type: ignore[index]
+        inputs = to_int(x, 32, report["input_frac_len"]).clamp(lo, hi).numpy()
     else:
         inputs = x.numpy()
     outputs, _ = toolchain.run_host(exe, inputs, in_t, out_t, report["output_size"])
@@ -210,14 +210,16 @@ def test_lenet300_codebook_file_within_1e5(tmp_path: Path) -> None:
 
 
 @needs_cc
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000), cin=st.integers(1, 4), cout_mult=st.integers(1, 3), kernel=st.integers(1, 3),
        stride=st.integers(1, 2), pad=st.integers(0, 1), grouped=st.booleans(),
        bits=st.sampled_from([4, 8, 16]), act_bits=st.sampled_from([8, 16]),
-       sparsity=st.sampled_from([0.0, 0.5, 0.9]))
+       sparsity=st.sampled_from([0.0, 0.5, 0.9]), unsigned=st.booleans())
 def test_dfp_layer_shapes_bit_exact(tmp_path_factory: pytest.TempPathFactory, seed: int, cin: int, cout_mult: int,
                                     kernel: int, stride: int, pad: int, grouped: bool, bits: int, act_bits: int,
-                                    sparsity: float) -> None:
+                                    sparsity: float, unsigned: bool) -> None:
+    """``unsigned``: a non-negative input (an image) and the ReLU between the layers get unsigned formats:
+    ``uint8_t`` activations at 8 bits."""
     gen = torch.Generator().manual_seed(seed)
     groups = cin if grouped else 1
     conv = nn.Conv2d(cin, cin * cout_mult, kernel, stride=stride, padding=pad, groups=groups)
@@ -228,8 +230,13 @@ def test_dfp_layer_shapes_bit_exact(tmp_path_factory: pytest.TempPathFactory, se
             p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
     if sparsity:
         prune_(model, MagnitudePrune(sparsity=sparsity))
-    quantize_(model, DynamicFixedPoint(bits=bits, act_bits=act_bits), calib=torch.randn(32, cin, 7, 7, generator=gen))
-    _assert_bit_exact(model, torch.randn(16, cin, 7, 7, generator=gen) * 2, tmp_path_factory.mktemp("c"))
+    draw = torch.rand if unsigned else torch.randn
+    quantize_(model, DynamicFixedPoint(bits=bits, act_bits=act_bits, unsigned_activations=unsigned),
+              calib=draw(32, cin, 7, 7, generator=gen))
+    out = tmp_path_factory.mktemp("c")
+    _assert_bit_exact(model, draw(16, cin, 7, 7, generator=gen) * 2, out)
+    if unsigned and act_bits == 8:
+        assert "typedef uint8_t ds_input_t;" in (out / "model.h").read_text()
 
 
 @needs_cc

@@ -192,20 +192,25 @@ def _dfp(bits: Any, **config: Any) -> nn.Module:
 
 
 @pytest.mark.parametrize("bits", [8, {"conv": 8, "fc": 4}], ids=["dfp8", "conv8-fc4"])
-def test_fixed_point_exact_mode_is_bit_exact_with_the_integer_engine(tmp_path: Path, bits: Any) -> None:
-    model = _dfp(bits, granularity="channel")
+@pytest.mark.parametrize("unsigned", [False, True], ids=["signed", "unsigned"])
+def test_fixed_point_exact_mode_is_bit_exact_with_the_integer_engine(tmp_path: Path, bits: Any,
+                                                                      unsigned: bool) -> None:
+    model = _dfp(bits, granularity="channel", unsigned_activations=unsigned)
     report, out, _ = export_and_run(model, tmp_path / "exact.onnx", activations="exact")
     with torch.no_grad():
         assert np.array_equal(out, IntegerModel(model)(X).numpy())
     assert report["verify"]["bit_exact"]
 
 
-def test_fixed_point_qdq_runs_int8_kernels_bit_exact_with_half_even_rounding(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unsigned", [False, True], ids=["signed", "unsigned"])
+def test_fixed_point_qdq_runs_int8_kernels_bit_exact_with_half_even_rounding(tmp_path: Path, unsigned: bool) -> None:
     """ORT's Q/DQ rounds half to even: a model quantized with rounding="half_even" exports bit-exact; with the
-    default half up only ties differ."""
-    model = _dfp(8, rounding="half_even")
+    default half up only ties differ. Unsigned activation formats become ``uint8`` Q/DQ pairs (zero point 0)."""
+    model = _dfp(8, rounding="half_even", unsigned_activations=unsigned)
     report, out, ops = export_and_run(model, tmp_path / "qdq.onnx")
     assert {"QLinearConv", "QGemm"} <= set(ops)
+    zero_points = {i.data_type for i in onnx.load(tmp_path / "qdq.onnx").graph.initializer if i.dims == []}
+    assert (onnx.TensorProto.UINT8 in zero_points) == unsigned
     assert all("DequantizeLinear" in w["encoding"] for w in report["weights"].values())
     assert report["verify"]["bit_exact"]
     with torch.no_grad():

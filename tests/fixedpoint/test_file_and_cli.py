@@ -85,12 +85,13 @@ def test_quantize_command_on_digits(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "fl_w" in result.output and "fc3" in result.output
     result = runner.invoke(app, ["quantize", str(ckpt), "--bits", "8", "--rounding", "half_even", "--calib", "64",
-                                 "--weight-rounding", "obs",
+                                 "--weight-rounding", "obs", "--unsigned-activations",
                                  "--out", str(tmp_path / "even.dsz"), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output.strip().splitlines()[-1])
     assert info["integer_accuracy"] == info["test_accuracy"]
     assert "rounding=half_even" in repr(load_compressed(tmp_path / "even.dsz"))
     assert set(info["obs_rounding"]) == {"fc1", "fc2", "fc3"}
+    assert [row["in_format"][:2] for row in info["layers"]] == ["Q8", "UQ", "UQ"]  # fc2, fc3 read ReLU outputs
     result = runner.invoke(app, ["quantize", str(ckpt), "--bits", "conv:8", "--out", str(out)])
     assert result.exit_code != 0

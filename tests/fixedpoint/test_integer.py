@@ -22,16 +22,17 @@ from .conftest import TinyCNN, TinyMLP, randomize_
 BITS = st.sampled_from([4, 6, 8, 16, {"conv": 8, "fc": 4}])
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=16, deadline=None)
 @given(seed=st.integers(0, 10_000), bits=BITS, static=st.booleans(), outputs=st.booleans(),
-       scale=st.floats(0.05, 20.0), rounding=st.sampled_from(["half_up", "half_even"]))
+       scale=st.floats(0.05, 20.0), rounding=st.sampled_from(["half_up", "half_even"]), unsigned=st.booleans())
 def test_cnn_integer_engine_bit_exact(seed: int, bits: int | dict[str, int], static: bool, outputs: bool,
-                                      scale: float, rounding: str) -> None:
+                                      scale: float, rounding: str, unsigned: bool) -> None:
     model = randomize_(TinyCNN(), seed, scale)
     gen = torch.Generator().manual_seed(seed + 1)
     calib = [torch.randn(16, 1, 8, 8, generator=gen) * scale for _ in range(2)]
     quantize_(model, DynamicFixedPoint(bits=bits, act_bits=8 if isinstance(bits, dict) else bits, static=static,
-                                       quantize_outputs=outputs, rounding=rounding), calib=calib)
+                                       quantize_outputs=outputs, rounding=rounding,
+                                       unsigned_activations=unsigned and not static), calib=calib)
     x = torch.randn(32, 1, 8, 8, generator=gen) * scale * 3  # wider than calibration: exercises saturation
     simulated = model(x)
     assert torch.equal(IntegerModel(model)(x), simulated)
@@ -258,3 +259,33 @@ def test_a_copied_integer_model_runs_its_own_layers() -> None:
             layer.__dict__.pop("_plan", None)  # rebuilt from the zeroed weights
     assert torch.equal(engine(x), expected)
     assert not torch.equal(clone(x), expected)  # the copy's steps call the copy's (zeroed) layers
+
+
+def test_unsigned_formats_for_non_negative_activations(tmp_path: Path) -> None:
+    """``unsigned_activations``: ReLU outputs and inputs that are non-negative on all the calibration data get
+    ``[0, 2**bits - 1]`` formats (one more bit of resolution), signed tensors keep signed ones; the file and the
+    integer engine (both int8 kernels: unsigned bytes enter the VNNI kernel as they are) keep them bit for bit."""
+    model = randomize_(TinyCNN(), 4, 1.0)
+    calib = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    signed = copy.deepcopy(model)
+    quantize_(signed, DynamicFixedPoint(bits=8), calib=calib)
+    report = quantize_(model, DynamicFixedPoint(bits=8, unsigned_activations=True), calib=calib)
+    rows = {row.name: row for row in report.layers}
+    assert rows["conv1"].act_in is not None and rows["conv1"].act_in.signed  # the raw input is signed
+    assert rows["conv2"].act_in is not None and not rows["conv2"].act_in.signed  # after max-pool and ReLU
+    assert rows["fc1"].act_out is not None and not rows["fc1"].act_out.signed  # feeds a ReLU only
+    assert rows["fc2"].act_in is not None and not rows["fc2"].act_in.signed
+    assert "UQ8." in repr(model)
+    # the same range at twice the resolution: the fractional length grows by one
+    before = {row.name: row for row in quantize_(copy.deepcopy(signed), DynamicFixedPoint(bits=8), calib=calib).layers}
+    assert rows["fc2"].act_in.frac_len >= before["fc2"].act_in.frac_len + 1  # type: ignore[union-attr]
+    x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2
+    reference = model(x)
+    save_compressed(model, tmp_path / "u.dsz")
+    loaded = load_compressed(tmp_path / "u.dsz", model=randomize_(TinyCNN(), 9, 1.0))
+    assert torch.equal(loaded(x), reference)
+    engine = IntegerModel(loaded)
+    assert torch.equal(engine(x), reference)
+    assert engine.layers["fc2"].last_kernel.startswith("int8")  # the fused kernel took the unsigned input
+    with pytest.raises(ConfigError, match="signed activations only"):
+        DynamicFixedPoint(static=True, unsigned_activations=True)

@@ -93,3 +93,17 @@ def test_from_export_rejects_out_of_range_integers() -> None:
         FixedPoint.from_export({"kind": "fixedpoint", "int": np.array([200]), "bits": 8, "frac_len": 0})
     with pytest.raises(FormatError):
         FixedPoint.from_export({"kind": "fixedpoint", "int": np.array([1])})
+
+
+def test_checkpoint_round_trip_keeps_unsigned_formats(tmp_path) -> None:
+    model = randomize_(TinyCNN(), 2, 1.0)
+    quantize_(model, DynamicFixedPoint(bits=8, unsigned_activations=True), calib=torch.randn(32, 1, 8, 8))
+    fp = get_value_transform(model.fc2)
+    assert fp is not None and not fp.act_in.signed  # type: ignore[union-attr]
+    path = tmp_path / "q.pt"
+    save_checkpoint(path, model)
+    loaded = copy.deepcopy(randomize_(TinyCNN(), 5, 1.0))
+    load_into(loaded, read_checkpoint(path))
+    x = torch.randn(10, 1, 8, 8) * 2
+    assert torch.equal(loaded(x), model(x))
+    assert get_value_transform(loaded.fc2).act_in == fp.act_in  # type: ignore[union-attr]

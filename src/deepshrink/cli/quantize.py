@@ -68,6 +68,9 @@ def quantize(
     mixed_objective: Annotated[str, typer.Option("--mixed-objective", help="What mixed precision widens by: layer "
                                                  "(each layer's own error) | network (the network output's error, "
                                                  "one calibration pass per layer).")] = "layer",
+    unsigned_activations: Annotated[bool, typer.Option("--unsigned-activations/--signed-activations", help=(
+        "Unsigned formats ([0, 2^bits - 1]) for non-negative activations (ReLU/ReLU6 outputs): one more bit of "
+        "resolution; --signed-activations: the paper's signed formats everywhere."))] = False,
     rounding: Annotated[str, typer.Option("--rounding", help="half_up (the paper; the C backend) | half_even "
                                           "(ONNX's rule: a Q/DQ export is then bit-exact).")] = "half_up",
     weight_rounding: Annotated[str, typer.Option("--weight-rounding", help="nearest (the paper) | obs (GPTQ: each "
@@ -126,7 +129,7 @@ def quantize(
                                wide_bits=wide_bits, mixed_objective=mixed_objective,
                                bias_correction=bias_correction, equalize=equalize, rounding=rounding,
                                weight_rounding=weight_rounding, max_act_bits_avg=max_act_bits_avg,
-                               quantize_outputs=activations == "static")
+                               unsigned_activations=unsigned_activations, quantize_outputs=activations == "static")
     batches = calibration_batches(source.split("val"), calib)
     test_set = source.split("test") if evaluate_after else None
     reference = frozen_copy(model)

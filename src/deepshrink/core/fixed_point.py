@@ -1,4 +1,6 @@
-"""Fixed-point numbers (Qiu et al. 2016): an integer times ``2**-frac_len`` in ``bits`` signed bits.
+"""Fixed-point numbers (Qiu et al. 2016): an integer times ``2**-frac_len`` in ``bits`` bits, signed (the paper's)
+or unsigned (``[0, 2**bits - 1]``: for tensors a clipping activation makes non-negative, where a signed format
+would spend its top bit on a sign that never occurs).
 
 Shared by the fixed-point technique (simulation) and the runtime's integer engine, so both use the one
 definition of every rounding.
@@ -6,7 +8,8 @@ definition of every rounding.
 One rounding rule per layer, the same in the float simulation and the integer path, so both agree bit for bit:
 **round half up** (``floor(v + 0.5)``, the default and what the C backend computes) or **round half to even**
 (``rounding="half_even"``: ONNX's ``QuantizeLinear`` rule, so an ONNX Q/DQ export computes exactly what
-deepshrink computes), then **saturate** to ``[-2**(bits-1), 2**(bits-1) - 1]``. On integers half up is
+deepshrink computes), then **saturate** to ``[-2**(bits-1), 2**(bits-1) - 1]`` (unsigned: ``[0, 2**bits - 1]``).
+On integers half up is
 ``(acc + 2**(s-1)) >> s`` with an arithmetic shift; in floats it is computed in float64, where scaling by a power
 of two and adding 0.5 are exact for every value that can survive saturation.
 """
@@ -48,37 +51,54 @@ def check_bits(bits: int, what: str = "bits") -> int:
     return int(bits)
 
 
-def int_range(bits: int) -> tuple[int, int]:
-    """``(qmin, qmax)`` of a signed ``bits``-bit integer."""
+def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
+    """``(qmin, qmax)`` of a ``bits``-bit integer, signed or unsigned."""
+    if not signed:
+        return 0, (1 << bits) - 1
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def max_magnitude(bits: int, signed: bool = True) -> int:
+    """The largest absolute integer of the format (what bounds a sum of products)."""
+    qmin, qmax = int_range(bits, signed)
+    return max(-qmin, qmax)
 
 
 @dataclass(frozen=True)
 class FixedPointFormat:
-    """A signed fixed-point format: value = integer * 2**-frac_len, integer in ``bits`` bits."""
+    """A fixed-point format: value = integer * 2**-frac_len, integer in ``bits`` bits (signed unless ``signed`` is
+    False: then ``[0, 2**bits - 1]``)."""
 
     bits: int
     frac_len: int
+    signed: bool = True
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
         if isinstance(self.frac_len, bool) or not isinstance(self.frac_len, int) or abs(self.frac_len) > MAX_FRAC_LEN:
             raise ConfigError(f"frac_len must be an integer in [-{MAX_FRAC_LEN}, {MAX_FRAC_LEN}], got {self.frac_len!r}")
+        if not isinstance(self.signed, bool):
+            raise ConfigError(f"signed must be True or False, got {self.signed!r}")
 
     @property
     def step(self) -> float:
         return math.ldexp(1.0, -self.frac_len)
 
     @property
+    def range(self) -> tuple[int, int]:
+        """``(qmin, qmax)`` of the format's integers."""
+        return int_range(self.bits, self.signed)
+
+    @property
     def max_value(self) -> float:
-        return int_range(self.bits)[1] * self.step
+        return self.range[1] * self.step
 
     @property
     def min_value(self) -> float:
-        return int_range(self.bits)[0] * self.step
+        return self.range[0] * self.step
 
     def __str__(self) -> str:
-        return f"Q{self.bits}.{self.frac_len}"
+        return f"{'' if self.signed else 'U'}Q{self.bits}.{self.frac_len}"
 
 
 FracLen = int | Tensor
@@ -98,10 +118,11 @@ def pow2(frac_len: FracLen, like: Tensor, axis: int = 0) -> float | Tensor:
     return values.reshape(shape)
 
 
-def to_int(x: Tensor, bits: int, frac_len: FracLen, axis: int = 0, rounding: str = "half_up") -> Tensor:
+def to_int(x: Tensor, bits: int, frac_len: FracLen, axis: int = 0, rounding: str = "half_up",
+           signed: bool = True) -> Tensor:
     """Integers (as float64) of ``x`` in the format: ``clamp(floor(x * 2**fl + 0.5))`` (half up; half to even with
     ``rounding="half_even"``), computed exactly (a per-slice ``frac_len`` scales each slice along ``axis``)."""
-    qmin, qmax = int_range(bits)
+    qmin, qmax = int_range(bits, signed)
     scaled = x.detach().double() * pow2(frac_len, x, axis)
     return round_scaled(scaled, rounding).clamp_(qmin, qmax)
 
@@ -111,9 +132,10 @@ def from_int(ints: Tensor, frac_len: FracLen, dtype: torch.dtype = torch.float32
     return (ints.double() / pow2(frac_len, ints, axis)).to(dtype)
 
 
-def fake_quantize(x: Tensor, bits: int, frac_len: FracLen, axis: int = 0, rounding: str = "half_up") -> Tensor:
+def fake_quantize(x: Tensor, bits: int, frac_len: FracLen, axis: int = 0, rounding: str = "half_up",
+                  signed: bool = True) -> Tensor:
     """``x`` rounded and saturated to the format, same dtype; straight-through gradient (identity)."""
-    q = from_int(to_int(x, bits, frac_len, axis, rounding), frac_len, x.dtype, axis)
+    q = from_int(to_int(x, bits, frac_len, axis, rounding, signed), frac_len, x.dtype, axis)
     return q + (x - x.detach())
 
 
@@ -141,24 +163,25 @@ def rounding_shift(acc: Tensor, shift: int | Tensor, rounding: str = "half_up") 
     return acc
 
 
-def saturate(ints: Tensor, bits: int) -> Tensor:
-    """Clamp integers to the signed ``bits``-bit range."""
-    qmin, qmax = int_range(bits)
+def saturate(ints: Tensor, bits: int, signed: bool = True) -> Tensor:
+    """Clamp integers to the ``bits``-bit range (signed, or unsigned)."""
+    qmin, qmax = int_range(bits, signed)
     return ints.clamp(qmin, qmax)
 
 
 def requantize(ints: Tensor, frac_from: int | Tensor, bits: int, frac_to: int | Tensor,
-               rounding: str = "half_up") -> Tensor:
+               rounding: str = "half_up", signed: bool = True) -> Tensor:
     """Integers at ``frac_from`` re-expressed at ``frac_to`` in ``bits`` bits (rounding shift, then saturation)."""
-    return saturate(rounding_shift(ints, frac_from - frac_to, rounding), bits)
+    return saturate(rounding_shift(ints, frac_from - frac_to, rounding), bits, signed)
 
 
-def overflow_free_frac_len(max_abs: float, bits: int) -> int:
+def overflow_free_frac_len(max_abs: float, bits: int, signed: bool = True) -> int:
     """The largest fractional length at which ``max_abs`` does not saturate (the paper's range analysis)."""
-    qmax = int_range(bits)[1]
+    qmax = int_range(bits, signed)[1]
+    top = bits - 1 if signed else bits
     if not math.isfinite(max_abs) or max_abs <= 0:
-        return bits - 1
-    frac_len = bits - 1 - math.ceil(math.log2(max_abs))
+        return top
+    frac_len = top - math.ceil(math.log2(max_abs))
     while frac_len < MAX_FRAC_LEN and math.floor(math.ldexp(max_abs, frac_len + 1) + 0.5) <= qmax:
         frac_len += 1
     while frac_len > -MAX_FRAC_LEN and math.floor(math.ldexp(max_abs, frac_len) + 0.5) > qmax:

@@ -70,6 +70,9 @@ class DynamicFixedPoint:
     ``weight_rounding="obs"``: weights rounded to their grid column by column with each column's error compensated
     on the rest through the inverse input Hessian (GPTQ, Frantar et al. 2022; :mod:`.obs_rounding`) instead of
     to the nearest grid point: the layer's output error, not its weight error, is what it minimises.
+    ``unsigned_activations``: a layer input that is non-negative on all the calibration data, and a layer output that
+    only feeds a clip at a bound >= 0 (ReLU, ReLU6), get unsigned formats (``[0, 2**bits - 1]``: one more bit of
+    resolution over the same range); off, every activation is signed (the paper's formats).
     """
 
     bits: int | Mapping[str, int] = 8
@@ -89,6 +92,7 @@ class DynamicFixedPoint:
     rounding: str = "half_up"
     weight_rounding: str = "nearest"
     max_act_bits_avg: float | None = None
+    unsigned_activations: bool = False
 
     def __post_init__(self) -> None:
         check_rounding(self.rounding)
@@ -115,6 +119,10 @@ class DynamicFixedPoint:
                 raise ConfigError(f"{key} must be > 0, got {value}")
         if self.static and self.max_act_bits_avg is not None:
             raise ConfigError("static=True is the paper's one-format baseline: no mixed activation widths")
+        if not isinstance(self.unsigned_activations, bool):
+            raise ConfigError(f"unsigned_activations must be true or false, got {self.unsigned_activations!r}")
+        if self.static and self.unsigned_activations:
+            raise ConfigError("static=True is the paper's one-format baseline: signed activations only")
         if isinstance(self.bits, Mapping):
             unknown = set(self.bits) - {"conv", "fc"}
             if unknown or not self.bits:
@@ -181,6 +189,8 @@ class LayerFormat:
                 "act_bits": self.act_in.bits if self.act_in else None,
                 "fl_in": "per-token" if self.per_token else (self.act_in.frac_len if self.act_in else None),
                 "fl_out": self.act_out.frac_len if self.act_out else None,
+                "in_format": "per-token" if self.per_token else (str(self.act_in) if self.act_in else None),
+                "out_format": str(self.act_out) if self.act_out else None,
                 "weight_rel_error": round(self.weight_rel_error, 6), "widened": self.widened}
 
 
@@ -377,7 +387,7 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
             output_errors: dict[str, float] = {}
         else:
             output_errors = greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs,
-                                              config.span, clips)
+                                              config.span, clips, config.unsigned_activations)
     if config.max_bits_avg is not None:  # mixed precision: widen, then choose the activation formats again
         wide = {n: _weight_formats(m, originals[n], config.wide_bits, config, None)
                 for n, m in modules.items() if bits[n] < config.wide_bits}
@@ -399,7 +409,8 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
             act_bits[name] = max(config.wide_bits, config.activation_bits) if name in act_bits else 0
         if widened:
             with parametrize.cached():  # a fresh cache: the widened layers' weights changed
-                greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span, clips)
+                greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span, clips,
+                                  config.unsigned_activations)
     act_widened: list[str] = []
     if config.max_act_bits_avg is not None:  # activations alone, by what the network output gains
         wide_act = max(config.wide_bits, config.activation_bits)
@@ -411,7 +422,8 @@ def quantize_(model: nn.Module, config: DynamicFixedPoint, calib: Any = None, se
             act_bits[name] = wide_act
         if act_widened:
             with parametrize.cached():
-                greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span, clips)
+                greedy_data_stage(model, computed, modules, ref_out, batches, act_bits, outputs, config.span, clips,
+                                  config.unsigned_activations)
     bias_corrected = correct_biases_(model, computed, modules, ref_out, batches) if config.bias_correction else {}
     model.train(was_training)
 

@@ -105,7 +105,8 @@ def _argmin(candidates: Iterable[int], cost: Callable[[int], float]) -> int:
 def greedy_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str, nn.Module],
                       reference_out: dict[str, list[Tensor]], batches: Sequence[Batch], act_bits: int | Mapping[str, int],
                       quantize_outputs: set[str], span: int,
-                      clips: Mapping[str, tuple[float, float]] | None = None) -> dict[str, float]:
+                      clips: Mapping[str, tuple[float, float]] | None = None,
+                      unsigned: bool = False) -> dict[str, float]:
     """Choose every layer's input (and, for layers in ``quantize_outputs``, output) fractional length
     greedily in ``order`` (see module doc); returns each layer's relative output error (its output's squared
     error against the float model's, over the reference's energy) as the chosen formats leave it.
@@ -113,6 +114,8 @@ def greedy_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str,
     ``act_bits``: one width, or one per layer. A layer whose input format is per token (``dynamic_input``) keeps
     that: its input needs no search. ``clips``: layers whose output only feeds a clipping activation (ReLU,
     ReLU6) with its bounds: their output format is judged after the clip (error the clip removes is no error).
+    ``unsigned``: an input that is non-negative on every calibration batch, and an output clipped at a bound >= 0,
+    get an unsigned format (twice the resolution over the same range); otherwise formats are signed.
     Layers that read the very same, unmodified input tensor as the layer being
     fixed (a transformer's query/key/value) cannot depend on its formats; their inputs come from the same capture pass.
     """
@@ -126,14 +129,19 @@ def greedy_data_stage(model: nn.Module, order: Sequence[str], modules: dict[str,
     def decide(name: str, xs: list[Tensor], refs: list[Tensor]) -> None:
         bits = act_bits[name] if isinstance(act_bits, Mapping) else act_bits
         errors[name] = _choose_layer_formats(modules[name], xs, refs, bits, name in quantize_outputs, span,
-                                             (clips or {}).get(name))
+                                             (clips or {}).get(name), unsigned)
 
     layer_by_layer(model, order, modules, batches, reference_out, decide)
     return errors
 
 
+def _non_negative(tensors: Sequence[Tensor]) -> bool:
+    return all(bool((t.detach() >= 0).all()) for t in tensors)
+
+
 def _choose_layer_formats(module: nn.Module, xs: list[Tensor], y_ref: list[Tensor], act_bits: int,
-                          quantize_outputs: bool, span: int, clip: tuple[float, float] | None = None) -> float:
+                          quantize_outputs: bool, span: int, clip: tuple[float, float] | None = None,
+                          unsigned: bool = False) -> float:
     """Set the layer's input (and output) format; returns its relative output error with them."""
     fp = fixed_point_of(module)
     assert fp is not None
@@ -141,15 +149,16 @@ def _choose_layer_formats(module: nn.Module, xs: list[Tensor], y_ref: list[Tenso
     if fp.dynamic_input:  # chosen per token at run time: only the width is set here
         fp.set_act_in(FixedPointFormat(act_bits, 0))
         return _sq_error((module(x), y) for x, y in zip(xs, y_ref, strict=True)) / energy
-    start = overflow_free_frac_len(_max_abs(xs), act_bits)
+    signed_in = not (unsigned and _non_negative(xs))
+    start = overflow_free_frac_len(_max_abs(xs), act_bits, signed_in)
 
     def input_cost(fl: int) -> float:
-        fp.set_act_in(FixedPointFormat(act_bits, fl))
+        fp.set_act_in(FixedPointFormat(act_bits, fl, signed_in))
         return _sq_error((module(x), y) for x, y in zip(xs, y_ref, strict=True))
 
     costs: dict[int, float] = {}
     best = _argmin(range(start, start + span + 1), lambda fl: costs.setdefault(fl, input_cost(fl)))
-    fp.set_act_in(FixedPointFormat(act_bits, best))
+    fp.set_act_in(FixedPointFormat(act_bits, best, signed_in))
     if not quantize_outputs:
         return costs[best] / energy
     def after(t: Tensor) -> Tensor:
@@ -157,15 +166,16 @@ def _choose_layer_formats(module: nn.Module, xs: list[Tensor], y_ref: list[Tenso
 
     ys = [module(x) for x in xs]
     refs = [after(r) for r in y_ref]
-    start = overflow_free_frac_len(_max_abs([after(y) for y in ys]), act_bits)
+    signed_out = not (unsigned and clip is not None and clip[0] >= 0)
+    start = overflow_free_frac_len(_max_abs([after(y) for y in ys]), act_bits, signed_out)
 
     def output_cost(fl: int) -> float:
-        return _sq_error((after(fake_quantize(y, act_bits, fl, rounding=fp.rounding)), r)
+        return _sq_error((after(fake_quantize(y, act_bits, fl, rounding=fp.rounding, signed=signed_out)), r)
                          for y, r in zip(ys, refs, strict=True))
 
     out_costs: dict[int, float] = {}
     best_out = _argmin(range(start, start + span + 1), lambda fl: out_costs.setdefault(fl, output_cost(fl)))
-    fp.set_act_out(FixedPointFormat(act_bits, best_out))
+    fp.set_act_out(FixedPointFormat(act_bits, best_out, signed_out))
     return out_costs[best_out] / energy
 
 

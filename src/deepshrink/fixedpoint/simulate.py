@@ -16,7 +16,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from ..core.fixed_point import FixedPointFormat, FracLen, int_range, pow2, round_scaled
+from ..core.fixed_point import FixedPointFormat, FracLen, pow2, round_scaled
 from ..core.layer_call import channel_axis, layer_call, plain_type
 
 FLOAT32_EXACT = float(2**24)
@@ -82,6 +82,6 @@ def exact_output(module: nn.Module, x: Tensor, bits: int, w_frac: FracLen, in_fr
         acc = acc + round_scaled(bias.detach().double().reshape(shape) * _scale(acc_fl, acc), rounding)
     if act_out is None:
         return (acc / _scale(acc_fl, acc)).to(out_dtype)
-    qmin, qmax = int_range(act_out.bits)
+    qmin, qmax = act_out.range
     y = round_scaled(acc * (pow2(act_out.frac_len, acc) / _scale(acc_fl, acc)), rounding).clamp_(qmin, qmax)
     return (y / pow2(act_out.frac_len, y)).to(out_dtype)

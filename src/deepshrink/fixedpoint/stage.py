@@ -13,7 +13,7 @@ __all__ = ["QUANTIZE_KEYS", "build_quantize"]
 
 _CONFIG_KEYS = ("bits", "act_bits", "static", "quantize_outputs", "quantize_last_output", "span", "weight_objective",
                 "granularity", "activations", "max_bits_avg", "wide_bits", "mixed_objective", "bias_correction",
-                "equalize", "rounding", "weight_rounding", "max_act_bits_avg")
+                "equalize", "rounding", "weight_rounding", "max_act_bits_avg", "unsigned_activations")
 QUANTIZE_KEYS = frozenset({*_CONFIG_KEYS, "calib", "select", "exclude"})
 
 

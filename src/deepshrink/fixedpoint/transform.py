@@ -2,7 +2,8 @@
 
 Buffers (all int64 scalars, so they survive ``state_dict``, ``deepcopy`` and checkpoints):
 ``bits``/``frac_len`` for the weight, ``act_in_bits``/``act_in_frac_len`` for the layer's input and
-``act_out_bits``/``act_out_frac_len`` for its output (``*_bits == 0``: that tensor stays float).
+``act_out_bits``/``act_out_frac_len`` for its output (``*_bits == 0``: that tensor stays float); the optional
+``act_in_unsigned``/``act_out_unsigned`` (present only when 1) make that activation's integers unsigned.
 The activation formats act through the forward hooks below (the pre-hook rounds the input to its format; the
 post-hook replaces the float32 output by :func:`~deepshrink.fixedpoint.simulate.exact_output`, keeping the
 float32 gradient: straight-through), installed by ``quantize_``, by :meth:`FixedPoint.attach` (``.dsz`` files)
@@ -23,13 +24,12 @@ from ..core.fixed_point import (
     check_rounding,
     fake_quantize,
     from_int,
-    int_range,
     round_scaled,
     row_frac_lens,
     to_int,
 )
 from ..core.kinds import stored_from_export
-from ..core.kinds.fixedpoint import ACT_KEYS, formats
+from ..core.kinds.fixedpoint import ACT_KEYS, UNSIGNED_KEYS, formats
 from ..core.state import ValueTransform, get_value_transform
 from .simulate import exact_output
 
@@ -95,12 +95,21 @@ class FixedPoint(ValueTransform):
     @property
     def act_in(self) -> FixedPointFormat | None:
         bits = int(self.act_in_bits)
-        return FixedPointFormat(bits, int(self.act_in_frac_len)) if bits else None
+        signed = "act_in_unsigned" not in self._buffers
+        return FixedPointFormat(bits, int(self.act_in_frac_len), signed) if bits else None
 
     @property
     def act_out(self) -> FixedPointFormat | None:
         bits = int(self.act_out_bits)
-        return FixedPointFormat(bits, int(self.act_out_frac_len)) if bits else None
+        signed = "act_out_unsigned" not in self._buffers
+        return FixedPointFormat(bits, int(self.act_out_frac_len), signed) if bits else None
+
+    def _set_unsigned(self, key: str, unsigned: bool) -> None:
+        """Add or drop the optional flag buffer ``key`` (present only for an unsigned format)."""
+        if unsigned and key not in self._buffers:
+            self.register_buffer(key, torch.tensor(1, dtype=torch.int64, device=self.bits_buf.device))
+        elif not unsigned:
+            self._buffers.pop(key, None)
 
     def set_weight_format(self, fmt: FixedPointFormat) -> None:
         self.bits_buf.fill_(fmt.bits)
@@ -114,10 +123,12 @@ class FixedPoint(ValueTransform):
     def set_act_in(self, fmt: FixedPointFormat | None) -> None:
         self.act_in_bits.fill_(fmt.bits if fmt else 0)
         self.act_in_frac_len.fill_(fmt.frac_len if fmt else 0)
+        self._set_unsigned("act_in_unsigned", fmt is not None and not fmt.signed)
 
     def set_act_out(self, fmt: FixedPointFormat | None) -> None:
         self.act_out_bits.fill_(fmt.bits if fmt else 0)
         self.act_out_frac_len.fill_(fmt.frac_len if fmt else 0)
+        self._set_unsigned("act_out_unsigned", fmt is not None and not fmt.signed)
 
     # ValueTransform -------------------------------------------------------------------------------------
     def forward(self, weight: Tensor) -> Tensor:
@@ -140,6 +151,9 @@ class FixedPoint(ValueTransform):
                                "frac_len": fl.cpu().numpy().astype(np.int64) if isinstance(fl, Tensor) else fl}
         for key in ACT_KEYS:
             out[key] = int(getattr(self, key))
+        for key in UNSIGNED_KEYS:
+            if key in self._buffers:
+                out[key] = 1
         if self.dynamic_input:
             out["act_in_dynamic"] = 1
         if self.rounding == "half_even":
@@ -158,9 +172,12 @@ class FixedPoint(ValueTransform):
     def from_tensors(cls, tensors: Mapping[str, Tensor], weight_shape: torch.Size) -> FixedPoint:
         frac = tensors.get("frac_len")
         shape = tuple(frac.shape) if frac is not None else ()
-        # values arrive with load_state_dict; the shapes (per channel or not) and the optional buffer must be right
-        return cls(8, torch.zeros(shape, dtype=torch.int64), dynamic_input="act_in_dynamic" in tensors,
+        # values arrive with load_state_dict; the shapes (per channel or not) and the optional buffers must be right
+        made = cls(8, torch.zeros(shape, dtype=torch.int64), dynamic_input="act_in_dynamic" in tensors,
                    rounding="half_even" if "round_half_even" in tensors else "half_up")
+        for key in UNSIGNED_KEYS:
+            made._set_unsigned(key, key in tensors)
+        return made
 
     @classmethod
     def attach(cls, module: nn.Module, exported: dict[str, Any], name: str = "weight") -> None:
@@ -207,10 +224,10 @@ def _pre_hook(module: nn.Module, args: tuple) -> tuple | None:
     frac = input_frac_len(fp, x)
     if isinstance(frac, Tensor):  # per row: scale each row by its own power of two
         scale = torch.pow(2.0, frac.double())
-        ints = round_scaled(x.detach().double() * scale, fp.rounding).clamp_(*int_range(fp.act_in.bits))
+        ints = round_scaled(x.detach().double() * scale, fp.rounding).clamp_(*fp.act_in.range)
         q = (ints / scale).to(x.dtype)
         return (q + (x - x.detach()), *args[1:])
-    return (fake_quantize(x, fp.act_in.bits, frac, rounding=fp.rounding), *args[1:])
+    return (fake_quantize(x, fp.act_in.bits, frac, rounding=fp.rounding, signed=fp.act_in.signed), *args[1:])
 
 
 def _post_hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor | None:

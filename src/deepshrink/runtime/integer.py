@@ -34,6 +34,7 @@ from ..core.fixed_point import (
     bias_int,
     from_int,
     int_range,
+    max_magnitude,
     requantize,
     round_scaled,
     rounding_shift,
@@ -100,14 +101,14 @@ class IntegerLayer(nn.Module):
             # int32 accumulation when no partial sum (bias included) can reach 2**31, else int64
             row_sum = int(w_int.abs().reshape(w_int.shape[0], -1).sum(1).max()) if w_int.numel() else 0
             bias_bound = (int(b.abs().max()) if b is not None and b.numel() else 0) if not dynamic_input else 1 << 62
-            bound = (1 << (act_in.bits - 1)) * row_sum + bias_bound
+            bound = max_magnitude(act_in.bits, act_in.signed) * row_sum + bias_bound
             self.acc_dtype = torch.int32 if bound < 2**31 else torch.int64
             self.register_buffer("weight_int", w_int.to(self.acc_dtype))
             self.register_buffer("bias_int", None if b is None else b.to(self.acc_dtype))
             self.register_buffer("bias_float", bias.detach().cpu().double() if dynamic_input and bias is not None
                                  else None)
             # int8 x int8 -> int32 GEMM (torch._int_mm) for 8-bit Linear layers: the fast CPU integer path
-            self.int8_gemm = (plain_type(module) is nn.Linear and act_in.bits <= 8 and self.bits <= 8
+            self.int8_gemm = (plain_type(module) is nn.Linear and act_in.bits <= 8 and act_in.signed and self.bits <= 8
                               and self.acc_dtype == torch.int32 and hasattr(torch, "_int_mm"))
             # a fresh (in, out) buffer: ``.t().contiguous()`` keeps the strides (1, 1) of a one-input weight,
             # which torch._int_mm reads as garbage (torch 2.x, oneDNN)
@@ -166,9 +167,9 @@ class IntegerLayer(nn.Module):
                 *int_range(fmt.bits))
         elif isinstance(x, QTensor):
             in_frac, x_int = fmt.frac_len, requantize(x.data.to(torch.int64), x.frac_len, fmt.bits, fmt.frac_len,
-                                                      self.rounding)
+                                                      self.rounding, fmt.signed)
         else:
-            in_frac, x_int = fmt.frac_len, to_int(x, fmt.bits, fmt.frac_len, rounding=self.rounding)
+            in_frac, x_int = fmt.frac_len, to_int(x, fmt.bits, fmt.frac_len, rounding=self.rounding, signed=fmt.signed)
         acc = self._accumulate(x_int).to(torch.int64)
         acc_frac = self._output_frac(acc, in_frac)
         if self.dynamic_input and self.bias_float is not None:  # the bias at each row's accumulator format
@@ -178,8 +179,8 @@ class IntegerLayer(nn.Module):
             if isinstance(acc_frac, Tensor):
                 return (acc.double() / torch.pow(2.0, acc_frac.double())).to(torch.float32)
             return from_int(acc, acc_frac, torch.float32)
-        out = QTensor(saturate(rounding_shift(acc, acc_frac - self.act_out.frac_len, self.rounding), self.act_out.bits),
-                      self.act_out.frac_len)
+        shifted = rounding_shift(acc, acc_frac - self.act_out.frac_len, self.rounding)
+        out = QTensor(saturate(shifted, self.act_out.bits, self.act_out.signed), self.act_out.frac_len)
         return out.dequantize() if self.float_io else out
 
     def _output_frac(self, acc: Tensor, in_frac: int | Tensor) -> int | Tensor:

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..core.fixed_point import int_range
 from .int8 import CHANNELS, Int8Weight, int8_matmul, pack
 
 _OPTS: dict[str, Any] = {"cache": True, "nogil": True, "boundscheck": False}
@@ -180,11 +179,16 @@ class Int8Plan:
         self.even = even
         self.bias = bias
         self.in_bits, self.in_frac = int(act_in.bits), int(act_in.frac_len)
+        self.in_range = act_in.range
         self.scale_in = math.ldexp(1.0, self.in_frac)
         self.float_io = float_io
         self.conv = conv  # (kernel, stride, padding, dilation) or None for Linear
         self.conv1d = conv1d
-        self.offset = 128 if weight.packed is not None else 0
+        # bytes = input + offset: the VNNI kernel reads unsigned bytes, the portable one signed bytes; a signed
+        # input enters the VNNI kernel shifted up by 128, an unsigned one the portable kernel shifted down by 128
+        # (the epilogue takes ``offset * colsum`` back off)
+        self.unsigned_bytes = weight.packed is not None
+        self.offset = (128 if self.unsigned_bytes else 0) - (0 if act_in.signed else 128)
         self.act_out = act_out
         if act_out is None:
             self.mode = 2
@@ -195,7 +199,7 @@ class Int8Plan:
             self.mode = 1 if float_io else 0
             shift = (acc_frac - int(act_out.frac_len)).astype(np.int64)
             self.scale = np.full(weight.n_out, math.ldexp(1.0, -int(act_out.frac_len)), dtype=np.float64)
-            self.qmin, self.qmax = int_range(int(act_out.bits))
+            self.qmin, self.qmax = act_out.range
         self.right, self.left = np.maximum(shift, 0), np.maximum(-shift, 0)
         self.half = np.where(self.right > 0, np.left_shift(1, np.maximum(self.right - 1, 0)), 0).astype(np.int64)
 
@@ -271,8 +275,8 @@ class Int8Plan:
         return result
 
     def _rows(self, flat: np.ndarray, frac: int | None) -> np.ndarray:
-        qmin, qmax = int_range(self.in_bits)
-        out = np.empty((flat.shape[0], self.weight.quads * 4), dtype=np.uint8 if self.offset else np.int8)
+        qmin, qmax = self.in_range
+        out = np.empty((flat.shape[0], self.weight.quads * 4), dtype=np.uint8 if self.unsigned_bytes else np.int8)
         if frac is not None:
             _bytes_from_ints(flat, int(frac) - self.in_frac, qmin, qmax, self.offset, self.even, out)
         else:
@@ -287,10 +291,10 @@ class Int8Plan:
         n, c, h, w = image.shape
         hp, wp = h + 2 * ph, w + 2 * pw
         oh, ow = (hp - dh * (kh - 1) - 1) // sh + 1, (wp - dw * (kw - 1) - 1) // sw + 1
-        dtype = np.uint8 if self.offset else np.int8
+        dtype = np.uint8 if self.unsigned_bytes else np.int8
         padded = np.empty((n, c, hp, wp), dtype=dtype)
         rows = np.empty((n * oh * ow, self.weight.quads * 4), dtype=dtype)
-        qmin, qmax = int_range(self.in_bits)
+        qmin, qmax = self.in_range
         shift = 0 if frac is None else int(frac) - self.in_frac
         _conv_patches(image, frac is None, self.scale_in, shift, qmin, qmax, self.offset, self.even, kh, kw, sh, sw, dh,
                       dw, ph, pw, oh, ow, padded, rows)

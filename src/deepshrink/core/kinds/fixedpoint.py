@@ -4,7 +4,8 @@ Export form ``{"kind": "fixedpoint", "int": int64 array, "bits": int, "frac_len"
 "act_in_frac_len", "act_out_bits", "act_out_frac_len": int}`` (``*_bits == 0``: that activation stays float).
 ``frac_len`` may instead be an int64 array with one fractional length per output channel (per-channel weights);
 ``act_in_dynamic: 1`` means the input's fractional length is chosen per row (token) at run time from its own
-range (``act_in_frac_len`` is then unused). ``round_half_even: 1`` means the layer rounds half to even (ONNX's
+range (``act_in_frac_len`` is then unused). ``act_in_unsigned: 1`` / ``act_out_unsigned: 1``: that activation's integers
+are unsigned (``[0, 2**bits - 1]``, a tensor a ReLU-like clip makes non-negative); absent: signed. ``round_half_even: 1`` means the layer rounds half to even (ONNX's
 rule) instead of half up; absent in files of layers that round half up.
 """
 
@@ -20,6 +21,8 @@ from ..fixed_point import MAX_FRAC_LEN, FixedPointFormat, check_bits
 from .base import Palette, StoredWeight, ValueKind, register_kind
 
 ACT_KEYS = ("act_in_bits", "act_in_frac_len", "act_out_bits", "act_out_frac_len")
+UNSIGNED_KEYS = ("act_in_unsigned", "act_out_unsigned")
+"""Optional flags (written only when 1): the input's / output's integers are unsigned."""
 
 
 @dataclass(frozen=True)
@@ -67,14 +70,19 @@ def formats(weight: StoredWeight) -> Formats:
         if np.abs(frac_lens).max() > MAX_FRAC_LEN:
             raise FormatError(f"fixedpoint frac_len beyond +-{MAX_FRAC_LEN}")
         acts = [_int_field(p, key, 0) for key in ACT_KEYS]
-        act_in = FixedPointFormat(check_bits(acts[0], "act_in_bits"), acts[1]) if acts[0] else None
-        act_out = FixedPointFormat(check_bits(acts[2], "act_out_bits"), acts[3]) if acts[2] else None
+        unsigned = [_int_field(p, key, 0) for key in UNSIGNED_KEYS]
+        if any(flag not in (0, 1) for flag in unsigned) or (unsigned[0] and not acts[0]) or (unsigned[1] and not acts[2]):
+            raise FormatError(f"fixedpoint unsigned flags must be 0 or 1 and need a width, got {unsigned}")
+        act_in = (FixedPointFormat(check_bits(acts[0], "act_in_bits"), acts[1], signed=not unsigned[0])
+                  if acts[0] else None)
+        act_out = (FixedPointFormat(check_bits(acts[2], "act_out_bits"), acts[3], signed=not unsigned[1])
+                   if acts[2] else None)
         dynamic = bool(_int_field(p, "act_in_dynamic", 0))
         rounding = "half_even" if _int_field(p, "round_half_even", 0) else "half_up"
     except ConfigError as exc:
         raise FormatError(f"invalid fixed-point format: {exc}") from exc
-    if dynamic and (act_in is None or act_out is not None):
-        raise FormatError("a per-token (dynamic) input format needs an input width and a float output")
+    if dynamic and (act_in is None or act_out is not None or not act_in.signed):
+        raise FormatError("a per-token (dynamic) input format needs a signed input width and a float output")
     return Formats(bits, frac_lens, act_in, act_out, dynamic, rounding)
 
 

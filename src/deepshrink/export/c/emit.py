@@ -279,6 +279,8 @@ def _render(name: str, op: Op, info: list[str], fields: dict[str, Any]) -> str:
 def _lowest(ctype: str) -> str:
     if ctype == "float":
         return "-3.40282347e+38f"
+    if ctype.startswith("u"):
+        return "0"
     bits = {"int8_t": 8, "int16_t": 16, "int32_t": 32, "int64_t": 64}[ctype]
     return c_int(-(1 << (bits - 1)), ctype)
 
@@ -485,7 +487,7 @@ def _header(plan: Plan, weight_bytes: int, source: str) -> str:
     ]
     if plan.integer:
         assert i.frac is not None and o.frac is not None
-        bits = {"int8_t": 8, "int16_t": 16}.get(i.ctype, 32)
+        bits = {"int8_t": 8, "uint8_t": 8, "int16_t": 16, "uint16_t": 16}.get(i.ctype, 32)
         lines += [
             "#define DS_INTEGER_ONLY 1",
             f"#define DS_INPUT_FRAC_LEN {i.frac} /* value = in[k] * 2^-{i.frac}: in[k] = clamp(floor(x * 2^{i.frac} + 0.5)) */",

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ...core.errors import ConfigError
-from ...core.fixed_point import int_range
+from ...core.fixed_point import FixedPointFormat, max_magnitude
 from ...core.fold import fold_batchnorm_
 from ...core.graph import Call, ExecutionGraph, split_batch, trace_calls
 from ...core.kinds import StoredWeight
@@ -201,23 +201,34 @@ def _unsupported(call: Call, why: str = "") -> ConfigError:
 # ---- integer formats ----------------------------------------------------------------------------------------
 
 
+def _value_ctype(lo: int, hi: int) -> str:
+    """An activation's C type: the narrowest signed one, or ``uint8_t``/``uint16_t`` where only an unsigned type
+    of that width holds ``[lo, hi]`` (an unsigned format's ``[0, 2**bits - 1]``)."""
+    signed = int_ctype(lo, hi)
+    if lo >= 0:
+        for bits, name in ((8, "uint8_t"), (16, "uint16_t")):
+            if hi < 1 << bits and CTYPE_BYTES[signed] > bits // 8:
+                return name
+    return signed
+
+
 def _int_value(shape: tuple[int, ...], frac: int, lo: int, hi: int) -> Value:
-    return Value(shape, int_ctype(lo, hi), frac, lo, hi)
+    return Value(shape, _value_ctype(lo, hi), frac, lo, hi)
 
 
-def _fix_input(ctx: _Context, value: Value, bits: int, frac: int, where: str) -> None:
+def _fix_input(ctx: _Context, value: Value, fmt: FixedPointFormat, where: str) -> None:
     """The model input feeds an integer layer: its C type and format become the layer's input format."""
-    lo, hi = int_range(bits)
+    (lo, hi), frac = fmt.range, fmt.frac_len
     if value.frac is not None and (value.frac, value.lo, value.hi) != (frac, lo, hi):
         raise ConfigError(f"{where}: the model input feeds integer layers with different input formats")
     pending = [v for v in ctx.values.values() if v.pending]
     for v in pending:
-        v.ctype, v.frac, v.lo, v.hi, v.pending = int_ctype(lo, hi), frac, lo, hi, False
+        v.ctype, v.frac, v.lo, v.hi, v.pending = _value_ctype(lo, hi), frac, lo, hi, False
 
 
-def _requant(ctx: _Context, x: Value, bits: int, frac: int, name: str) -> Value:
-    """``x`` in the format ``(bits, frac)``: itself when already there, else a ``requant`` op (round, saturate)."""
-    lo, hi = int_range(bits)
+def _requant(ctx: _Context, x: Value, fmt: FixedPointFormat, name: str) -> Value:
+    """``x`` in the format ``fmt``: itself when already there, else a ``requant`` op (round, saturate)."""
+    (lo, hi), frac = fmt.range, fmt.frac_len
     assert x.frac is not None
     if x.frac == frac and lo <= x.lo and x.hi <= hi:
         return x
@@ -320,8 +331,8 @@ def _layer(ctx: _Context, call: Call) -> None:
         raise ConfigError(f"{describe(call)}: a per-token (run-time) input format needs float arithmetic; "
                           "quantize with static activations for the C backend")
     if x.pending:
-        _fix_input(ctx, x, engine.act_in.bits, engine.act_in.frac_len, describe(call))
-    x = _requant(ctx, x, engine.act_in.bits, engine.act_in.frac_len, fqn)
+        _fix_input(ctx, x, engine.act_in, describe(call))
+    x = _requant(ctx, x, engine.act_in, fqn)
     w_frac = np.asarray(engine.w_frac.cpu().numpy() if isinstance(engine.w_frac, Tensor) else [engine.w_frac],
                         dtype=np.int64).reshape(-1)
     rows = int(fp.shape[0])
@@ -330,14 +341,14 @@ def _layer(ctx: _Context, call: Call) -> None:
     ints[fp.flat_positions()] = np.asarray(fp.data, dtype=np.int64)
     row_sum = np.abs(ints.reshape(rows, -1)).sum(1)
     bias = engine.bias_int.cpu().numpy().astype(np.int64) if engine.bias_int is not None else None
-    bound = (1 << (engine.act_in.bits - 1)) * row_sum + (np.abs(bias) if bias is not None else 0)
+    bound = max_magnitude(engine.act_in.bits, engine.act_in.signed) * row_sum + (np.abs(bias) if bias is not None else 0)
     acc_ctype = "int32_t" if engine.acc_dtype == torch.int32 else "int64_t"
     encoded = encode_matrix(f"{cname}_w", entry_form(fp, True), ctx.layout, sparse_ram=_plane_bytes(attrs, acc_ctype))
     bias_enc = None if bias is None else encode_matrix(f"{cname}_b", vector_form(bias), "dense")
     attrs.update(acc_ctype=acc_ctype, acc_frac=acc_frac)
     _scatter(attrs, kind, encoded, acc_ctype)
     if engine.act_out is not None:
-        lo, hi = int_range(engine.act_out.bits)
+        lo, hi = engine.act_out.range
         attrs.update(shift=acc_frac - engine.act_out.frac_len, lo=lo, hi=hi)
         out = _int_value(shape, engine.act_out.frac_len, lo, hi)
     else:  # the accumulator is the output, every channel brought to the finest fractional length exactly

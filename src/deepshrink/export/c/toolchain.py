@@ -28,8 +28,8 @@ FLOAT_SYMBOLS = re.compile(r"__aeabi_[fd]|__aeabi_[ifu]2[fd]|__aeabi_l2[fd]|"
                            r"__(add|sub|mul|div|float|fix|extend|trunc)[a-z]*[sd]f[0-9]*|_dtoa|_printf_float")
 """Symbols of software floating point (libgcc) and float printing (newlib): none may be linked for DFP."""
 
-NUMPY_TYPES = {"float": np.float32, "int8_t": np.int8, "int16_t": np.int16, "int32_t": np.int32,
-               "int64_t": np.int64}
+NUMPY_TYPES = {"float": np.float32, "int8_t": np.int8, "uint8_t": np.uint8, "int16_t": np.int16,
+               "uint16_t": np.uint16, "int32_t": np.int32, "int64_t": np.int64}
 
 MEMORY_MAPS = {"256K/64K": ("256K", "64K"), "128K/32K": ("128K", "32K"), "64K/16K": ("64K", "16K"),
                "32K/8K": ("32K", "8K"), "16K/4K": ("16K", "4K")}

@@ -38,6 +38,7 @@ from .graph import Added, Builder, Graph
 MODES = ("qdq", "exact", "float")
 _OPS = ("Conv", "Gemm", "MatMul")
 _Q_TYPES = {8: (TensorProto.INT8, np.int8), 16: (TensorProto.INT16, np.int16)}
+_UNSIGNED_Q_TYPES = {8: np.uint8, 16: np.uint16}
 
 
 @dataclass
@@ -150,16 +151,16 @@ class _Layer:
         """``x`` rounded and saturated to ``fmt``: a Q/DQ pair (half to even), or float ops rounding as the layer
         does."""
         b = self.b
-        lo, hi = int_range(fmt.bits)
+        lo, hi = fmt.range
         if exact:
             scaled = b.op("Mul", [x, b.const(np.float32(_pow2(fmt.frac_len)), "scale")])
             ints = self.rounds(scaled)
             clipped = b.op("Clip", [ints, b.const(np.float32(lo), "lo"), b.const(np.float32(hi), "hi")])
             return b.op("Mul", [clipped, b.const(np.float32(_pow2(-fmt.frac_len)), "step")], output)
         bits = 8 if fmt.bits <= 8 else 16
-        np_type = _Q_TYPES[bits][1]
+        np_type = _Q_TYPES[bits][1] if fmt.signed else _UNSIGNED_Q_TYPES[bits]  # zero point 0 in that type
         scale, zp = b.const(np.float32(_pow2(-fmt.frac_len)), "scale"), b.const(np_type(0), "zp")
-        narrow = fmt.bits not in _Q_TYPES  # narrower than its container: saturate to the format's own range
+        narrow = fmt.bits != bits  # narrower than its container: saturate to the format's own range
         out = b.op("DequantizeLinear", [b.op("QuantizeLinear", [x, scale, zp]), scale, zp], None if narrow else output)
         if narrow:
             step = _pow2(-fmt.frac_len)
