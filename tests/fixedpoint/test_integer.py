@@ -32,7 +32,7 @@ def test_cnn_integer_engine_bit_exact(seed: int, bits: int | dict[str, int], sta
     calib = [torch.randn(16, 1, 8, 8, generator=gen) * scale for _ in range(2)]
     quantize_(model, DynamicFixedPoint(bits=bits, act_bits=8 if isinstance(bits, dict) else bits, static=static,
                                        quantize_outputs=outputs, rounding=rounding,
-                                       unsigned_activations=unsigned and not static), calib=calib)
+                                       unsigned_activations=unsigned), calib=calib)
     x = torch.randn(32, 1, 8, 8, generator=gen) * scale * 3  # wider than calibration: exercises saturation
     simulated = model(x)
     assert torch.equal(IntegerModel(model)(x), simulated)
@@ -268,8 +268,7 @@ def test_unsigned_formats_for_non_negative_activations(tmp_path: Path) -> None:
     model = randomize_(TinyCNN(), 4, 1.0)
     calib = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     signed = copy.deepcopy(model)
-    quantize_(signed, DynamicFixedPoint(bits=8), calib=calib)
-    report = quantize_(model, DynamicFixedPoint(bits=8, unsigned_activations=True), calib=calib)
+    report = quantize_(model, DynamicFixedPoint(bits=8), calib=calib)  # unsigned formats are the default
     rows = {row.name: row for row in report.layers}
     assert rows["conv1"].act_in is not None and rows["conv1"].act_in.signed  # the raw input is signed
     assert rows["conv2"].act_in is not None and not rows["conv2"].act_in.signed  # after max-pool and ReLU
@@ -277,7 +276,9 @@ def test_unsigned_formats_for_non_negative_activations(tmp_path: Path) -> None:
     assert rows["fc2"].act_in is not None and not rows["fc2"].act_in.signed
     assert "UQ8." in repr(model)
     # the same range at twice the resolution: the fractional length grows by one
-    before = {row.name: row for row in quantize_(copy.deepcopy(signed), DynamicFixedPoint(bits=8), calib=calib).layers}
+    before = {row.name: row for row in quantize_(signed, DynamicFixedPoint(bits=8, unsigned_activations=False),
+                                                 calib=calib).layers}
+    assert all(row.act_in is None or row.act_in.signed for row in before.values())
     assert rows["fc2"].act_in.frac_len >= before["fc2"].act_in.frac_len + 1  # type: ignore[union-attr]
     x = torch.randn(64, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2
     reference = model(x)
@@ -287,5 +288,5 @@ def test_unsigned_formats_for_non_negative_activations(tmp_path: Path) -> None:
     engine = IntegerModel(loaded)
     assert torch.equal(engine(x), reference)
     assert engine.layers["fc2"].last_kernel.startswith("int8")  # the fused kernel took the unsigned input
-    with pytest.raises(ConfigError, match="signed activations only"):
-        DynamicFixedPoint(static=True, unsigned_activations=True)
+    with pytest.raises(ConfigError, match="unsigned_activations"):
+        DynamicFixedPoint(unsigned_activations="yes")  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deepshrink.core import ConfigError
-from deepshrink.fixedpoint import DynamicFixedPoint, fixed_point_of, parse_bits, quantize_
+from deepshrink.fixedpoint import DynamicFixedPoint, FixedPointFormat, fixed_point_of, parse_bits, quantize_
 from deepshrink.fixedpoint.quantize import _refine_weights_by_accuracy, _top1
 from deepshrink.runtime import IntegerModel
 
@@ -139,7 +139,12 @@ def test_an_output_read_only_by_relu6_gets_a_format_for_what_survives_the_clip()
     reader = graph.sole_reader(graph.calls_of("conv")[0])
     assert reader is not None and clip_range(reader) == (0.0, 6.0)
     assert float(model.conv(x).detach().abs().max()) > 50  # an unclipped 8-bit format would need fl <= 0
-    report = quantize_(model, DynamicFixedPoint(bits=8), calib=[x])
+    signed = copy.deepcopy(model)
+    report = quantize_(signed, DynamicFixedPoint(bits=8, unsigned_activations=False), calib=[x])
     conv = next(r for r in report.layers if r.name == "conv")
     assert conv.act_out is not None and conv.act_out.frac_len == 4  # [0, 6] fits Q8.4 (max 7.94)
+    assert torch.equal(IntegerModel(signed)(x), signed(x))
+    report = quantize_(model, DynamicFixedPoint(bits=8), calib=[x])  # unsigned (the default): UQ8.5, max 7.97
+    conv = next(r for r in report.layers if r.name == "conv")
+    assert conv.act_out == FixedPointFormat(8, 5, signed=False)
     assert torch.equal(IntegerModel(model)(x), model(x))

@@ -70,7 +70,7 @@ def quantize(
                                                  "one calibration pass per layer).")] = "layer",
     unsigned_activations: Annotated[bool, typer.Option("--unsigned-activations/--signed-activations", help=(
         "Unsigned formats ([0, 2^bits - 1]) for non-negative activations (ReLU/ReLU6 outputs): one more bit of "
-        "resolution; --signed-activations: the paper's signed formats everywhere."))] = False,
+        "resolution; --signed-activations: the paper's signed formats everywhere."))] = True,
     rounding: Annotated[str, typer.Option("--rounding", help="half_up (the paper; the C backend) | half_even "
                                           "(ONNX's rule: a Q/DQ export is then bit-exact).")] = "half_up",
     weight_rounding: Annotated[str, typer.Option("--weight-rounding", help="nearest (the paper) | obs (GPTQ: each "

@@ -70,9 +70,10 @@ class DynamicFixedPoint:
     ``weight_rounding="obs"``: weights rounded to their grid column by column with each column's error compensated
     on the rest through the inverse input Hessian (GPTQ, Frantar et al. 2022; :mod:`.obs_rounding`) instead of
     to the nearest grid point: the layer's output error, not its weight error, is what it minimises.
-    ``unsigned_activations``: a layer input that is non-negative on all the calibration data, and a layer output that
-    only feeds a clip at a bound >= 0 (ReLU, ReLU6), get unsigned formats (``[0, 2**bits - 1]``: one more bit of
-    resolution over the same range); off, every activation is signed (the paper's formats).
+    ``unsigned_activations`` (on by default; the static baseline ignores it): a layer input that is non-negative on
+    all the calibration data, and a layer output that only feeds a clip at a bound >= 0 (ReLU, ReLU6), get unsigned
+    formats (``[0, 2**bits - 1]``: one more bit of resolution over the same range; EfficientNet-Lite2's ReLU6
+    activations: top-1 agreement 0.930 -> 0.953). False: every activation signed, the paper's formats.
     """
 
     bits: int | Mapping[str, int] = 8
@@ -92,7 +93,7 @@ class DynamicFixedPoint:
     rounding: str = "half_up"
     weight_rounding: str = "nearest"
     max_act_bits_avg: float | None = None
-    unsigned_activations: bool = False
+    unsigned_activations: bool = True
 
     def __post_init__(self) -> None:
         check_rounding(self.rounding)
@@ -121,8 +122,6 @@ class DynamicFixedPoint:
             raise ConfigError("static=True is the paper's one-format baseline: no mixed activation widths")
         if not isinstance(self.unsigned_activations, bool):
             raise ConfigError(f"unsigned_activations must be true or false, got {self.unsigned_activations!r}")
-        if self.static and self.unsigned_activations:
-            raise ConfigError("static=True is the paper's one-format baseline: signed activations only")
         if isinstance(self.bits, Mapping):
             unknown = set(self.bits) - {"conv", "fc"}
             if unknown or not self.bits:
