@@ -132,7 +132,8 @@ def main() -> None:
 
     dfp = copy.deepcopy(fp32)
     started = time.perf_counter()
-    report = quantize_(dfp, DynamicFixedPoint(bits=args.bits, act_bits=args.act_bits, quantize_outputs=False),
+    report = quantize_(dfp, DynamicFixedPoint(bits=args.bits, act_bits=args.act_bits, quantize_outputs=False,
+                                                 unsigned_activations=False),
                        calib=calib)
     search_s = time.perf_counter() - started
     print(report)

@@ -81,7 +81,7 @@ def dfp_part(name: str, batches: list[int], repeats: int, images: torch.Tensor) 
     dense, _ = load_checkpoint(ROOT / "baselines" / f"{name}-fmnist.pt")
     dense.eval()
     model = copy.deepcopy(dense)
-    quantize_(model, DynamicFixedPoint(bits=8), calib=images[:256])
+    quantize_(model, DynamicFixedPoint(bits=8, unsigned_activations=False), calib=images[:256])  # as measured
     model.eval()
     engine, int8 = IntegerModel(model), dynamic_int8(copy.deepcopy(dense))
     check = images[256:768]
