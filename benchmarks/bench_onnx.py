@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import platform
@@ -76,6 +77,7 @@ GENERIC_DC = {"conv": 0.6, "fc": 0.9, "bits": 5}  # models without a shipped rec
 # signed activation formats: the figures in BENCHMARKS.md predate unsigned formats as the default
 EFFNET_DFP = DynamicFixedPoint(bits=8, granularity="channel", max_bits_avg=8.5, unsigned_activations=False)
 MINILM_DFP = DynamicFixedPoint(bits=8, quantize_outputs=False, unsigned_activations=False)
+EFFNET_DFP_UNSIGNED = dataclasses.replace(EFFNET_DFP, unsigned_activations=True)  # uint8 Q/DQ for ReLU6 outputs
 
 
 @dataclass
@@ -222,17 +224,18 @@ def minilm_dfp(calib: list[dict[str, torch.Tensor]]) -> nn.Module:
     return model.eval()
 
 
-def effnet_dfp() -> nn.Module:
+def effnet_dfp(unsigned: bool = False) -> nn.Module:
     import real_models as rm
 
-    path = OUT / "efficientnet_lite2-dfp8.5.pt"
+    config = EFFNET_DFP_UNSIGNED if unsigned else EFFNET_DFP
+    path = OUT / f"efficientnet_lite2-dfp8.5{'u' if unsigned else ''}.pt"
     model = rm.efficientnet_lite2()
     if path.is_file():
         return load_checkpoint(path, model=model)[0].eval()
     started = time.perf_counter()
-    quantize_(model, EFFNET_DFP, calib=[rm.photo_batch(16, rm.CALIB_SEED)])
+    quantize_(model, config, calib=[rm.photo_batch(16, rm.CALIB_SEED)])
     print(f"efficientnet: DFP search {time.perf_counter() - started:.0f}s", flush=True)
-    save_checkpoint(path, model, meta={"quantize": repr(EFFNET_DFP)})
+    save_checkpoint(path, model, meta={"quantize": repr(config)})
     return model.eval()
 
 
@@ -404,7 +407,7 @@ def minilm_bench(args: argparse.Namespace) -> dict[str, Any]:
             row.update(agreement(ref, got))
             cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
             row.update(cosine_mean=float(cos.mean()), cosine_min=float(cos.min()), sentences=len(eval_texts))
-            if name == "dfp8":
+            if name in ("dfp8", "dfp8u"):
                 fixed_point_rows(variant.model, evals, ref, row, engine)
             rows[label] = row
             show("minilm", label, row)
@@ -418,6 +421,7 @@ def efficientnet_bench(args: argparse.Namespace) -> dict[str, Any]:
     makers: dict[str, Callable[[], Variant]] = {
         "fp32": lambda: Variant(rm.efficientnet_lite2(), "EfficientNet-Lite2 (ImageNet)"),
         "dfp8": lambda: Variant(effnet_dfp(), f"{EFFNET_DFP!r}, 16 calibration crops"),
+        "dfp8u": lambda: Variant(effnet_dfp(True), f"{EFFNET_DFP_UNSIGNED!r}, 16 calibration crops"),
         "pruned-shared": lambda: Variant(pruned_shared(rm.efficientnet_lite2, 0.3, 7), "magnitude 30% + 7-bit sharing")}
     variants = {name: make() for name, make in makers.items()
                 if not args.variants or name == "fp32" or name in args.variants}
@@ -435,7 +439,7 @@ def efficientnet_bench(args: argparse.Namespace) -> dict[str, Any]:
             row.update(agreement(ref, got), images=args.efficientnet_images)
             row.update({f"vs_deepshrink_{k}": v for k, v in rm.cnn_agreement(torch.from_numpy(ref),
                                                                              torch.from_numpy(got)).items()})
-            if name == "dfp8":
+            if name in ("dfp8", "dfp8u"):
                 fixed_point_rows(variant.model, evals, ref, row, engine)
             rows[label] = row
             show("efficientnet", label, row)
@@ -541,10 +545,11 @@ def speed_minilm(args: argparse.Namespace) -> dict[str, Any]:
 def speed_efficientnet(args: argparse.Namespace) -> dict[str, Any]:
     import real_models as rm
 
-    base, dfp = rm.efficientnet_lite2(), effnet_dfp()
+    base, dfp, dfpu = rm.efficientnet_lite2(), effnet_dfp(), effnet_dfp(True)
     x = rm.photo_batch(max(args.effnet_batches), rm.EVAL_SEED)
     files = {"fp32": ensure_file(OUT / "efficientnet_lite2-fp32.onnx", base, x[:1]),
              "dfp8-qdq": ensure_file(OUT / "efficientnet_lite2-dfp8-qdq.onnx", dfp, x[:1]),
+             "dfp8u-qdq": ensure_file(OUT / "efficientnet_lite2-dfp8u-qdq.onnx", dfpu, x[:1]),
              "dfp8-exact": ensure_file(OUT / "efficientnet_lite2-dfp8-exact.onnx", dfp, x[:1], activations="exact")}
     engines: dict[str, Any] = {f"ORT {label}": path for label, path in files.items()}
     engines["deepshrink runtime dfp8 (runtime.from_model)"] = rt.from_model(dfp)
