@@ -562,6 +562,12 @@ def row_obs50_global_distill12(bench: Bench) -> Outcome:
 
 
 @row("effnet")
+def row_obs50_global_distill24(bench: Bench) -> Outcome:
+    """``obs50_global_distill12`` for twice the epochs (24 on the same 512 crops)."""
+    return _effnet_distill(bench, 512, 24, dropout=False)
+
+
+@row("effnet")
 def row_obs50_global_distill_more_crops(bench: Bench) -> Outcome:
     """The same number of steps as ``obs50_global_distill12`` (384 batches of 16) over 3,072 calibration crops for 2
     epochs instead of 512 crops for 12: more views of the photos, less repetition."""
