@@ -427,6 +427,7 @@ def efficientnet_bench(args: argparse.Namespace) -> dict[str, Any]:
                 if not args.variants or name == "fp32" or name in args.variants}
     rows: dict[str, Any] = {}
     fp32_bytes: int | None = None
+    fp32_ref = torch_outputs(variants["fp32"].model, evals)
     for name, variant in variants.items():
         ref = torch_outputs(variant.model, evals)
         engine: dict[str, np.ndarray | None] = {}
@@ -439,6 +440,7 @@ def efficientnet_bench(args: argparse.Namespace) -> dict[str, Any]:
             row.update(agreement(ref, got), images=args.efficientnet_images)
             row.update({f"vs_deepshrink_{k}": v for k, v in rm.cnn_agreement(torch.from_numpy(ref),
                                                                              torch.from_numpy(got)).items()})
+            row["vs_fp32_top1"] = float((got.argmax(1) == fp32_ref.argmax(1)).mean())  # what a user sees
             if name in ("dfp8", "dfp8u"):
                 fixed_point_rows(variant.model, evals, ref, row, engine)
             rows[label] = row
