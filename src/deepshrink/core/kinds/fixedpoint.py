@@ -4,9 +4,10 @@ Export form ``{"kind": "fixedpoint", "int": int64 array, "bits": int, "frac_len"
 "act_in_frac_len", "act_out_bits", "act_out_frac_len": int}`` (``*_bits == 0``: that activation stays float).
 ``frac_len`` may instead be an int64 array with one fractional length per output channel (per-channel weights);
 ``act_in_dynamic: 1`` means the input's fractional length is chosen per row (token) at run time from its own
-range (``act_in_frac_len`` is then unused). ``act_in_unsigned: 1`` / ``act_out_unsigned: 1``: that activation's integers
-are unsigned (``[0, 2**bits - 1]``, a tensor a ReLU-like clip makes non-negative); absent: signed. ``round_half_even: 1`` means the layer rounds half to even (ONNX's
-rule) instead of half up; absent in files of layers that round half up.
+range (``act_in_frac_len`` is then unused). ``act_in_unsigned: 1`` / ``act_out_unsigned: 1``: that activation's
+integers are unsigned (``[0, 2**bits - 1]``, a tensor a ReLU-like clip makes non-negative); absent: signed.
+``round_half_even: 1`` means the layer rounds half to even (ONNX's rule) instead of half up; absent in files of
+layers that round half up.
 """
 
 from __future__ import annotations
