@@ -142,7 +142,8 @@ def _epilogue(acc, colsum, offset, bias, half, right, left, qmin, qmax, scale, m
     ``out_int``;
     1: the same times ``scale[n]`` into ``out_float``; 2: ``t * scale[n]`` into ``out_float`` (``scale`` = exact
     inverse powers of two: multiplying by one equals the torch path's division in float64). The outputs are flat
-    (samples, n, positions): row ``m`` of ``acc`` is (sample, position)."""
+    (samples, n, positions): row ``m`` of ``acc`` is (sample, position). With one position per row (Linear) the
+    float outputs of a row are contiguous, and that loop is written so that LLVM vectorises it."""
     rows = acc.shape[0]
     n_out = bias.shape[0]
     base = np.empty(n_out, np.int64)
@@ -151,7 +152,11 @@ def _epilogue(acc, colsum, offset, bias, half, right, left, qmin, qmax, scale, m
     for m in range(rows):
         a = acc[m]
         at = (m // positions) * n_out * positions + m % positions
-        if mode == 2:
+        if mode == 2 and positions == 1:
+            dst = out_float[at:at + n_out]
+            for n in range(n_out):
+                dst[n] = np.float32(np.float64(np.int32(np.int64(a[n]) + base[n])) * scale[n])
+        elif mode == 2:
             for n in range(n_out):
                 t = np.int64(np.int32(np.int64(a[n]) + base[n]))
                 out_float[at + n * positions] = np.float32(np.float64(t) * scale[n])
@@ -163,31 +168,6 @@ def _epilogue(acc, colsum, offset, bias, half, right, left, qmin, qmax, scale, m
                     out_int[at + n * positions] = t
                 else:
                     out_float[at + n * positions] = np.float32(np.float64(t) * scale[n])
-
-
-@numba.njit(**_OPTS)
-def _epilogue_rows(acc, colsum, offset, bias, half, right, left, qmin, qmax, scale, mode, even, out_int, out_float):
-    """:func:`_epilogue` for one output position per row (Linear): ``out_*[m, n]`` contiguous, so LLVM vectorises
-    the float-output loop over channels (the strided general form cannot be)."""
-    rows = acc.shape[0]
-    n_out = bias.shape[0]
-    base = np.empty(n_out, np.int64)
-    for n in range(n_out):
-        base[n] = np.int64(bias[n]) - offset * np.int64(colsum[n])
-    for m in range(rows):
-        a = acc[m]
-        if mode == 2:
-            dst = out_float[m]
-            for n in range(n_out):
-                dst[n] = np.float32(np.float64(np.int32(np.int64(a[n]) + base[n])) * scale[n])
-        else:
-            for n in range(n_out):
-                t = np.int64(np.int32(np.int64(a[n]) + base[n]))
-                t = min(max(_shift(t, right[n], left[n], half[n], even), qmin), qmax)
-                if mode == 0:
-                    out_int[m, n] = t
-                else:
-                    out_float[m, n] = np.float32(np.float64(t) * scale[n])
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -285,14 +265,9 @@ class Int8Plan:
         shape = (samples, n, max(positions, 1))
         out_int = np.empty(shape if self.mode == 0 else (1, 1, 1), dtype=np.int64)
         out_float = np.empty(shape if self.mode else (1, 1, 1), dtype=np.float32)
-        if positions:
-            _epilogue(acc, self.weight.colsum, self.offset, self.bias, self.half, self.right, self.left, self.qmin,
-                      self.qmax, self.scale, self.mode, self.even, positions, out_int.reshape(-1),
-                      out_float.reshape(-1))
-        else:  # Linear: one position per row, the contiguous (vectorised) epilogue
-            _epilogue_rows(acc, self.weight.colsum, self.offset, self.bias, self.half, self.right, self.left,
-                           self.qmin, self.qmax, self.scale, self.mode, self.even, out_int.reshape(out_int.shape[0], -1),
-                           out_float.reshape(out_float.shape[0], -1))
+        _epilogue(acc, self.weight.colsum, self.offset, self.bias, self.half, self.right, self.left, self.qmin,
+                  self.qmax, self.scale, self.mode, self.even, max(positions, 1), out_int.reshape(-1),
+                  out_float.reshape(-1))
         result = torch.from_numpy(out_int if self.mode == 0 else out_float)
         if positions:
             result = result.reshape(samples, n, *out_hw)
