@@ -58,12 +58,6 @@ def int_range(bits: int, signed: bool = True) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
-def max_magnitude(bits: int, signed: bool = True) -> int:
-    """The largest absolute integer of the format (what bounds a sum of products)."""
-    qmin, qmax = int_range(bits, signed)
-    return max(-qmin, qmax)
-
-
 @dataclass(frozen=True)
 class FixedPointFormat:
     """A fixed-point format: value = integer * 2**-frac_len, integer in ``bits`` bits (signed unless ``signed`` is
@@ -88,6 +82,12 @@ class FixedPointFormat:
     def range(self) -> tuple[int, int]:
         """``(qmin, qmax)`` of the format's integers."""
         return int_range(self.bits, self.signed)
+
+    @property
+    def magnitude(self) -> int:
+        """The largest absolute integer of the format (what bounds a sum of products)."""
+        qmin, qmax = self.range
+        return max(-qmin, qmax)
 
     @property
     def max_value(self) -> float:

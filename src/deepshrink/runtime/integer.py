@@ -33,8 +33,6 @@ from ..core.fixed_point import (
     FixedPointFormat,
     bias_int,
     from_int,
-    int_range,
-    max_magnitude,
     requantize,
     round_scaled,
     rounding_shift,
@@ -101,7 +99,7 @@ class IntegerLayer(nn.Module):
             # int32 accumulation when no partial sum (bias included) can reach 2**31, else int64
             row_sum = int(w_int.abs().reshape(w_int.shape[0], -1).sum(1).max()) if w_int.numel() else 0
             bias_bound = (int(b.abs().max()) if b is not None and b.numel() else 0) if not dynamic_input else 1 << 62
-            bound = max_magnitude(act_in.bits, act_in.signed) * row_sum + bias_bound
+            bound = act_in.magnitude * row_sum + bias_bound
             self.acc_dtype = torch.int32 if bound < 2**31 else torch.int64
             self.register_buffer("weight_int", w_int.to(self.acc_dtype))
             self.register_buffer("bias_int", None if b is None else b.to(self.acc_dtype))
@@ -164,7 +162,7 @@ class IntegerLayer(nn.Module):
             rows = row_frac_lens(value, fmt.bits).unsqueeze(-1)
             in_frac: int | Tensor = rows
             x_int = round_scaled(value.detach().double() * torch.pow(2.0, rows.double()), self.rounding).clamp_(
-                *int_range(fmt.bits))
+                *fmt.range)
         elif isinstance(x, QTensor):
             in_frac, x_int = fmt.frac_len, requantize(x.data.to(torch.int64), x.frac_len, fmt.bits, fmt.frac_len,
                                                       self.rounding, fmt.signed)

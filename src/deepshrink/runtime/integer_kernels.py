@@ -183,7 +183,7 @@ class Int8Plan:
         self.weight = weight
         self.even = even
         self.bias = bias
-        self.in_bits, self.in_frac = int(act_in.bits), int(act_in.frac_len)
+        self.in_frac = int(act_in.frac_len)
         self.in_range = act_in.range
         self.scale_in = math.ldexp(1.0, self.in_frac)
         self.float_io = float_io

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from ...core.errors import ConfigError
-from ...core.fixed_point import FixedPointFormat, max_magnitude
+from ...core.fixed_point import FixedPointFormat
 from ...core.fold import fold_batchnorm_
 from ...core.graph import Call, ExecutionGraph, split_batch, trace_calls
 from ...core.kinds import StoredWeight
@@ -341,7 +341,7 @@ def _layer(ctx: _Context, call: Call) -> None:
     ints[fp.flat_positions()] = np.asarray(fp.data, dtype=np.int64)
     row_sum = np.abs(ints.reshape(rows, -1)).sum(1)
     bias = engine.bias_int.cpu().numpy().astype(np.int64) if engine.bias_int is not None else None
-    bound = max_magnitude(engine.act_in.bits, engine.act_in.signed) * row_sum + (np.abs(bias) if bias is not None else 0)
+    bound = engine.act_in.magnitude * row_sum + (np.abs(bias) if bias is not None else 0)
     acc_ctype = "int32_t" if engine.acc_dtype == torch.int32 else "int64_t"
     encoded = encode_matrix(f"{cname}_w", entry_form(fp, True), ctx.layout, sparse_ram=_plane_bytes(attrs, acc_ctype))
     bias_enc = None if bias is None else encode_matrix(f"{cname}_b", vector_form(bias), "dense")
