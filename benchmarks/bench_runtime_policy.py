@@ -30,7 +30,7 @@ from deepshrink.runtime.measure import compare, set_threads
 ROOT = Path(__file__).resolve().parent
 LINEAR = {"alexnet-fc8-ish": (1000, 4096), "lenet300-fc1": (300, 784), "mid": (1024, 2048)}
 CONV = {"resnet20-16x16": (16, 16, 32, 1), "resnet20-32x64-s2": (64, 32, 16, 2), "lenet5-conv2": (16, 6, 14, 1),
-        "vgg-64x64": (64, 64, 28, 1)}
+        "vgg-64x64": (64, 64, 28, 1), "vgg-128x128": (128, 128, 14, 1), "vgg-256x256": (256, 256, 7, 1)}
 """(out channels, in channels, input size, stride), 3x3 kernels padded 1 (LeNet-5's conv2: 5x5, no padding)."""
 DENSITIES = [0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 1.0]
 
@@ -87,7 +87,9 @@ def main() -> None:
                           f"dense/sparse {ratio:.2f}", flush=True)
             for kind in ("linear", "conv"):
                 print(f"threads {threads} batch {batch}: {kind} dense wins at densities {dense_wins.get(kind, [])}; "
-                      f"DENSE_FROM says dense from {policy.dense_from(kind, batch)}", flush=True)
+                      f"DENSE_FROM says dense from {policy.dense_from(kind, batch)}"
+                      + (f" (convs from density {policy.MEASURED_FROM_DENSITY} time both kernels at this batch)"
+                         if policy.measures(kind, 1.0, batch) else ""), flush=True)
     result = {"benchmark": "runtime-policy", "dense_from": policy.DENSE_FROM, "loadavg": os.getloadavg(),
               "torch": torch.__version__, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -132,8 +132,8 @@ def test_direct_conv_matches_dense(mode: str, monkeypatch: pytest.MonkeyPatch, c
     torch.testing.assert_close(fast(x[:1]), want[:1], rtol=1e-5, atol=1e-4)  # a second size: cached geometry
 
 
-@pytest.mark.parametrize(("density", "batch", "dense"), [(0.05, 64, False), (0.5, 1, False), (0.5, 64, True),
-                                                         (0.95, 1, True)])
+@pytest.mark.parametrize(("density", "batch", "dense"), [(0.05, 64, False), (0.1, 1, False), (0.5, 64, True),
+                                                         (0.95, 8, True)])
 def test_conv_dense_fallback_follows_the_policy(density: float, batch: int, dense: bool) -> None:
     rng = np.random.default_rng(1)
     layout = _layout(rng, 6, 4 * 9, density, 32)
@@ -144,6 +144,33 @@ def test_conv_dense_fallback_follows_the_policy(density: float, batch: int, dens
     torch.testing.assert_close(conv(x), ref, rtol=1e-5, atol=1e-4)
     assert (conv.last_kernel == "dense") == dense
     assert (conv.nbytes > before) == dense  # the dense filter exists only once a call needed it
+
+
+@pytest.mark.parametrize("winner", ["sparse", "dense"])
+def test_small_batch_convs_keep_the_kernel_they_measured_faster(winner: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    timed: list[list[str]] = []
+
+    def fastest(candidates: dict) -> tuple:  # a stand-in timer: the test says which one was faster
+        timed.append(sorted(candidates))
+        outputs = {name: call() for name, call in candidates.items()}
+        return winner, outputs[winner]
+
+    monkeypatch.setattr(policy, "fastest", fastest)
+    layout = _layout(np.random.default_rng(4), 8, 4 * 9, 0.95, 32)
+    conv = SparseConv2d(layout, (3, 3), 4, padding=1, padding_mode="reflect")
+    dense = torch.from_numpy(layout.to_dense()).reshape(8, 4, 3, 3)
+    for batch in (1, 1, 2, 1):
+        x = torch.randn(batch, 4, 7, 7)
+        torch.testing.assert_close(conv(x), F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), dense),
+                                   rtol=1e-5, atol=1e-4)
+        assert (conv.last_kernel == "dense") == (winner == "dense")
+    assert timed == [["dense", "sparse"], ["dense", "sparse"]]  # once per batch size, then the cached choice
+    assert (conv._dense_weight is not None) == (winner == "dense")  # a losing dense filter is not kept
+    conv(torch.randn(64, 4, 7, 7))  # from batch 8 the density table decides, without timing
+    assert len(timed) == 2 and conv.last_kernel == "dense"
+    sparse_only = SparseConv2d(layout, (3, 3), 4, padding=1, dense_fallback=False)
+    sparse_only(torch.randn(1, 4, 7, 7))
+    assert len(timed) == 2 and sparse_only.last_kernel == "blocked"
 
 
 @pytest.mark.parametrize(("density", "batch"), [(0.1, 1), (0.1, 8), (0.1, 64), (0.5, 1), (0.5, 8), (0.5, 64),

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..core.errors import FormatError
 from ..core.kinds import StoredWeight
 from ..core.layer_call import plain_type
+from . import policy
 from .layout import sparse_rows
 from .modules import SparseConv1d, SparseConv2d, SparseEmbedding, SparseLinear
 from .registry import ANY_LOOKUP, register_layer_builder
@@ -45,6 +46,16 @@ def sparse_module_for(module: nn.Module, weight: StoredWeight, bias: Tensor | No
             raise FormatError(f"{name}: weight shape {weight.shape} does not fit {module}")
         return SparseEmbedding(sparse_rows(weight, name), name)
     return None
+
+
+@register_layer_builder("dense")
+def small_dense_conv_for(module: nn.Module, weight: StoredWeight, bias: Tensor | None, name: str) -> nn.Module | None:
+    """An uncompressed Conv2d of at most :data:`~.policy.DIRECT_CONV_MAX_WEIGHTS` weights as a full
+    :class:`SparseConv2d`, which times the direct kernel against ``F.conv2d`` at small batches (the layer a
+    compression method keeps in full precision, the first, is often such a conv); other dense layers stay."""
+    if plain_type(module) is not nn.Conv2d or weight.numel > policy.DIRECT_CONV_MAX_WEIGHTS:
+        return None
+    return sparse_module_for(module, weight, bias, name)
 
 
 register_layer_builder("codebook")(sparse_module_for)

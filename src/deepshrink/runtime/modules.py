@@ -195,7 +195,9 @@ class SparseConv2d(_SparseLayer):
     The direct sparse convolution of :mod:`.conv` (no im2col buffer: each non-zero tap reads the phase-split,
     padded input at a fixed offset; output channels blocked, sums in registers). A layer whose measured density
     makes a dense convolution faster for a call's batch (:data:`~.policy.DENSE_FROM`) runs ``F.conv2d`` on its
-    decoded filter (built on the first such call), so a pruned layer is never slower than its dense self.
+    decoded filter (built on the first such call), so a pruned layer is never slower than its dense self. At
+    small batches a dense-enough layer times both on its first call per input shape and keeps the faster
+    (:data:`~.policy.MEASURED_MAX_BATCH`).
     """
 
     def __init__(
@@ -218,6 +220,8 @@ class SparseConv2d(_SparseLayer):
         if weight.shape[1] != expected or self.in_channels % self.groups or self.out_channels % self.groups:
             raise FormatError(f"{name}: weight of {weight.shape[1]} columns does not fit this Conv2d's shape")
         self._geometry: dict[tuple[int, int], Geometry] = {}
+        self._choice: dict[tuple, str] = {}
+        """Per (batch, height, width, threads, dense_fallback): ``"dense"`` or ``"sparse"`` (:meth:`_choose`)."""
         self.blocks: ChannelBlocks | None = None
         if self.groups == 1 and weight.nnz and policy.channel_blocked(weight.indptr, weight.indices):
             values = weight.table if weight.direct else weight.table[weight.codes]
@@ -249,28 +253,52 @@ class SparseConv2d(_SparseLayer):
             x = x.to(torch.float32)
         x = x.detach()
         pads = self._pads()
-        density = self.weight_layout.density
-        if self._runs_dense("conv", density, x.shape[0]):  # dense at any waste: skip the geometry
+        key = (int(x.shape[0]), int(x.shape[2]), int(x.shape[3]), torch.get_num_threads(), self.dense_fallback)
+        kernel = self._choice.get(key)
+        if kernel is None:
+            kernel, out = self._choose(x, pads, key)
+        elif kernel == "dense":
             out = self._run_dense(x, pads)
-            return out.squeeze(0) if unbatched else out
+        else:
+            out = self._run_sparse(x, pads)
+        return out.squeeze(0) if unbatched else out
+
+    def _choose(self, x: Tensor, pads: tuple[int, int, int, int], key: tuple) -> tuple[str, Tensor]:
+        """The kernel for calls like ``x`` (the policy's rule, or the faster of the two when it measures), cached
+        per batch size, input size and thread count, with this call's output."""
+        batch = key[0]
+        padded = (pads[0] + pads[1], pads[2] + pads[3]) if self.padding_mode != "zeros" else (0, 0)
+        geo = self._geometry_at((key[1] + padded[1], key[2] + padded[0]), pads if not any(padded) else (0, 0, 0, 0))
+        density = self.weight_layout.density * geo.plane_hw[1] / max(geo.out_hw[1], 1)  # effective density
+        if not self.dense_fallback:
+            kernel = "sparse"
+        elif policy.measures("conv", density, batch):
+            kernel, _ = policy.fastest({"sparse": lambda: self._run_sparse(x, pads),
+                                        "dense": lambda: self._run_dense(x, pads)})
+            if kernel == "sparse":
+                self._dense_weight = None  # not kept for calls that never use it
+        else:
+            kernel = "dense" if self._runs_dense("conv", density, batch) else "sparse"
+        if len(self._choice) >= 16:
+            self._choice.pop(next(iter(self._choice)))
+        self._choice[key] = kernel
+        return kernel, self._run_dense(x, pads) if kernel == "dense" else self._run_sparse(x, pads)
+
+    def _run_sparse(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
         if any(pads) and self.padding_mode != "zeros":
             x, pads = F.pad(x, pads, mode=_PAD_MODES[self.padding_mode]), (0, 0, 0, 0)
-        hw = (int(x.shape[2]), int(x.shape[3]))
-        geo = self._geometry.get(hw)
-        if geo is None:
-            geo = self._geometry_for(hw, pads)
-        waste = geo.plane_hw[1] / max(geo.out_hw[1], 1)
-        if self._runs_dense("conv", density * waste, x.shape[0]):
-            out = self._run_dense(x, pads)
-        elif self.blocks is not None:
+        geo = self._geometry_at((int(x.shape[2]), int(x.shape[3])), pads)
+        if self.blocks is not None:
             self.__dict__["last_kernel"] = "blocked"
-            out = torch.from_numpy(blocked_conv(self.blocks, _as_input(x), geo, self.stride, self.out_channels))
-        else:
-            self.__dict__["last_kernel"] = "direct"
-            w = self.weight_layout
-            out = torch.from_numpy(direct_conv(w.indptr, self._codes, w.table, _as_input(x), self.bias_array, geo,
-                                               self.stride, self.out_channels))
-        return out.squeeze(0) if unbatched else out
+            return torch.from_numpy(blocked_conv(self.blocks, _as_input(x), geo, self.stride, self.out_channels))
+        self.__dict__["last_kernel"] = "direct"
+        w = self.weight_layout
+        return torch.from_numpy(direct_conv(w.indptr, self._codes, w.table, _as_input(x), self.bias_array, geo,
+                                            self.stride, self.out_channels))
+
+    def _geometry_at(self, hw: tuple[int, int], pads: tuple[int, int, int, int]) -> Geometry:
+        geo = self._geometry.get(hw)
+        return geo if geo is not None else self._geometry_for(hw, pads)
 
     def _geometry_for(self, hw: tuple[int, int], pads: tuple[int, int, int, int]) -> Geometry:
         (kh, kw), (dh, dw) = self.kernel_size, self.dilation

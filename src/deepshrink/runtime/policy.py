@@ -4,17 +4,24 @@ A sparse Linear always holds the row layout (batches: the register-blocked kerne
 the row kernel). On top of it, chosen at load time from the layer and the host: the AVX-512 sliced-window form
 (:mod:`.simd`) or, without AVX-512, the column form (:mod:`.columns`) that skips zero inputs. Chosen at call time
 from the input: batch size and the share of zero inputs. Sparse Linear and Conv2d layers that are dense enough
-run the dense torch op instead (:data:`DENSE_FROM`), so a pruned layer is never run slower than its dense self.
+run the dense torch op instead (:data:`DENSE_FROM`), so a pruned layer is never run slower than its dense self;
+at small batches a conv layer times both and keeps the faster (:data:`MEASURED_MAX_BATCH`).
 Kernel tuning churns this file, not the modules.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import numpy as np
 
 from .columns import ColumnBlocks, column_blocks
 from .layout import SparseRows
 from .simd import SlicedWindows, sliced_windows
+
+T = TypeVar("T")
 
 COLUMN_FORM_MIN_NNZ = 20_000
 """Non-zeros from which a SparseLinear also keeps the column form: below, skipping zero inputs saves less than the
@@ -51,7 +58,8 @@ be re-measured on a quiet machine with ``benchmarks/bench_runtime_policy.py``):
   0.44 / 0.71.
 * Conv (ResNet-20 / VGG / LeNet-5 shapes): at batch 1 the direct kernel beat oneDNN at every density up to 0.9
   (oneDNN's batch-1 convolutions are far from peak); from batch 8 oneDNN wins from about 0.3, and strided layers
-  lose earlier (their phase split costs as much as the products).
+  lose earlier (their phase split costs as much as the products). Up to :data:`MEASURED_MAX_BATCH` samples the
+  conv entries only decide layers sparser than :data:`MEASURED_FROM_DENSITY`; denser ones are timed.
 """
 
 
@@ -61,6 +69,52 @@ cost per call (~8-10 us: input checks, the numba dispatch, the output wrap) exce
 time. Measured (thread CPU time, 1 thread, batch 1, densities 0.1 / 0.3): 10x500 12-13 us sparse vs 4-5 us
 dense, 84x120 14-16 vs 5.5, 120x400 10-13 vs 5-6, 300x784 12-15 (AVX-512 kernel) vs 14.6. Conv layers are
 left out: LeNet-5's conv1 (500 weights) ran 28 us direct vs 59 us with ``F.conv2d``."""
+
+
+MEASURED_MAX_BATCH = 4
+"""Calls of up to this many samples on a conv layer of effective density at least :data:`MEASURED_FROM_DENSITY`
+choose between the direct kernel and ``F.conv2d`` by timing both, once per layer, input shape and thread count
+(:func:`fastest`). At these batches the winner depends on the layer's shape, not its density. Measured
+2026-12-03 with ``benchmarks/bench_runtime_policy.py`` (1 thread, quiet machine, random masks at densities
+0.7-1.0, batch 1): the direct kernel ran 1.2-2.1x faster than oneDNN on ResNet-20 and LeNet-5 shapes at every
+density, 0.87x on a 64x64 3x3 conv at 28x28, 1.0x at 128x128 / 14x14 and 2.3x at 256x256 / 7x7. Its time hardly
+falls from density 1.0 to 0.7, because the channel-blocked form fills each 4-channel block's taps. A density
+threshold therefore ran the TTQ models' convs (>= 90% non-zero) dense, at 0.94-1.08x of dense fp32 for the whole
+model, where the direct kernel gives 1.7x."""
+
+MEASURED_FROM_DENSITY = 0.25
+"""Below this effective density the direct kernel wins at every batch up to :data:`MEASURED_MAX_BATCH` (the
+table of :data:`DENSE_FROM`), so sparser layers skip the measurement and never build their dense filter."""
+
+MEASURE_REPEATS = 3
+"""Timed calls per candidate in :func:`fastest` (after one untimed call each); the best of them counts."""
+
+
+DIRECT_CONV_MAX_WEIGHTS = 4_096
+"""Uncompressed Conv2d layers with up to this many weights also become runtime layers (full density), so they
+time the direct kernel against ``F.conv2d`` at small batches like compressed ones. They are the layers methods
+keep in full precision (TTQ and Deep Compression keep the first), with few input channels, where oneDNN's
+batch-1 convolution is furthest from peak: LeNet-5's conv1 (500 weights) ran 28 us direct vs 59 us ``F.conv2d``."""
+
+
+def measures(kind: str, density: float, batch: int) -> bool:
+    """Whether a ``kind`` layer of effective ``density`` chooses its kernel for ``batch`` samples by timing."""
+    return kind == "conv" and batch <= MEASURED_MAX_BATCH and density >= MEASURED_FROM_DENSITY
+
+
+def fastest(candidates: Mapping[str, Callable[[], T]]) -> tuple[str, T]:
+    """The name of the fastest candidate (best of :data:`MEASURE_REPEATS` timed calls after an untimed one, in
+    rotating order) and the output of its last call."""
+    best = {name: float("inf") for name in candidates}
+    outputs: dict[str, T] = {name: call() for name, call in candidates.items()}
+    names = list(candidates)
+    for round_ in range(MEASURE_REPEATS):
+        for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+            started = time.perf_counter()
+            outputs[name] = candidates[name]()
+            best[name] = min(best[name], time.perf_counter() - started)
+    winner = min(names, key=best.__getitem__)
+    return winner, outputs[winner]
 
 
 def dense_from(kind: str, batch: int) -> float:
