@@ -315,9 +315,14 @@ class SparseConv2d(_SparseLayer):
     def _run_dense(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
         self.__dict__["last_kernel"] = "dense"
         weight = self._dense((self.out_channels, self.in_channels // self.groups, *self.kernel_size))
-        if any(pads):  # zeros mode after a non-zeros pad: nothing left to pad then
+        left, right, top, bottom = pads
+        padding = (0, 0)
+        if self.padding_mode == "zeros" and left == right and top == bottom:
+            padding = (top, left)  # oneDNN pads on the fly: no padded copy of a batch-64 input
+        elif any(pads):
             x = F.pad(x, pads, mode=_PAD_MODES[self.padding_mode])
-        return F.conv2d(x, weight, torch.from_numpy(self.bias_array), self.stride, 0, self.dilation, self.groups)
+        return F.conv2d(x, weight, torch.from_numpy(self.bias_array), self.stride, padding, self.dilation,
+                        self.groups)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
