@@ -290,3 +290,30 @@ def test_unsigned_formats_for_non_negative_activations(tmp_path: Path) -> None:
     assert engine.layers["fc2"].last_kernel.startswith("int8")  # the fused kernel took the unsigned input
     with pytest.raises(ConfigError, match="unsigned_activations"):
         DynamicFixedPoint(unsigned_activations="yes")  # type: ignore[arg-type]
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10_000), n_in=st.integers(1, 70), n_out=st.integers(1, 90), tokens=st.integers(1, 9),
+       outputs=st.booleans(), unsigned=st.booleans(), even=st.booleans())
+def test_float_io_linear_single_call_path_equals_the_torch_path(seed: int, n_in: int, n_out: int, tokens: int,
+                                                                 outputs: bool, unsigned: bool, even: bool) -> None:
+    """A float-in, float-out Linear (what ``runtime.from_model`` runs between float ops, e.g. in a transformer) takes
+    the one-call fused kernel; its outputs equal the torch integer path's and the simulation's bit for bit, for
+    shapes that are not multiples of the vector width, signed and unsigned inputs and both roundings."""
+    g = torch.Generator().manual_seed(seed)
+    layer = nn.Sequential(nn.Linear(n_in, n_out))
+    with torch.no_grad():
+        layer[0].weight.normal_(0, 1, generator=g)
+        layer[0].bias.normal_(0, 1, generator=g)
+    x = torch.randn(tokens, n_in, generator=g) * 3
+    if unsigned:
+        x = x.abs()
+    quantize_(layer, DynamicFixedPoint(bits=8, quantize_outputs=outputs, quantize_last_output=outputs,
+                                       rounding="half_even" if even else "half_up"), calib=x)
+    fast = IntegerLayer.from_module(layer[0], float_io=True)
+    got = fast(x)
+    assert fast.last_kernel.startswith("int8")
+    slow = IntegerLayer.from_module(layer[0], float_io=True)
+    slow.__dict__["_plan"] = None  # the torch integer path
+    with torch.no_grad():
+        assert torch.equal(got, slow(x)) and torch.equal(got, layer(x))
