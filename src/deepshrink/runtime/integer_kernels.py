@@ -155,14 +155,14 @@ def _epilogue(acc, colsum, offset, bias, half, right, left, qmin, qmax, scale, m
         if mode == 2 and positions == 1:
             dst = out_float[at:at + n_out]
             for n in range(n_out):
-                dst[n] = np.float32(np.float64(np.int32(np.int64(a[n]) + base[n])) * scale[n])
+                dst[n] = np.float32(np.float64(np.int64(a[n]) + base[n]) * scale[n])
         elif mode == 2:
             for n in range(n_out):
-                t = np.int64(np.int32(np.int64(a[n]) + base[n]))
+                t = np.int64(a[n]) + base[n]
                 out_float[at + n * positions] = np.float32(np.float64(t) * scale[n])
         else:
             for n in range(n_out):
-                t = np.int64(np.int32(np.int64(a[n]) + base[n]))
+                t = np.int64(a[n]) + base[n]
                 t = min(max(_shift(t, right[n], left[n], half[n], even), qmin), qmax)
                 if mode == 0:
                     out_int[at + n * positions] = t
@@ -230,8 +230,8 @@ class Int8Plan:
     @classmethod
     def build(cls, layer: Any, template: nn.Module) -> Int8Plan | None:
         """The plan of an IntegerLayer, or None (wider formats, int64 sums, per-token inputs, other layers)."""
-        if layer.dynamic_input or layer.acc_dtype != torch.int32 or layer.bits > 8 or layer.act_in.bits > 8:
-            return None
+        if layer.dynamic_input or layer.bits > 8 or layer.act_in.bits > 8 or 256 * layer.weight_row_sum >= 2**31:
+            return None  # the products' int32 sums (of bytes: up to 255 per input) must not overflow
         t: Any = template
         conv: tuple[tuple[int, int], ...] | None = None
         conv1d = False
@@ -250,8 +250,8 @@ class Int8Plan:
         else:
             return None
         w = layer.weight_int.reshape(layer.weight_int.shape[0], -1).numpy()
-        bias = (layer.bias_int.numpy().astype(np.int32) if layer.bias_int is not None
-                else np.zeros(w.shape[0], dtype=np.int32))
+        bias = (layer.bias_int.numpy().astype(np.int64) if layer.bias_int is not None
+                else np.zeros(w.shape[0], dtype=np.int64))
         w_frac = layer.w_frac.numpy() if isinstance(layer.w_frac, Tensor) else np.array([layer.w_frac])
         acc_frac = np.broadcast_to(np.asarray(w_frac, dtype=np.int64) + int(layer.act_in.frac_len), (w.shape[0],))
         return cls(pack(w.astype(np.int8)), bias, layer.act_in, acc_frac.copy(), layer.act_out, layer.float_io, conv,
