@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import io
 import json
 import os
@@ -539,8 +540,14 @@ def _frozen_batchnorm(model: nn.Module) -> None:
             m.train = (lambda mod: lambda mode=True: mod)(m)  # type: ignore[method-assign]
 
 
-def _effnet_distill(bench: Bench, crops: int, epochs: int, dropout: bool = True) -> Outcome:
-    outcome = _prune(bench, OBSPrune(sparsity=0.5, scope="global"), bn=False)
+def _with_calib(bench: Bench, crops: int) -> Bench:
+    """``bench`` with ``crops`` calibration crops (the same seed: the first 32 are the default set)."""
+    return dataclasses.replace(bench, calib=list(rm.photo_batch(crops, rm.CALIB_SEED).split(16)))
+
+
+def _effnet_distill(bench: Bench, crops: int, epochs: int, dropout: bool = True, obs_crops: int | None = None) -> Outcome:
+    outcome = _prune(_with_calib(bench, obs_crops) if obs_crops else bench, OBSPrune(sparsity=0.5, scope="global"),
+                     bn=False)
     model = outcome.model
     images = rm.photo_batch(crops, rm.CALIB_SEED)
     _frozen_batchnorm(model)
@@ -571,6 +578,19 @@ def row_obs50_global_distill12(bench: Bench) -> Outcome:
 def row_obs50_global_distill24(bench: Bench) -> Outcome:
     """``obs50_global_distill12`` for twice the epochs (24 on the same 512 crops)."""
     return _effnet_distill(bench, 512, 24, dropout=False)
+
+
+@row("effnet")
+def row_obs50_global_calib512(bench: Bench) -> Outcome:
+    """``obs50_global`` with its Hessians from 512 calibration crops instead of 32 (the classifier's 1,280 inputs
+    see one pooled vector per crop: 32 crops give it a Hessian of rank 32)."""
+    return _prune(_with_calib(bench, 512), OBSPrune(sparsity=0.5, scope="global"), bn=False)
+
+
+@row("effnet")
+def row_obs50_global_calib512_distill12(bench: Bench) -> Outcome:
+    """``obs50_global_distill12`` with the OBS Hessians from the same 512 crops the distillation uses."""
+    return _effnet_distill(bench, 512, 12, dropout=False, obs_crops=512)
 
 
 @row("effnet")
