@@ -174,8 +174,8 @@ def _epilogue(acc, colsum, offset, bias, half, right, left, qmin, qmax, scale, m
 def _linear_vnni(x, scale_in, qmin, qmax, offset, even, quads, packed, blocks, colsum, bias, half, right, left,
                  out_qmin, out_qmax, scale, mode, out_float):
     """A float-in, float-out Linear (modes 1 and 2) on the serial VNNI kernel in one call: the three passes of
-    :class:`Int8Plan` without two more numba dispatches and three allocations from Python (about 4 us a call,
-    a tenth of a 384x384 layer on 29 tokens)."""
+    :class:`Int8Plan` without two more numba dispatches and three allocations from Python (1.5-3.5 us a call on
+    MiniLM's Linears at 29 tokens, against 21-57 us per layer)."""
     rows = x.shape[0]
     data = np.empty((rows, quads * 4), np.uint8)
     _bytes_from_float(x, scale_in, qmin, qmax, offset, even, data)
@@ -291,8 +291,7 @@ class Int8Plan:
         acc = int8_matmul(self.weight, rows, parallel)
         n = self.weight.n_out
         shape = (samples, n, max(positions, 1))
-        # outputs in torch's allocator (64-byte aligned; numpy's small arrays are 16-byte aligned), which the float
-        # ops reading them downstream run faster on
+        # the output allocated by torch, like its own ops' outputs (64-byte aligned)
         result = torch.empty(shape, dtype=torch.int64 if self.mode == 0 else torch.float32)
         dummy_int, dummy_float = _DUMMY
         out_int = result.numpy() if self.mode == 0 else dummy_int
