@@ -107,6 +107,28 @@ def _two(value: Any) -> tuple[int, int]:
     return (int(value[0]), int(value[1])) if isinstance(value, tuple | list) else (int(value), int(value))
 
 
+PATCH_BYTES = 256 * 2**20
+"""The most bytes of float64 patches built at once: a batch is taken a few samples at a time to stay under it. A
+merged calibration batch of 512 EfficientNet-Lite2 crops would otherwise build 22 GB of depthwise patches."""
+
+
+def _products(kind: str, x: Tensor, weight_shape: torch.Size, geometry: Mapping[str, Any]) -> tuple[list[Tensor], int]:
+    """``(per group X X^T, rows)`` of the op's input ``x``, its patches built :data:`PATCH_BYTES` at a time."""
+    step = x.shape[0] if x.dim() else 1
+    if x.dim() >= {"linear": 2, "conv1d": 3}.get(kind, 4):  # batched: the first axis holds samples (or tokens)
+        first = _patches(kind, x[:1], weight_shape, geometry)
+        step = max(1, PATCH_BYTES // max(first.numel() * first.element_size(), 1))
+    total: list[Tensor] | None = None
+    rows = 0
+    for part in (x.split(step) if x.dim() else [x]):
+        patches = _patches(kind, part, weight_shape, geometry)
+        products = list(torch.einsum("gnf,gnk->gfk", patches, patches))
+        total = products if total is None else [s + p for s, p in zip(total, products, strict=True)]
+        rows += patches.shape[1]
+    assert total is not None
+    return total, rows
+
+
 @torch.no_grad()
 def input_hessian(module: nn.Module, inputs: list[Tensor]) -> list[Tensor]:
     """Per group of output channels, ``H = 2 X X^T / n`` of the layer's ``inputs`` (a list of input batches)."""
@@ -114,10 +136,9 @@ def input_hessian(module: nn.Module, inputs: list[Tensor]) -> list[Tensor]:
     count = 0
     for x in inputs:
         kind, x, geometry = op_call(module, x)
-        rows = _patches(kind, x, latent_weight(module).shape, geometry)
-        products = list(torch.einsum("gnf,gnk->gfk", rows, rows))
+        products, rows = _products(kind, x, latent_weight(module).shape, geometry)
         total = products if total is None else [s + p for s, p in zip(total, products, strict=True)]
-        count += rows.shape[1]
+        count += rows
     assert total is not None
     return [2.0 * s / max(count, 1) for s in total]
 
@@ -131,13 +152,12 @@ def layer_hessians(model: nn.Module, layers: Mapping[str, nn.Module], batches: l
     for name, module in layers.items():
         def hook(mod: nn.Module, args: tuple, output: Any, name: str = name) -> None:
             kind, x, geometry = op_call(mod, args[0])
-            rows = _patches(kind, x, latent_weight(mod).shape, geometry)
-            products = torch.einsum("gnf,gnk->gfk", rows, rows)
+            products, rows = _products(kind, x, latent_weight(mod).shape, geometry)
             if name in sums:
                 sums[name] = [s + p for s, p in zip(sums[name], products, strict=True)]
             else:
-                sums[name] = list(products)
-            counts[name] = counts.get(name, 0) + rows.shape[1]
+                sums[name] = products
+            counts[name] = counts.get(name, 0) + rows
 
         handles.append(module.register_forward_hook(hook))
     was_training = model.training
