@@ -48,14 +48,18 @@ def sparse_module_for(module: nn.Module, weight: StoredWeight, bias: Tensor | No
     return None
 
 
+def runs_dense_conv(module: nn.Module, weights: int) -> bool:
+    """Whether an uncompressed layer becomes a runtime layer: a plain Conv2d of at most
+    :data:`~.policy.DIRECT_CONV_MAX_WEIGHTS` weights (the layer a compression method keeps in full precision, the
+    first, is often such a conv), which then times the direct kernel against ``F.conv2d`` at small batches."""
+    return plain_type(module) is nn.Conv2d and weights <= policy.DIRECT_CONV_MAX_WEIGHTS
+
+
 @register_layer_builder("dense")
 def small_dense_conv_for(module: nn.Module, weight: StoredWeight, bias: Tensor | None, name: str) -> nn.Module | None:
-    """An uncompressed Conv2d of at most :data:`~.policy.DIRECT_CONV_MAX_WEIGHTS` weights as a full
-    :class:`SparseConv2d`, which times the direct kernel against ``F.conv2d`` at small batches (the layer a
-    compression method keeps in full precision, the first, is often such a conv); other dense layers stay."""
-    if plain_type(module) is not nn.Conv2d or weight.numel > policy.DIRECT_CONV_MAX_WEIGHTS:
-        return None
-    return sparse_module_for(module, weight, bias, name)
+    """A full-density :class:`SparseConv2d` for an uncompressed conv that :func:`runs_dense_conv`; other dense
+    layers stay as they are."""
+    return sparse_module_for(module, weight, bias, name) if runs_dense_conv(module, weight.numel) else None
 
 
 register_layer_builder("codebook")(sparse_module_for)

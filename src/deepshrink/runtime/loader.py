@@ -25,7 +25,7 @@ from ..core.kinds import StoredWeight, stored_from_export
 from ..core.layer_call import plain_type
 from ..core.state import get_mask, get_value_transform, iter_states, latent_weight, plain_copy
 from ..models.registry import arch_of, build_model
-from . import policy
+from .builders import runs_dense_conv
 from .registry import build_layer
 
 Skeleton = nn.Module | tuple[str, Mapping[str, Any]]
@@ -105,10 +105,9 @@ def from_stored(
         # shared / quantized biases are tiny: hand them to their layer as the float values they stand for
         tensors[tensor_name] = weights.pop(tensor_name).dense()
     modules = dict(skeleton.named_modules())
-    for fqn, module in modules.items():  # small plain convs time the direct kernel too (policy.DIRECT_CONV_MAX_WEIGHTS)
+    for fqn, module in modules.items():  # small plain convs time the direct kernel too
         name = f"{fqn}.weight"
-        if (fqn and name in tensors and name not in weights and plain_type(module) is nn.Conv2d
-                and module.weight.numel() <= policy.DIRECT_CONV_MAX_WEIGHTS):
+        if fqn and name in tensors and name not in weights and runs_dense_conv(module, module.weight.numel()):
             array = _tensor(tensors.pop(name)).to(torch.float32).numpy()
             weights[name] = stored_from_export({"kind": "dense", "array": array})
     state: dict[str, Tensor] = {}
