@@ -114,13 +114,13 @@ merged calibration batch of 512 EfficientNet-Lite2 crops would otherwise build 2
 
 def _products(kind: str, x: Tensor, weight_shape: torch.Size, geometry: Mapping[str, Any]) -> tuple[list[Tensor], int]:
     """``(per group X X^T, rows)`` of the op's input ``x``, its patches built :data:`PATCH_BYTES` at a time."""
-    step = x.shape[0] if x.dim() else 1
+    step = x.shape[0]  # an unbatched input: one part
     if x.dim() >= {"linear": 2, "conv1d": 3}.get(kind, 4):  # batched: the first axis holds samples (or tokens)
         first = _patches(kind, x[:1], weight_shape, geometry)
         step = max(1, PATCH_BYTES // max(first.numel() * first.element_size(), 1))
     total: list[Tensor] | None = None
     rows = 0
-    for part in (x.split(step) if x.dim() else [x]):
+    for part in x.split(step):
         patches = _patches(kind, part, weight_shape, geometry)
         products = list(torch.einsum("gnf,gnk->gfk", patches, patches))
         total = products if total is None else [s + p for s, p in zip(total, products, strict=True)]
