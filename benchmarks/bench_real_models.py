@@ -47,7 +47,7 @@ from torch.utils.data import TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_models as rm
 from deepshrink import runtime
-from deepshrink.codec import save_compressed
+from deepshrink.codec import load_compressed, save_compressed
 from deepshrink.core import atomic_write_text
 from deepshrink.fixedpoint import DynamicFixedPoint, quantize_
 from deepshrink.lowrank import SVDLinear, lowrank_
@@ -546,7 +546,7 @@ def _with_calib(bench: Bench, crops: int) -> Bench:
 
 
 def _effnet_distill(bench: Bench, crops: int, epochs: int, dropout: bool = True, obs_crops: int | None = None,
-                    sequential: bool = True) -> Outcome:
+                    sequential: bool = True, features: bool = False) -> Outcome:
     outcome = _prune(_with_calib(bench, obs_crops) if obs_crops else bench,
                      OBSPrune(sparsity=0.5, scope="global", sequential=sequential), bn=False)
     model = outcome.model
@@ -558,10 +558,11 @@ def _effnet_distill(bench: Bench, crops: int, epochs: int, dropout: bool = True,
     start = time.perf_counter()
     config = TrainConfig(epochs=epochs, lr=1e-4, optimizer="adam", weight_decay=0.0, batch_size=16, schedule="cosine",
                          dropout=dropout)
-    fit(model, TensorDataset(images), config, loss_fn=DistillationLoss(bench.fresh(), alpha=1.0, temperature=2.0),
-        quiet=True)
+    loss = DistillationLoss(bench.fresh(), alpha=1.0, temperature=2.0,
+                            features=_block_outputs(model) if features else ())
+    fit(model, TensorDataset(images), config, loss_fn=loss, quiet=True)
     outcome.info.update(distill_s=round(time.perf_counter() - start, 1), distill_crops=crops, distill_epochs=epochs,
-                        dropout=dropout)
+                        dropout=dropout, **({"feature_distillation": "every block's output"} if features else {}))
     return Outcome(model.eval(), info=outcome.info)
 
 
@@ -598,6 +599,19 @@ def row_obs50_global_distill_more_crops(bench: Bench) -> Outcome:
     """The same number of steps as ``obs50_global_distill12`` (384 batches of 16) over 3,072 calibration crops for 2
     epochs instead of 512 crops for 12: more views of the photos, less repetition."""
     return _effnet_distill(bench, 3072, 2, dropout=False)
+
+
+def _block_outputs(model: nn.Module) -> list[str]:
+    """EfficientNet's feature-distillation points: every MBConv block's output and the head's."""
+    return [f"blocks.{i}" for i in range(len(model.blocks))] + ["bn1"]  # type: ignore[arg-type]
+
+
+@row("effnet")
+def row_obs50_global_seq512_features12(bench: Bench) -> Outcome:
+    """OBS 50% (global) from 512 calibration crops, sequential (each layer from the already-pruned layers' inputs,
+    one layer's inputs held at a time), then 12 epochs of distillation on the same crops with every block's output
+    matched too (feature distillation), BatchNorm statistics frozen, dropout off."""
+    return _effnet_distill(bench, 512, 12, dropout=False, obs_crops=512, features=True)
 
 
 class _Sentences(torch.utils.data.Dataset):
@@ -691,7 +705,22 @@ def _max_diff(a: Tensor, b: Tensor) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
-def run_row(bench: Bench, name: str) -> dict[str, Any]:
+def kept_path(keep: Path, bench: Bench, name: str) -> Path:
+    return keep / f"{bench.name}-{name}.dsz"
+
+
+def run_kept(bench: Bench, name: str, keep: Path) -> dict[str, Any]:
+    """A row's model read back from the ``.dsz`` its ``--keep`` run wrote: the same file evaluated on this split
+    (every row is deterministic and its data independent of the split, so this equals rebuilding it)."""
+    path = kept_path(keep, bench, name)
+    if not path.exists():
+        raise FileNotFoundError(f"no kept file {path}: run the row with --keep {keep} first")
+    model = load_compressed(path, bench.skeleton()).eval()
+    return {"group": "deepshrink", "from_kept_file": path.name, "dsz_bytes": path.stat().st_size,
+            **{k: round(v, 4) for k, v in bench.metric(bench.reference, bench.outputs(model)).items()}}
+
+
+def run_row(bench: Bench, name: str, keep: Path | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     outcome = ROWS[bench.name][name](bench)
     build_s = time.perf_counter() - start
@@ -713,6 +742,9 @@ def run_row(bench: Bench, name: str) -> dict[str, Any]:
             result["dsz_bytes"] = os.path.getsize(path)
             loaded = runtime.load(path, model=bench.skeleton())
             result["dsz_runtime_max_diff"] = _max_diff(bench.outputs(loaded, check), in_memory)
+            if keep is not None:
+                keep.mkdir(parents=True, exist_ok=True)
+                os.replace(path, kept_path(keep, bench, name))
         built = runtime.from_model(model)
         result["from_model_max_diff"] = _max_diff(bench.outputs(built, check), in_memory)
     result["seconds"] = round(time.perf_counter() - start, 1)
@@ -754,6 +786,9 @@ def main() -> None:
     parser.add_argument("--redo", action="store_true", help="rerun rows already in the results file")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--keep", type=Path, help="keep each row's .dsz file in this folder")
+    parser.add_argument("--from-kept", type=Path, help="evaluate the rows' kept .dsz files from this folder "
+                        "instead of rebuilding them (e.g. --split test after a --keep run on val)")
     parser.add_argument("--list", action="store_true", help="list the rows and exit")
     parser.add_argument("--markdown", action="store_true", help="print the results file's table and exit")
     args = parser.parse_args()
@@ -783,7 +818,8 @@ def main() -> None:
         if name in table["rows"] and not args.redo and not args.rows:
             continue
         try:
-            table["rows"][name] = run_row(bench, name)
+            table["rows"][name] = (run_kept(bench, name, args.from_kept) if args.from_kept
+                                   else run_row(bench, name, args.keep))
         except Exception as exc:
             table["rows"][name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}
         print(name, json.dumps(table["rows"][name]), flush=True)

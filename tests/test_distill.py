@@ -11,8 +11,7 @@ from deepshrink.data import load_dataset
 from deepshrink.models import build_model
 from deepshrink.recipes import RecipeContext, frozen_copy, parse_recipe, run_recipe
 from deepshrink.share import WeightSharing, share_weights_
-from deepshrink.train import TrainConfig, evaluate, fit
-from deepshrink.train.loop import DistillationLoss
+from deepshrink.train import DistillationLoss, TrainConfig, evaluate, fit
 
 
 def _tiny(seed: int = 0) -> torch.nn.Module:
@@ -87,3 +86,49 @@ def test_recipe_distill_option_validates_and_runs() -> None:
     x = torch.randn(4, 64)
     assert torch.equal(context.teacher(x), dense(x))  # the teacher is the model as the recipe found it
     assert records[-1]["val_accuracy"] > 0.8
+
+
+def test_feature_distillation_matches_named_modules_and_detaches() -> None:
+    teacher = _tiny(0)
+    student = _tiny(1)
+    names = [n for n, m in student.named_modules() if isinstance(m, torch.nn.Linear)][:2]
+    loss = DistillationLoss(teacher, alpha=1.0, features=names, feature_weight=1.0)
+    x = torch.randn(8, 64)
+    plain = DistillationLoss(teacher, alpha=1.0)(student(x), None, x).detach()
+    with pytest.raises(RuntimeError, match="not attached"):
+        loss(student(x), None, x)
+    loss.attach(student)
+    value = loss(student(x), None, x).detach()
+    assert float(value) > float(plain) + 1e-3  # the feature term adds the hidden layers' mismatch
+    loss.attach(teacher)  # a student identical to the teacher: features and logits agree
+    assert float(loss(teacher(x), None, x)) == pytest.approx(0.0, abs=1e-6)
+    loss.detach()
+    assert not any(m._forward_hooks for m in student.modules())
+    assert not any(m._forward_hooks for m in teacher.modules())
+    with pytest.raises(ConfigError, match="not modules"):
+        DistillationLoss(teacher, features=["nowhere"]).attach(student)
+
+
+def test_fit_with_feature_distillation_learns_and_removes_its_hooks() -> None:
+    teacher, student = _tiny(0), _tiny(1)
+    x = torch.randn(64, 64)
+    names = [n for n, m in student.named_modules() if isinstance(m, torch.nn.Linear)]
+    loss = DistillationLoss(teacher, alpha=1.0, features=names[:-1])
+    with torch.no_grad():
+        before = float(F.mse_loss(student(x), teacher(x)))
+    fit(student, torch.utils.data.TensorDataset(x), TrainConfig(epochs=20, lr=1e-2, optimizer="adam",
+                                                                 batch_size=16), loss_fn=loss, quiet=True)
+    with torch.no_grad():
+        assert float(F.mse_loss(student(x), teacher(x))) < 0.5 * before
+    assert not any(m._forward_hooks for m in student.modules())
+
+
+def test_recipe_distill_features_are_checked() -> None:
+    from deepshrink.train.stage import check_distill
+
+    spec = check_distill({"distill": {"alpha": 1.0, "features": ["fc1"], "feature_weight": 0.5}})
+    assert spec is not None and spec["features"] == ("fc1",) and spec["feature_weight"] == 0.5
+    with pytest.raises(ConfigError, match="features"):
+        check_distill({"distill": {"features": "fc1"}})
+    with pytest.raises(ConfigError, match="feature_weight"):
+        check_distill({"distill": {"feature_weight": -1}})

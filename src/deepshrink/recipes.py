@@ -13,7 +13,8 @@ A recipe file::
 
 ``prune``, ``retrain`` and ``finetune`` accept ``distill: {alpha: 0.5, temperature: 4}`` (beyond the paper):
 their loss becomes knowledge distillation from the teacher, by default a frozen copy of the model as it was
-when the recipe started (:class:`deepshrink.train.loop.DistillationLoss`).
+when the recipe started (:class:`deepshrink.train.DistillationLoss`); ``features: [block1, block2]`` also matches
+those modules' outputs (``feature_weight``, default 1).
 
 Each stage name maps to a handler in :data:`~deepshrink.core.stages.STAGES`, registered next to the code it runs:
 ``prune`` (:mod:`deepshrink.prune.stage`), ``share`` and ``finetune`` (:mod:`deepshrink.share.stage`), ``quantize``

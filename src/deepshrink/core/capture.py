@@ -151,6 +151,35 @@ def _first_calls(outputs: list[Tensor], n_batches: int) -> list[Tensor]:
     return outputs[::calls][:n_batches]
 
 
+MERGED_BYTES = 2 * 2**30
+"""The most bytes of activations one merged calibration pass may hold, estimated as :data:`LIVE_TENSORS` times the
+largest module output of the first batch, scaled to all batches. 512 EfficientNet-Lite2 crops in one pass would
+hold 3.3 GB per early activation."""
+
+LIVE_TENSORS = 4
+
+
+@torch.no_grad()
+def _merged_activation_bytes(model: nn.Module, batches: Sequence[Batch]) -> int:
+    """The estimated activation bytes of one forward pass over all ``batches`` stacked (one pass over the first)."""
+    if len(batches) <= 1:
+        return 0
+    largest = 0
+
+    def hook(mod: nn.Module, args: tuple, out: Any) -> None:
+        nonlocal largest
+        if isinstance(out, Tensor):
+            largest = max(largest, out.numel() * out.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        run_model(model, batches[0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return LIVE_TENSORS * largest * len(batches)
+
+
 @torch.no_grad()
 def layer_by_layer(model: nn.Module, order: Sequence[str], modules: Mapping[str, nn.Module], batches: Sequence[Batch],
                    reference_out: Mapping[str, list[Tensor]] | None,
@@ -159,11 +188,12 @@ def layer_by_layer(model: nn.Module, order: Sequence[str], modules: Mapping[str,
     what the layer receives with every earlier layer already decided, and ``references`` its reference outputs
     (the uncompressed model's, ``reference_out`` as :func:`capture` records them, or none) for the same samples.
 
-    When the batches stack into one, a single forward pass does it all: each layer is decided inside its forward
-    pre-hook, and the pass continues through the decided layer. Otherwise each layer's input is captured by a
-    forward pass that stops at it (layers reading the very same tensor share one pass).
+    When the batches stack into one and its activations fit :data:`MERGED_BYTES`, a single forward pass does it
+    all: each layer is decided inside its forward pre-hook, and the pass continues through the decided layer.
+    Otherwise each layer's input is captured by forward passes over the batches that stop at it (layers reading
+    the very same tensor share one pass): more compute, but only the inputs of the layers being decided are held.
     """
-    merged = concat_batches(batches)
+    merged = concat_batches(batches) if _merged_activation_bytes(model, batches) <= MERGED_BYTES else None
     if merged is not None:
         pending = {modules[name]: name for name in order}
 

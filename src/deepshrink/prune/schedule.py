@@ -137,7 +137,7 @@ def iterative_prune_(
     (default ``retrain``) is used for the last round, which often deserves longer. Returns one record per
     round (pruning report, validation accuracy after pruning and after retraining, seconds). With
     ``checkpoint``, writes it after every round (``meta`` plus the rounds so far) and resumes from it.
-    ``loss_fn`` replaces the retraining loss (e.g. :class:`deepshrink.train.loop.DistillationLoss`).
+    ``loss_fn`` replaces the retraining loss (e.g. :class:`deepshrink.train.DistillationLoss`).
     """
     if not schedule:
         raise ConfigError("the pruning schedule has no rounds")

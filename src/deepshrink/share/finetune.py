@@ -50,7 +50,7 @@ def finetune_centroids(
 
     The gradient of a centroid is the sum over its cluster (eq. 3), which grows with the cluster's size: use a
     learning rate well below the one used for ordinary weights (recipes default to 1e-4 with SGD).
-    ``loss_fn`` replaces cross-entropy (e.g. :class:`deepshrink.train.loop.DistillationLoss`).
+    ``loss_fn`` replaces cross-entropy (e.g. :class:`deepshrink.train.DistillationLoss`).
     """
     params = finetune_parameters(model, train_others)
     return fit(model, train_data, config, val_data=val_data, params=params, quiet=quiet, loss_fn=loss_fn)

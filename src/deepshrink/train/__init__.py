@@ -1,9 +1,10 @@
 """Training, evaluation, checkpoints and DDP plumbing shared by every technique."""
 
 from .checkpoint import load_checkpoint, load_into, read_checkpoint, save_checkpoint
+from .distill import DistillationLoss
 from .distributed import init_distributed, is_main_process, shutdown
 from .evaluate import agreement, evaluate
-from .loop import Callback, DistillationLoss, History, TrainConfig, fit, make_optimizer
+from .loop import Callback, History, TrainConfig, fit, make_optimizer
 from .recovery import bias_correction_, correct_biases_, recalibrate_batchnorm_
 
 __all__ = [

@@ -126,7 +126,6 @@ def fit(
     if len(train_data) == 0:  # type: ignore[arg-type]
         raise DataError("the training data is empty")
     torch.manual_seed(config.seed)
-    device = next(model.parameters()).device
     trainable = list(params) if params is not None else [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, config)
     history = History()
@@ -138,7 +137,24 @@ def fit(
         start_epoch, history.epochs = saver.restore(model, optimizer, loader.generator, config.epochs,
                                                     quiet=quiet)
     runner: nn.Module = nn.parallel.DistributedDataParallel(model) if is_distributed() else model
-    show = not quiet and is_main_process()
+    attach = getattr(loss_fn, "attach", None)
+    if attach is not None:  # a loss that watches the model's layers (feature distillation)
+        attach(model)
+    try:
+        _epochs(model, runner, loader, sampler, optimizer, config, start_epoch, loss_fn, callbacks, val_data,
+                history, saver, not quiet and is_main_process())
+    finally:
+        detach = getattr(loss_fn, "detach", None)
+        if detach is not None:
+            detach()
+    return history
+
+
+def _epochs(model: nn.Module, runner: nn.Module, loader: Any, sampler: DistributedSampler | None,
+            optimizer: torch.optim.Optimizer, config: TrainConfig, start_epoch: int, loss_fn: LossFn | None,
+            callbacks: Any, val_data: Any, history: History, saver: Any, show: bool) -> None:
+    """The epochs of :func:`fit` from ``start_epoch`` on."""
+    device = next(model.parameters()).device
     step = start_epoch * len(loader)
     for epoch in range(start_epoch, config.epochs):
         for group in optimizer.param_groups:  # a group's "lr_scale" (e.g. ternary scales) keeps its ratio
@@ -195,41 +211,6 @@ def fit(
             print(f"epoch {epoch + 1}/{config.epochs} loss {metrics['train_loss']:.4f}{extra} ({metrics['seconds']}s)")
         if saver is not None:
             saver.save(model, optimizer, loader.generator, epoch, config.epochs, history.epochs)
-    return history
-
-
-class DistillationLoss:
-    """Knowledge distillation (Hinton et al. 2015) as a ``loss_fn`` for :func:`fit`.
-
-    ``alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE(student, labels)``; the
-    teacher (e.g. the dense model a compression run started from) is frozen and run in eval mode. Without labels
-    (calibration data) only the distillation term is used. ``target="outputs"`` matches the outputs themselves
-    (mean squared error) instead of class probabilities: for models whose output is an embedding.
-    """
-
-    def __init__(self, teacher: nn.Module, alpha: float = 0.5, temperature: float = 4.0,
-                 target: str = "logits") -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise ConfigError(f"distillation alpha must be in [0, 1], got {alpha}")
-        if not temperature > 0:
-            raise ConfigError(f"distillation temperature must be > 0, got {temperature}")
-        if target not in ("logits", "outputs"):
-            raise ConfigError(f"distillation target must be logits or outputs, got {target!r}")
-        self.teacher, self.alpha, self.temperature = teacher.eval().requires_grad_(False), alpha, temperature
-        self.target = target
-
-    def __call__(self, logits: Tensor, labels: Tensor | None, inputs: Any) -> Tensor:
-        with torch.no_grad():
-            teacher = run_model(self.teacher, inputs)
-        if self.target == "outputs":
-            soft = F.mse_loss(logits, teacher)
-        else:
-            target = F.softmax(teacher / self.temperature, dim=1)
-            soft = self.temperature**2 * F.kl_div(F.log_softmax(logits / self.temperature, dim=1), target,
-                                                  reduction="batchmean")
-        if labels is None or self.alpha == 1.0:
-            return soft if labels is None else self.alpha * soft
-        return self.alpha * soft + (1 - self.alpha) * F.cross_entropy(logits, labels)
 
 
 def _batch_size(inputs: Any) -> int:

@@ -18,7 +18,8 @@ from ..core.errors import ConfigError
 from ..core.stages import RecipeContext, StageFn, register_stage
 from ..core.state import plain_copy
 from ..data import calibration_batches
-from .loop import DistillationLoss, TrainConfig, fit
+from .distill import DistillationLoss
+from .loop import TrainConfig, fit
 from .recovery import bias_correction_, recalibrate_batchnorm_
 
 __all__ = ["TRAIN_KEYS", "check_distill", "check_train", "distill_loss", "frozen_copy", "train_config"]
@@ -32,17 +33,26 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 def check_distill(options: Mapping[str, Any]) -> dict[str, Any] | None:
-    """Validate a stage's ``distill: {alpha, temperature, target}`` option (None when absent)."""
+    """Validate a stage's ``distill: {alpha, temperature, target, features, feature_weight}`` option (None when
+    absent)."""
     spec = options.get("distill")
     if spec is None:
         return None
-    if not isinstance(spec, Mapping) or set(spec) - {"alpha", "temperature", "target"}:
-        raise ConfigError(f"distill must be a mapping with keys alpha, temperature and/or target, got {spec!r}")
+    keys = {"alpha", "temperature", "target", "features", "feature_weight"}
+    if not isinstance(spec, Mapping) or set(spec) - keys:
+        raise ConfigError(f"distill must be a mapping with keys {', '.join(sorted(keys))}, got {spec!r}")
     alpha, temperature = float(spec.get("alpha", 0.5)), float(spec.get("temperature", 4.0))
     target = str(spec.get("target", "logits"))
     if not 0.0 <= alpha <= 1.0 or not temperature > 0 or target not in ("logits", "outputs"):
         raise ConfigError(f"distill needs 0 <= alpha <= 1, temperature > 0 and target logits|outputs, got {dict(spec)!r}")
-    return {"alpha": alpha, "temperature": temperature, "target": target}
+    features = spec.get("features", [])
+    if not isinstance(features, list | tuple) or not all(isinstance(f, str) for f in features):
+        raise ConfigError(f"distill features must be a list of module names, got {features!r}")
+    feature_weight = float(spec.get("feature_weight", 1.0))
+    if not feature_weight >= 0:
+        raise ConfigError(f"distill feature_weight must be >= 0, got {feature_weight}")
+    return {"alpha": alpha, "temperature": temperature, "target": target, "features": tuple(features),
+            "feature_weight": feature_weight}
 
 
 def distill_loss(ctx: RecipeContext, distill: dict[str, Any] | None) -> DistillationLoss | None:
@@ -51,8 +61,7 @@ def distill_loss(ctx: RecipeContext, distill: dict[str, Any] | None) -> Distilla
         return None
     if ctx.teacher is None:
         ctx.teacher = frozen_copy(ctx.model)
-    return DistillationLoss(ctx.teacher, alpha=distill["alpha"], temperature=distill["temperature"],
-                            target=distill["target"])
+    return DistillationLoss(ctx.teacher, **distill)
 
 
 def train_config(options: Mapping[str, Any], context: RecipeContext, default_lr: float | None = None) -> TrainConfig:
